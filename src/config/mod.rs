@@ -1,0 +1,925 @@
+//! TOML -> a validated `Config`: paths resolved against the config file's
+//! folder, regexes compiled, durations parsed, compiled-in functions looked up
+//! in the registry. Every problem names the file, line, column and entry.
+//!
+//! Not here: anything that needs the database (tables, columns): that is
+//! checked when the database is opened (`crate::database`).
+
+mod raw;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use toml::Spanned;
+
+use crate::records::RecordSet;
+use crate::registry::Registry;
+use raw::{RawConfig, RawHandler, RawSource};
+
+/// The default name of the seen-events table (django-spark's).
+pub const DEFAULT_SEEN_TABLE: &str = "spark_event";
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file it was read from.
+    pub path: PathBuf,
+    pub database: DatabaseConfig,
+    pub delivery: DeliveryConfig,
+    pub sources: Vec<SourceConfig>,
+    pub handlers: Vec<HandlerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// The records database (resolved against the config's folder).
+    pub path: PathBuf,
+    pub seen_table: String,
+    /// Demo and test convenience: when `path` does not exist, create it by
+    /// running this SQL script. Never creates an empty database.
+    pub create_from: Option<PathBuf>,
+    /// How long to wait for a lock another connection holds.
+    pub busy_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// The retry policy handlers inherit.
+    pub retry: RetryPolicy,
+    /// Events per store transaction.
+    pub batch_size: usize,
+}
+
+/// When a failed delivery is tried again, and when it is given up (dead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; then the delivery is dead.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles with each attempt.
+    pub backoff: Duration,
+    /// The delay never exceeds this.
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    pub records: RecordSet,
+    pub kind: SourceKind,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    /// A compiled-in function, by its registered name.
+    Function { function: String },
+}
+
+/// Whether a delivery is recorded done after the handler returns (a crash
+/// mid-call repeats it) or before it is called (a crash mid-call loses it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    AtLeastOnce,
+    AtMostOnce,
+}
+
+impl fmt::Display for Guarantee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Guarantee::AtLeastOnce => "at-least-once",
+            Guarantee::AtMostOnce => "at-most-once",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HandlerConfig {
+    pub name: String,
+    /// Matched against an event's group with search semantics.
+    pub group: Regex,
+    pub kind: HandlerKind,
+    pub guarantee: Guarantee,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub enum HandlerKind {
+    /// Appends one JSON line per event to `path`.
+    Jsonl { path: PathBuf },
+    /// Runs `argv` with the event JSON on stdin, in the config's folder.
+    Command {
+        argv: Vec<String>,
+        timeout: Duration,
+        workdir: PathBuf,
+    },
+    /// Calls a compiled-in handler function.
+    Function { function: String },
+}
+
+/// The handler kinds a config may name.
+pub const HANDLER_KINDS: &str = "jsonl, command, function";
+
+impl HandlerKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            HandlerKind::Jsonl { .. } => "jsonl",
+            HandlerKind::Command { .. } => "command",
+            HandlerKind::Function { .. } => "function",
+        }
+    }
+}
+
+/// A place in the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.path.display(), self.line, self.column)
+    }
+}
+
+/// One thing wrong with a config, in the terms of the config.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error("source `{source_name}`: unknown function `{function}` (known: {known})")]
+    UnknownSourceFunction {
+        source_name: String,
+        function: String,
+        known: String,
+    },
+    #[error("handler `{handler}`: unknown function `{function}` (known: {known})")]
+    UnknownHandlerFunction {
+        handler: String,
+        function: String,
+        known: String,
+    },
+    #[error("handler `{handler}`: invalid group regex `{pattern}`: {error}")]
+    BadHandlerRegex {
+        handler: String,
+        pattern: String,
+        error: Box<regex::Error>,
+    },
+    #[error("handler `{handler}`: unknown kind `{kind}` (known: {HANDLER_KINDS})")]
+    UnknownHandlerKind { handler: String, kind: String },
+    #[error("{entry}: `{field}` is required{why}")]
+    MissingField {
+        entry: String,
+        field: &'static str,
+        why: String,
+    },
+    #[error("{entry}: `{field}` does not apply {why}")]
+    UnusedField {
+        entry: String,
+        field: &'static str,
+        why: String,
+    },
+    #[error("{entry}: `{field}` must not be empty")]
+    Empty { entry: String, field: &'static str },
+    #[error("{entry}: the name is already used by an earlier {entry_kind}; names must be unique")]
+    DuplicateName {
+        entry: String,
+        entry_kind: &'static str,
+    },
+    #[error(
+        "{entry}: `{field}` = {value:?} is not a duration ({error}); write e.g. \"500ms\", \"30s\", \"1m\", \"2h\", \"7d\""
+    )]
+    BadDuration {
+        entry: String,
+        field: &'static str,
+        value: String,
+        error: String,
+    },
+    #[error("{entry}: `{field}` must be {expected}, not {value}")]
+    OutOfRange {
+        entry: String,
+        field: &'static str,
+        expected: &'static str,
+        value: i64,
+    },
+    #[error("{entry}: `delivery` must be \"at-least-once\" or \"at-most-once\", not {value:?}")]
+    BadGuarantee { entry: String, value: String },
+    #[error("handler `{handler}`: {} is also written by handler `{other}`", path.display())]
+    SharedJsonlPath {
+        handler: String,
+        other: String,
+        path: PathBuf,
+    },
+}
+
+/// A problem and where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{at}: {problem}")]
+pub struct Located {
+    pub at: Location,
+    pub problem: Problem,
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no config file at {} (pass --config PATH or set SPARK_CONFIG)", path.display())]
+    NotFound { path: PathBuf },
+    #[error("cannot read config {}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{at}: {message}")]
+    Syntax { at: Location, message: String },
+    #[error("{}", list(problems))]
+    Invalid { problems: Vec<Located> },
+}
+
+fn list(problems: &[Located]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path, registry: &Registry) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::NotFound {
+                    path: path.to_owned(),
+                }
+            } else {
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    error,
+                }
+            }
+        })?;
+        Config::parse(&text, path, registry)
+    }
+
+    /// Validates config `text` as if read from `path` (relative paths in it
+    /// are resolved against `path`'s folder).
+    pub fn parse(text: &str, path: &Path, registry: &Registry) -> Result<Config, ConfigError> {
+        let mut v = Validator {
+            text,
+            path,
+            dir: config_dir(path),
+            problems: Vec::new(),
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let at = v.at(e.span().unwrap_or(0..0));
+            ConfigError::Syntax {
+                at,
+                message: e.message().trim_end().to_owned(),
+            }
+        })?;
+        let config = v.config(raw, registry);
+        if v.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                problems: v.problems,
+            })
+        }
+    }
+
+    /// The handlers whose group regex matches `group` (search semantics), in
+    /// config order.
+    pub fn handlers_for<'a>(&'a self, group: &'a str) -> impl Iterator<Item = usize> + 'a {
+        self.handlers
+            .iter()
+            .enumerate()
+            .filter(move |(_, h)| h.group.is_match(group))
+            .map(|(i, _)| i)
+    }
+}
+
+/// The folder relative paths in a config are resolved against.
+fn config_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Parses a duration like `"500ms"`, `"30s"`, `"1m"`, `"2h"`, `"7d"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| e.to_string())
+}
+
+/// Collects problems while turning a `RawConfig` into a `Config`.
+struct Validator<'a> {
+    text: &'a str,
+    path: &'a Path,
+    dir: PathBuf,
+    problems: Vec<Located>,
+}
+
+impl Validator<'_> {
+    fn at(&self, span: std::ops::Range<usize>) -> Location {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rfind('\n').map_or(before.chars().count(), |nl| {
+            before[nl + 1..].chars().count()
+        }) + 1;
+        Location {
+            path: self.path.to_owned(),
+            line,
+            column,
+        }
+    }
+
+    fn report(&mut self, span: std::ops::Range<usize>, problem: Problem) {
+        let at = self.at(span);
+        self.problems.push(Located { at, problem });
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        self.dir.join(path)
+    }
+
+    fn duration(
+        &mut self,
+        entry: &str,
+        field: &'static str,
+        value: Option<&Spanned<String>>,
+        default: Duration,
+    ) -> Duration {
+        let Some(value) = value else { return default };
+        match parse_duration(value.get_ref()) {
+            Ok(d) => d,
+            Err(error) => {
+                self.report(
+                    value.span(),
+                    Problem::BadDuration {
+                        entry: entry.to_owned(),
+                        field,
+                        value: value.get_ref().clone(),
+                        error,
+                    },
+                );
+                default
+            }
+        }
+    }
+
+    fn positive(
+        &mut self,
+        entry: &str,
+        field: &'static str,
+        value: Option<&Spanned<i64>>,
+        default: u32,
+    ) -> u32 {
+        let Some(value) = value else { return default };
+        match u32::try_from(*value.get_ref()) {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                self.report(
+                    value.span(),
+                    Problem::OutOfRange {
+                        entry: entry.to_owned(),
+                        field,
+                        expected: "a whole number from 1 to 4294967295",
+                        value: *value.get_ref(),
+                    },
+                );
+                default
+            }
+        }
+    }
+
+    fn non_empty(&mut self, entry: &str, field: &'static str, value: &Spanned<String>) {
+        if value.get_ref().trim().is_empty() {
+            self.report(
+                value.span(),
+                Problem::Empty {
+                    entry: entry.to_owned(),
+                    field,
+                },
+            );
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig, registry: &Registry) -> Config {
+        let database = self.database(raw.database);
+        let delivery = self.delivery(raw.delivery);
+        let mut sources: Vec<SourceConfig> = Vec::new();
+        for source in raw.sources {
+            let span = source.span();
+            let source = self.source(source.into_inner(), registry);
+            if sources.iter().any(|s| s.name == source.name) {
+                self.report(
+                    span,
+                    Problem::DuplicateName {
+                        entry: format!("source `{}`", source.name),
+                        entry_kind: "source",
+                    },
+                );
+            }
+            sources.push(source);
+        }
+        let mut handlers: Vec<HandlerConfig> = Vec::new();
+        for handler in raw.handlers {
+            let span = handler.span();
+            let Some(handler) = self.handler(handler.into_inner(), &delivery.retry, registry)
+            else {
+                continue;
+            };
+            if handlers.iter().any(|h| h.name == handler.name) {
+                self.report(
+                    span.clone(),
+                    Problem::DuplicateName {
+                        entry: format!("handler `{}`", handler.name),
+                        entry_kind: "handler",
+                    },
+                );
+            }
+            if let HandlerKind::Jsonl { path } = &handler.kind {
+                let other = handlers
+                    .iter()
+                    .find(|h| matches!(&h.kind, HandlerKind::Jsonl { path: p } if p == path));
+                if let Some(other) = other {
+                    self.report(
+                        span,
+                        Problem::SharedJsonlPath {
+                            handler: handler.name.clone(),
+                            other: other.name.clone(),
+                            path: path.clone(),
+                        },
+                    );
+                }
+            }
+            handlers.push(handler);
+        }
+        Config {
+            path: self.path.to_owned(),
+            database,
+            delivery,
+            sources,
+            handlers,
+        }
+    }
+
+    fn database(&mut self, raw: Spanned<raw::RawDatabase>) -> DatabaseConfig {
+        let raw = raw.into_inner();
+        let entry = "[database]";
+        self.non_empty(entry, "path", &raw.path);
+        let seen_table = match &raw.seen_table {
+            Some(t) => {
+                self.non_empty(entry, "seen_table", t);
+                t.get_ref().clone()
+            }
+            None => DEFAULT_SEEN_TABLE.to_owned(),
+        };
+        let busy_timeout = self.duration(
+            entry,
+            "busy_timeout",
+            raw.busy_timeout.as_ref(),
+            Duration::from_secs(10),
+        );
+        DatabaseConfig {
+            path: self.resolve(raw.path.get_ref()),
+            seen_table,
+            create_from: raw.create_from.map(|p| self.resolve(p.get_ref())),
+            busy_timeout,
+        }
+    }
+
+    fn delivery(&mut self, raw: Option<Spanned<raw::RawDelivery>>) -> DeliveryConfig {
+        let raw = raw.map(Spanned::into_inner).unwrap_or_default();
+        let entry = "[delivery]";
+        let max_attempts = self.positive(entry, "max_attempts", raw.max_attempts.as_ref(), 8);
+        let backoff = self.duration(
+            entry,
+            "backoff",
+            raw.backoff.as_ref(),
+            Duration::from_secs(60),
+        );
+        let max_backoff = self.duration(
+            entry,
+            "max_backoff",
+            raw.max_backoff.as_ref(),
+            Duration::from_secs(6 * 3600),
+        );
+        let batch_size = self.positive(entry, "batch_size", raw.batch_size.as_ref(), 5000);
+        DeliveryConfig {
+            retry: RetryPolicy {
+                max_attempts,
+                backoff,
+                max_backoff,
+            },
+            batch_size: batch_size as usize,
+        }
+    }
+
+    fn source(&mut self, raw: RawSource, registry: &Registry) -> SourceConfig {
+        let name = raw.name.get_ref().clone();
+        let entry = format!("source `{name}`");
+        self.non_empty(&entry, "name", &raw.name);
+        let records = self.record_set(&entry, &raw);
+        let kind = match raw.function {
+            Some(function) => {
+                if registry.source(function.get_ref()).is_none() {
+                    self.report(
+                        function.span(),
+                        Problem::UnknownSourceFunction {
+                            source_name: name.clone(),
+                            function: function.get_ref().clone(),
+                            known: registry.source_names().join(", "),
+                        },
+                    );
+                }
+                SourceKind::Function {
+                    function: function.into_inner(),
+                }
+            }
+            None => {
+                self.report(
+                    raw.name.span(),
+                    Problem::MissingField {
+                        entry: entry.clone(),
+                        field: "function",
+                        why: " (the name of a compiled-in source function)".into(),
+                    },
+                );
+                SourceKind::Function {
+                    function: String::new(),
+                }
+            }
+        };
+        SourceConfig {
+            name,
+            records,
+            kind,
+            enabled: raw.enabled.unwrap_or(true),
+        }
+    }
+
+    fn record_set(&mut self, entry: &str, raw: &RawSource) -> RecordSet {
+        match (&raw.table, &raw.query) {
+            (Some(table), None) => {
+                self.non_empty(entry, "table", table);
+                RecordSet::Table {
+                    table: table.get_ref().clone(),
+                    filter: raw.filter.as_ref().map(|w| w.get_ref().clone()),
+                }
+            }
+            (None, Some(query)) => {
+                self.non_empty(entry, "query", query);
+                if let Some(filter) = &raw.filter {
+                    self.report(
+                        filter.span(),
+                        Problem::UnusedField {
+                            entry: entry.to_owned(),
+                            field: "where",
+                            why: "with `query` (put the condition in the query)".into(),
+                        },
+                    );
+                }
+                RecordSet::Query(query.get_ref().clone())
+            }
+            (Some(_), Some(query)) => {
+                self.report(
+                    query.span(),
+                    Problem::UnusedField {
+                        entry: entry.to_owned(),
+                        field: "query",
+                        why: "together with `table`: give one of them".into(),
+                    },
+                );
+                RecordSet::Query(query.get_ref().clone())
+            }
+            (None, None) => {
+                self.report(
+                    raw.name.span(),
+                    Problem::MissingField {
+                        entry: entry.to_owned(),
+                        field: "table",
+                        why: " (or `query`): where the records come from".into(),
+                    },
+                );
+                RecordSet::Query(String::new())
+            }
+        }
+    }
+
+    fn handler(
+        &mut self,
+        raw: RawHandler,
+        defaults: &RetryPolicy,
+        registry: &Registry,
+    ) -> Option<HandlerConfig> {
+        let name = raw.name.get_ref().clone();
+        let entry = format!("handler `{name}`");
+        self.non_empty(&entry, "name", &raw.name);
+
+        let group = match Regex::new(raw.group.get_ref()) {
+            Ok(re) => Some(re),
+            Err(error) => {
+                self.report(
+                    raw.group.span(),
+                    Problem::BadHandlerRegex {
+                        handler: name.clone(),
+                        pattern: raw.group.get_ref().clone(),
+                        error: Box::new(error),
+                    },
+                );
+                None
+            }
+        };
+        let guarantee = match raw.delivery.as_ref().map(|d| d.get_ref().as_str()) {
+            None | Some("at-least-once") => Guarantee::AtLeastOnce,
+            Some("at-most-once") => Guarantee::AtMostOnce,
+            Some(other) => {
+                let span = raw.delivery.as_ref().map_or(0..0, Spanned::span);
+                self.report(
+                    span,
+                    Problem::BadGuarantee {
+                        entry: entry.clone(),
+                        value: other.to_owned(),
+                    },
+                );
+                Guarantee::AtLeastOnce
+            }
+        };
+        let retry = RetryPolicy {
+            max_attempts: self.positive(
+                &entry,
+                "max_attempts",
+                raw.max_attempts.as_ref(),
+                defaults.max_attempts,
+            ),
+            backoff: self.duration(&entry, "backoff", raw.backoff.as_ref(), defaults.backoff),
+            max_backoff: defaults.max_backoff,
+        };
+        let kind = self.handler_kind(&name, &entry, raw, registry)?;
+        Some(HandlerConfig {
+            name,
+            group: group?,
+            kind,
+            guarantee,
+            retry,
+        })
+    }
+
+    fn handler_kind(
+        &mut self,
+        name: &str,
+        entry: &str,
+        raw: RawHandler,
+        registry: &Registry,
+    ) -> Option<HandlerKind> {
+        let kind = raw.kind.get_ref().as_str();
+        // Which optional fields each kind takes; the others are reported.
+        let fields: [(&'static str, Option<std::ops::Range<usize>>); 4] = [
+            ("path", raw.path.as_ref().map(Spanned::span)),
+            ("command", raw.command.as_ref().map(Spanned::span)),
+            ("function", raw.function.as_ref().map(Spanned::span)),
+            ("timeout", raw.timeout.as_ref().map(Spanned::span)),
+        ];
+        let takes: &[&str] = match kind {
+            "jsonl" => &["path"],
+            "command" => &["command", "timeout"],
+            "function" => &["function"],
+            _ => {
+                self.report(
+                    raw.kind.span(),
+                    Problem::UnknownHandlerKind {
+                        handler: name.to_owned(),
+                        kind: kind.to_owned(),
+                    },
+                );
+                return None;
+            }
+        };
+        for (field, span) in fields {
+            if let Some(span) = span
+                && !takes.contains(&field)
+            {
+                self.report(
+                    span,
+                    Problem::UnusedField {
+                        entry: entry.to_owned(),
+                        field,
+                        why: format!("to kind {kind}"),
+                    },
+                );
+            }
+        }
+        let missing = |field: &'static str| Problem::MissingField {
+            entry: entry.to_owned(),
+            field,
+            why: format!(" for kind {kind}"),
+        };
+        match kind {
+            "jsonl" => match raw.path {
+                Some(path) => {
+                    self.non_empty(entry, "path", &path);
+                    Some(HandlerKind::Jsonl {
+                        path: self.resolve(path.get_ref()),
+                    })
+                }
+                None => {
+                    self.report(raw.kind.span(), missing("path"));
+                    None
+                }
+            },
+            "command" => {
+                let timeout = self.duration(
+                    entry,
+                    "timeout",
+                    raw.timeout.as_ref(),
+                    Duration::from_secs(30),
+                );
+                match raw.command {
+                    Some(argv) if argv.get_ref().first().is_some_and(|p| !p.is_empty()) => {
+                        let mut argv = argv.into_inner();
+                        // A program named by a relative path is relative to the config.
+                        if argv[0].contains('/') && Path::new(&argv[0]).is_relative() {
+                            argv[0] = self.resolve(&argv[0]).to_string_lossy().into_owned();
+                        }
+                        Some(HandlerKind::Command {
+                            argv,
+                            timeout,
+                            workdir: self.dir.clone(),
+                        })
+                    }
+                    Some(argv) => {
+                        self.report(
+                            argv.span(),
+                            Problem::Empty {
+                                entry: entry.to_owned(),
+                                field: "command",
+                            },
+                        );
+                        None
+                    }
+                    None => {
+                        self.report(raw.kind.span(), missing("command"));
+                        None
+                    }
+                }
+            }
+            _ => match raw.function {
+                Some(function) => {
+                    if registry.handler(function.get_ref()).is_none() {
+                        self.report(
+                            function.span(),
+                            Problem::UnknownHandlerFunction {
+                                handler: name.to_owned(),
+                                function: function.get_ref().clone(),
+                                known: registry.handler_names().join(", "),
+                            },
+                        );
+                        return None;
+                    }
+                    Some(HandlerKind::Function {
+                        function: function.into_inner(),
+                    })
+                }
+                None => {
+                    self.report(raw.kind.span(), missing("function"));
+                    None
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            text,
+            Path::new("/etc/spark/spark.toml"),
+            &Registry::with_builtins(),
+        )
+    }
+
+    const MINIMAL: &str = r#"
+[database]
+path = "app.sqlite3"
+
+[[sources]]
+name = "challenges"
+function = "challenge_events"
+table = "challenge"
+
+[[handlers]]
+name = "log"
+group = "^challenge"
+kind = "jsonl"
+path = "var/events.jsonl"
+"#;
+
+    #[test]
+    fn minimal_config_resolves_paths_against_its_folder() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.database.path, Path::new("/etc/spark/app.sqlite3"));
+        assert_eq!(c.database.seen_table, "spark_event");
+        assert_eq!(c.delivery.retry.max_attempts, 8);
+        let HandlerKind::Jsonl { path } = &c.handlers[0].kind else {
+            panic!("expected jsonl")
+        };
+        assert_eq!(path, Path::new("/etc/spark/var/events.jsonl"));
+    }
+
+    #[test]
+    fn regex_uses_search_semantics() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.handlers_for("challenge_ended").count(), 1);
+        assert_eq!(c.handlers_for("a_challenge").count(), 0);
+    }
+
+    fn problems(text: &str) -> String {
+        match parse(text) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("config should be rejected"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_line() {
+        let msg = problems(&MINIMAL.replace("kind = \"jsonl\"", "kind = \"jsonl\"\ncolour = 1"));
+        assert!(msg.contains("colour"), "{msg}");
+        assert!(
+            msg.contains("spark.toml:14:1: unknown field `colour`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn problems_name_the_entry_and_line() {
+        let msg = problems(
+            &MINIMAL
+                .replace("^challenge", "(unclosed")
+                .replace("challenge_events", "nope"),
+        );
+        assert!(
+            msg.contains("spark.toml:7:12: source `challenges`: unknown function `nope`"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("spark.toml:12:9: handler `log`: invalid group regex `(unclosed`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn kind_specific_fields() {
+        let msg = problems(&MINIMAL.replace("path = \"var/events.jsonl\"", "timeout = \"1s\""));
+        assert!(
+            msg.contains("`timeout` does not apply to kind jsonl"),
+            "{msg}"
+        );
+        assert!(msg.contains("`path` is required for kind jsonl"), "{msg}");
+        let msg = problems(&MINIMAL.replace("\"jsonl\"", "\"carrier-pigeon\""));
+        assert!(msg.contains("unknown kind `carrier-pigeon`"), "{msg}");
+    }
+
+    #[test]
+    fn durations_and_numbers() {
+        let text = format!("{MINIMAL}\n[delivery]\nbackoff = \"soon\"\nmax_attempts = 0\n");
+        let msg = problems(&text);
+        assert!(
+            msg.contains("`backoff` = \"soon\" is not a duration"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("`max_attempts` must be a whole number"),
+            "{msg}"
+        );
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn duplicate_names_and_shared_files() {
+        let twice = MINIMAL.replace("[[handlers]]", "[[handlers]]\nname = \"x\"\ngroup = \"a\"\nkind = \"jsonl\"\npath = \"var/events.jsonl\"\n\n[[handlers]]");
+        let msg = problems(&twice);
+        assert!(msg.contains("is also written by handler `x`"), "{msg}");
+    }
+
+    #[test]
+    fn command_program_is_resolved_against_the_config() {
+        let text = MINIMAL.replace(
+            "kind = \"jsonl\"\npath = \"var/events.jsonl\"",
+            "kind = \"command\"\ncommand = [\"./notify.sh\", \"x\"]",
+        );
+        let c = parse(&text).unwrap();
+        let HandlerKind::Command { argv, timeout, .. } = &c.handlers[0].kind else {
+            panic!("expected command")
+        };
+        assert_eq!(argv[0], "/etc/spark/./notify.sh");
+        assert_eq!(*timeout, Duration::from_secs(30));
+    }
+}

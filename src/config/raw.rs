@@ -1,0 +1,63 @@
+//! The config file as written: plain serde structs that mirror the TOML, with
+//! spans so that validation errors can point at a line. Unknown keys are
+//! rejected here; meaning is checked in `config::validate`.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub database: Spanned<RawDatabase>,
+    #[serde(default)]
+    pub delivery: Option<Spanned<RawDelivery>>,
+    #[serde(default)]
+    pub sources: Vec<Spanned<RawSource>>,
+    #[serde(default)]
+    pub handlers: Vec<Spanned<RawHandler>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub path: Spanned<String>,
+    pub seen_table: Option<Spanned<String>>,
+    pub create_from: Option<Spanned<String>>,
+    pub busy_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelivery {
+    pub max_attempts: Option<Spanned<i64>>,
+    pub backoff: Option<Spanned<String>>,
+    pub max_backoff: Option<Spanned<String>>,
+    pub batch_size: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub name: Spanned<String>,
+    pub function: Option<Spanned<String>>,
+    pub table: Option<Spanned<String>>,
+    #[serde(rename = "where")]
+    pub filter: Option<Spanned<String>>,
+    pub query: Option<Spanned<String>>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHandler {
+    pub name: Spanned<String>,
+    pub group: Spanned<String>,
+    pub kind: Spanned<String>,
+    pub path: Option<Spanned<String>>,
+    pub command: Option<Spanned<Vec<String>>>,
+    pub function: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub delivery: Option<Spanned<String>>,
+    pub max_attempts: Option<Spanned<i64>>,
+    pub backoff: Option<Spanned<String>>,
+}

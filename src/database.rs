@@ -1,0 +1,218 @@
+//! Opening the records database and checking a config against it, without
+//! writing: the database must exist and be SQLite, every source's table and
+//! columns must be there, and an existing seen table must fit.
+//!
+//! The only way spark creates a database is `create_from` (demos and tests):
+//! a SQL script run into a new file that is moved into place when complete.
+//!
+//! Not here: spark's own tables and writes (`store`).
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::config::{Config, SourceConfig, SourceKind};
+use crate::error::{Error, Result};
+use crate::records::RecordSet;
+use crate::registry::Registry;
+use crate::store::schema;
+
+/// Opens the records database read-only. A database that does not exist yet
+/// but has a `create_from` script is built in memory from it, so read-only
+/// commands see what the first run will see.
+pub fn open_read_only(config: &Config) -> Result<Connection> {
+    let db = &config.database;
+    if !db.path.exists() {
+        let Some(script) = &db.create_from else {
+            return Err(Error::MissingDatabase {
+                path: db.path.clone(),
+                config: config.path.clone(),
+            });
+        };
+        let conn = Connection::open_in_memory().map_err(|error| Error::OpenDatabase {
+            path: db.path.clone(),
+            error,
+        })?;
+        run_script(&conn, script).map_err(|error| Error::CreateFrom {
+            path: db.path.clone(),
+            script: script.clone(),
+            error,
+        })?;
+        return Ok(conn);
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        Connection::open_with_flags(&db.path, flags).map_err(|error| Error::OpenDatabase {
+            path: db.path.clone(),
+            error,
+        })?;
+    conn.busy_timeout(db.busy_timeout)
+        .map_err(|error| Error::OpenDatabase {
+            path: db.path.clone(),
+            error,
+        })?;
+    // Reading the schema is what tells a database from any other file.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|error| match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => Error::NotADatabase {
+            path: db.path.clone(),
+            reason: "file is not a database".into(),
+        },
+        _ => Error::OpenDatabase {
+            path: db.path.clone(),
+            error,
+        },
+    })?;
+    Ok(conn)
+}
+
+fn run_script(conn: &Connection, script: &Path) -> Result<(), String> {
+    let sql = std::fs::read_to_string(script).map_err(|e| e.to_string())?;
+    conn.execute_batch(&sql).map_err(|e| e.to_string())
+}
+
+/// Creates the database from its `create_from` script if it does not exist.
+/// The script runs into a temporary file that is moved into place only when
+/// it succeeded; a database that appeared meanwhile is kept.
+pub fn create_if_missing(config: &Config) -> Result<()> {
+    let db = &config.database;
+    let Some(script) = &db.create_from else {
+        return Ok(());
+    };
+    if db.path.exists() {
+        return Ok(());
+    }
+    let fail = |error: String| Error::CreateFrom {
+        path: db.path.clone(),
+        script: script.clone(),
+        error,
+    };
+    let mut tmp = db.path.as_os_str().to_owned();
+    tmp.push(format!(".creating-{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    if let Some(dir) = db.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    }
+    let built = (|| {
+        let conn = Connection::open(&tmp).map_err(|e| e.to_string())?;
+        run_script(&conn, script)?;
+        conn.close().map_err(|(_, e)| e.to_string())?;
+        // No-clobber: another process may have created the database meanwhile.
+        match std::fs::hard_link(&tmp, &db.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    built.map_err(fail)
+}
+
+/// The sources a run works on: all enabled ones, or those named (`--source`).
+pub fn select_sources<'c>(config: &'c Config, only: &[String]) -> Result<Vec<&'c SourceConfig>> {
+    if only.is_empty() {
+        return Ok(config.sources.iter().filter(|s| s.enabled).collect());
+    }
+    only.iter()
+        .map(|name| {
+            config
+                .sources
+                .iter()
+                .find(|s| &s.name == name)
+                .ok_or_else(|| Error::UnknownSource {
+                    name: name.clone(),
+                    config: config.path.clone(),
+                    known: config
+                        .sources
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+        })
+        .collect()
+}
+
+/// Checks that each source's records can be read and carry the columns its
+/// function reads.
+pub fn check_sources(
+    conn: &Connection,
+    config: &Config,
+    registry: &Registry,
+    sources: &[&SourceConfig],
+) -> Result<()> {
+    for source in sources {
+        let what = match &source.records {
+            RecordSet::Table { table, filter } => {
+                let exists: bool = conn
+                    .query_row(
+                        "SELECT count(*) > 0 FROM sqlite_master \
+                         WHERE type IN ('table', 'view') AND name = ?1 COLLATE NOCASE",
+                        [table],
+                        |r| r.get(0),
+                    )
+                    .map_err(|error| Error::OpenDatabase {
+                        path: config.database.path.clone(),
+                        error,
+                    })?;
+                if !exists {
+                    return Err(Error::MissingTable {
+                        source_name: source.name.clone(),
+                        table: table.clone(),
+                        database: config.database.path.clone(),
+                    });
+                }
+                if filter.is_some() {
+                    "its `where` condition"
+                } else {
+                    "its table"
+                }
+            }
+            RecordSet::Query(_) => "its query",
+        };
+        let columns = crate::records::column_names(conn, &source.records.sql()).map_err(|e| {
+            Error::BadQuery {
+                source_name: source.name.clone(),
+                what,
+                message: sql_message(&e),
+            }
+        })?;
+        match &source.kind {
+            SourceKind::Function { function } => {
+                let Some(func) = registry.source(function) else {
+                    continue;
+                };
+                if let Some(missing) = func.reads.iter().find(|c| !columns.contains(c)) {
+                    return Err(Error::MissingColumn {
+                        source_name: source.name.clone(),
+                        function: function.clone(),
+                        column: missing.clone(),
+                        columns: columns.join(", "),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks an existing seen table; `Ok(false)` when it does not exist yet.
+pub fn check_seen_table(conn: &Connection, config: &Config) -> Result<bool> {
+    schema::check_seen_table(conn, &config.database.seen_table).map_err(|problem| {
+        Error::BadSeenTable {
+            table: config.database.seen_table.clone(),
+            database: config.database.path.clone(),
+            problem,
+        }
+    })
+}
+
+/// SQLite's own message for an error, without rusqlite's wrapping.
+pub fn sql_message(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,445 @@
+//! The delivery engine: hands a delivery's events to its handler and records
+//! each outcome in the store, following the handler's guarantee and retry
+//! policy.
+//!
+//! - at-least-once (default): a success is recorded after the call returns;
+//!   a run that dies mid-call repeats that one call.
+//! - at-most-once: the key is marked in flight before the call; a run that
+//!   dies mid-call leaves it dead (listed, retried only by hand), never
+//!   called twice.
+//! - file sinks (jsonl): the file's length is recorded before writing; the
+//!   whole delivery is written and fsynced, then recorded done. Recovering an
+//!   unfinished delivery cuts the file back to that length first, so every
+//!   key is in the file exactly once.
+//!
+//! A failure is kept with its error; the next attempt waits `backoff`,
+//! doubling per attempt (with jitter, capped at `max_backoff`); after
+//! `max_attempts` attempts the delivery is dead.
+//!
+//! Not here: finding new events (the pipeline) or SQL (the store).
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Duration;
+
+use crate::clock;
+use crate::config::{Config, Guarantee, RetryPolicy};
+use crate::error::Result;
+use crate::handlers::{self, Dispatch, Sink};
+use crate::registry::Registry;
+use crate::store::{Delivery, DeliveryState, Failure, Store, StoredEvent};
+
+/// What happened to one handler's deliveries during a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HandlerStats {
+    pub name: String,
+    /// Events delivered.
+    pub delivered: u64,
+    /// Failed attempts (each kept for a retry).
+    pub failed: u64,
+    /// Deliveries given up after their last attempt.
+    pub dead: u64,
+    /// Events left waiting for a later run (the handler was stopped).
+    pub waiting: u64,
+}
+
+/// One failed attempt, for the run's report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FailureReport {
+    pub handler: String,
+    pub key: String,
+    pub attempts: u32,
+    pub dead: bool,
+    pub error: String,
+}
+
+/// The error recorded for an at-most-once delivery whose run died mid-call.
+pub const INTERRUPTED: &str = "interrupted: the run stopped during this call; \
+     the handler is at-most-once, so it is not retried automatically";
+
+struct Slot {
+    name: String,
+    guarantee: Guarantee,
+    retry: RetryPolicy,
+    sink: Sink,
+    /// Why this handler takes no more deliveries in this run.
+    stopped: Option<String>,
+}
+
+/// Delivers and records, handler by handler.
+pub struct Engine {
+    slots: Vec<Slot>,
+    by_name: HashMap<String, usize>,
+    stats: Vec<HandlerStats>,
+    failures: Vec<FailureReport>,
+    now: fn() -> i64,
+}
+
+/// How many failures a run's report lists (the counts cover them all).
+const FAILURES_LISTED: usize = 100;
+
+impl Engine {
+    pub fn new(config: &Config, registry: &Registry) -> Engine {
+        let slots: Vec<Slot> = config
+            .handlers
+            .iter()
+            .map(|h| Slot {
+                name: h.name.clone(),
+                guarantee: h.guarantee,
+                retry: h.retry,
+                sink: handlers::build(h, registry),
+                stopped: None,
+            })
+            .collect();
+        let by_name = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        let stats = slots
+            .iter()
+            .map(|s| HandlerStats {
+                name: s.name.clone(),
+                ..HandlerStats::default()
+            })
+            .collect();
+        Engine {
+            slots,
+            by_name,
+            stats,
+            failures: Vec::new(),
+            now: clock::now_ms,
+        }
+    }
+
+    pub fn stats(&self) -> &[HandlerStats] {
+        &self.stats
+    }
+
+    pub fn failures(&self) -> &[FailureReport] {
+        &self.failures
+    }
+
+    /// The file offset to record with a new delivery for handler `h`: the
+    /// file's length for a file sink that is still taking deliveries.
+    pub fn planned_offset(&mut self, h: usize) -> Option<u64> {
+        let slot = self.slots.get_mut(h)?;
+        if slot.stopped.is_some() {
+            return None;
+        }
+        match &mut slot.sink {
+            Sink::File(sink) => match sink.file_len() {
+                Ok(len) => Some(len),
+                Err(e) => {
+                    slot.stopped = Some(e.to_string());
+                    None
+                }
+            },
+            Sink::Each(_) => None,
+        }
+    }
+
+    /// Works off what earlier runs left: buries at-most-once calls a dead run
+    /// left in flight, then delivers every due delivery. Returns how many
+    /// deliveries it worked on.
+    pub fn retry_due(&mut self, store: &mut dyn Store) -> Result<usize> {
+        store.bury_interrupted(INTERRUPTED)?;
+        let now = (self.now)();
+        let due = store.due_deliveries(now)?;
+        // A delivery that holds a file offset was being written when a run
+        // died: settle it first, before anything else writes to that file.
+        let (settle, rest): (Vec<Delivery>, Vec<Delivery>) =
+            due.into_iter().partition(|d| d.file_offset.is_some());
+        let count = settle.len() + rest.len();
+        for mut delivery in settle.into_iter().chain(rest) {
+            let is_due = delivery.state == DeliveryState::Pending
+                || (delivery.state == DeliveryState::Failed && delivery.next_attempt_at <= now);
+            if !is_due {
+                self.release_offset(store, &mut delivery)?;
+                continue;
+            }
+            let stored = store.load_events(delivery.remaining())?;
+            let mut dispatches: Vec<Option<Dispatch<'_>>> = vec![None; delivery.done];
+            dispatches.extend(stored.iter().map(|s| s.as_ref().map(StoredEvent::dispatch)));
+            self.deliver(store, &mut delivery, &dispatches)?;
+        }
+        Ok(count)
+    }
+
+    /// Cuts a file sink back to the offset a not-yet-due delivery holds.
+    fn release_offset(&mut self, store: &mut dyn Store, delivery: &mut Delivery) -> Result<()> {
+        let (Some(offset), Some(&h)) = (delivery.file_offset, self.by_name.get(&delivery.handler))
+        else {
+            return Ok(());
+        };
+        if let Sink::File(sink) = &mut self.slots[h].sink {
+            match sink.truncate_to(offset) {
+                Ok(()) => store.set_file_offset(delivery, None)?,
+                Err(e) => self.slots[h].stopped = Some(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers the remaining keys of `delivery`. `events[i]` is the event
+    /// of `delivery.keys[i]` (`None`: no longer stored; skipped).
+    pub fn deliver(
+        &mut self,
+        store: &mut dyn Store,
+        delivery: &mut Delivery,
+        events: &[Option<Dispatch<'_>>],
+    ) -> Result<()> {
+        let Some(&h) = self.by_name.get(&delivery.handler) else {
+            tracing::warn!(
+                handler = %delivery.handler,
+                keys = delivery.remaining().len(),
+                "deliveries wait for a handler that is not in the config"
+            );
+            return Ok(());
+        };
+        if self.slots[h].stopped.is_some() {
+            self.stats[h].waiting += delivery.remaining().len() as u64;
+            return Ok(());
+        }
+        match self.slots[h].sink {
+            Sink::File(_) => self.deliver_file(store, h, delivery, events),
+            Sink::Each(_) => self.deliver_each(store, h, delivery, events),
+        }
+    }
+
+    fn deliver_file(
+        &mut self,
+        store: &mut dyn Store,
+        h: usize,
+        delivery: &mut Delivery,
+        events: &[Option<Dispatch<'_>>],
+    ) -> Result<()> {
+        let Sink::File(sink) = &mut self.slots[h].sink else {
+            return Ok(());
+        };
+        let batch: Vec<Dispatch<'_>> = events
+            .get(delivery.done..)
+            .unwrap_or(&[])
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
+        let offset = match delivery.file_offset {
+            Some(offset) => sink.truncate_to(offset).map(|()| offset),
+            None => sink.file_len(),
+        };
+        let offset = match offset {
+            Ok(offset) => offset,
+            Err(e) => return self.file_failed(store, h, delivery, e.to_string(), None),
+        };
+        if delivery.file_offset.is_none() {
+            // Recorded before anything is written, so a crash can cut back.
+            store.set_file_offset(delivery, Some(offset))?;
+        }
+        let Sink::File(sink) = &mut self.slots[h].sink else {
+            return Ok(());
+        };
+        match sink.append_all(&batch) {
+            Ok(()) => {
+                let n = batch.len() as u64;
+                let end = delivery.keys.len();
+                store.advance(delivery, end)?;
+                self.stats[h].delivered += n;
+                Ok(())
+            }
+            Err(e) => {
+                let cut = sink.truncate_to(offset).is_ok();
+                self.file_failed(store, h, delivery, e.to_string(), (!cut).then_some(offset))
+            }
+        }
+    }
+
+    /// Records a failed file delivery and stops the handler for this run.
+    /// `keep_offset`: the file could not be cut back, so the delivery keeps
+    /// its offset and the next run cuts it.
+    fn file_failed(
+        &mut self,
+        store: &mut dyn Store,
+        h: usize,
+        delivery: &mut Delivery,
+        error: String,
+        keep_offset: Option<u64>,
+    ) -> Result<()> {
+        let failure = self.failure(h, delivery, error.clone());
+        store.fail_rest(delivery, &failure)?;
+        if keep_offset.is_some() {
+            store.set_file_offset(delivery, keep_offset)?;
+        }
+        let key = delivery.remaining().first().cloned().unwrap_or_default();
+        self.note_failure(h, &key, &failure, delivery.remaining().len() as u64);
+        self.slots[h].stopped = Some(error);
+        Ok(())
+    }
+
+    fn deliver_each(
+        &mut self,
+        store: &mut dyn Store,
+        h: usize,
+        delivery: &mut Delivery,
+        events: &[Option<Dispatch<'_>>],
+    ) -> Result<()> {
+        while delivery.done < delivery.keys.len() {
+            let i = delivery.done;
+            let Some(dispatch) = events.get(i).copied().flatten() else {
+                tracing::warn!(key = %delivery.keys[i], handler = %delivery.handler,
+                    "event no longer in the seen table; its delivery is dropped");
+                store.advance(delivery, i + 1)?;
+                continue;
+            };
+            let slot = &mut self.slots[h];
+            let Sink::Each(sink) = &mut slot.sink else {
+                return Ok(());
+            };
+            match slot.guarantee {
+                Guarantee::AtLeastOnce => {
+                    let attempt = delivery.attempts + 1;
+                    match sink.deliver(&dispatch, attempt) {
+                        Ok(()) => {
+                            store.advance(delivery, i + 1)?;
+                            self.stats[h].delivered += 1;
+                        }
+                        Err(error) => {
+                            let failure = self.failure(h, delivery, error);
+                            store.fail_next(delivery, &failure)?;
+                            self.note_failure(h, &dispatch.event.key, &failure, 1);
+                            if delivery.state != DeliveryState::Pending {
+                                // The delivery itself failed (its last key).
+                                break;
+                            }
+                        }
+                    }
+                }
+                Guarantee::AtMostOnce => {
+                    let mut single = store.begin_at_most_once(delivery)?;
+                    let attempt = single.attempts + 1;
+                    let Sink::Each(sink) = &mut self.slots[h].sink else {
+                        return Ok(());
+                    };
+                    match sink.deliver(&dispatch, attempt) {
+                        Ok(()) => {
+                            store.advance(&mut single, 1)?;
+                            self.stats[h].delivered += 1;
+                        }
+                        Err(error) => {
+                            let failure = self.failure(h, &single, error);
+                            store.fail_rest(&mut single, &failure)?;
+                            self.note_failure(h, &dispatch.event.key, &failure, 1);
+                        }
+                    }
+                    if single.id == delivery.id {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The failure to record for the next attempt of `delivery`.
+    fn failure(&self, h: usize, delivery: &Delivery, error: String) -> Failure {
+        let attempts = delivery.attempts.saturating_add(1);
+        let policy = &self.slots[h].retry;
+        let next_attempt_at = (attempts < policy.max_attempts).then(|| {
+            let key = delivery.remaining().first().map_or("", String::as_str);
+            let delay = backoff(policy, attempts, key);
+            (self.now)().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
+        });
+        Failure {
+            error,
+            attempts,
+            next_attempt_at,
+        }
+    }
+
+    fn note_failure(&mut self, h: usize, key: &str, failure: &Failure, events: u64) {
+        let dead = failure.next_attempt_at.is_none();
+        self.stats[h].failed += events;
+        if dead {
+            self.stats[h].dead += events;
+        }
+        tracing::warn!(handler = %self.slots[h].name, key, attempts = failure.attempts, dead,
+            error = %failure.error, "delivery failed");
+        if self.failures.len() < FAILURES_LISTED {
+            self.failures.push(FailureReport {
+                handler: self.slots[h].name.clone(),
+                key: key.to_owned(),
+                attempts: failure.attempts,
+                dead,
+                error: failure.error.clone(),
+            });
+        }
+    }
+}
+
+/// The delay before attempt `attempts + 1`: `backoff * 2^(attempts - 1)`,
+/// capped at `max_backoff`, less up to a fifth of jitter that depends on the
+/// key (so that many failures do not all come back at the same moment).
+pub fn backoff(policy: &RetryPolicy, attempts: u32, key: &str) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(62);
+    let base = policy
+        .backoff
+        .checked_mul(1u32 << doublings.min(31))
+        .and_then(|d| d.checked_mul(1u32 << doublings.saturating_sub(31)))
+        .unwrap_or(policy.max_backoff)
+        .min(policy.max_backoff);
+    let mut hasher = DefaultHasher::new();
+    (key, attempts).hash(&mut hasher);
+    let jitter = (hasher.finish() % 1000) as u32; // per mille
+    base - base / 5 * jitter / 1000
+}
+
+impl StoredEvent {
+    /// The stored event as a dispatch.
+    pub fn dispatch(&self) -> Dispatch<'_> {
+        Dispatch {
+            event: &self.event,
+            context_json: &self.context_json,
+            seen_at: &self.seen_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 8,
+        backoff: Duration::from_secs(60),
+        max_backoff: Duration::from_secs(3600),
+    };
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_cap() {
+        for (attempts, base) in [(1u32, 60u64), (2, 120), (3, 240), (7, 3600), (40, 3600)] {
+            let d = backoff(&POLICY, attempts, "k").as_secs_f64();
+            let base = base as f64;
+            assert!(
+                d <= base && d >= base * 0.8,
+                "attempt {attempts}: {d} vs {base}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_backoff_is_immediate() {
+        let p = RetryPolicy {
+            backoff: Duration::ZERO,
+            ..POLICY
+        };
+        assert_eq!(backoff(&p, 3, "k"), Duration::ZERO);
+    }
+
+    #[test]
+    fn jitter_differs_between_keys() {
+        let a: Vec<Duration> = (0..20)
+            .map(|i| backoff(&POLICY, 1, &format!("key{i}")))
+            .collect();
+        assert!(a.iter().any(|d| *d != a[0]));
+    }
+}

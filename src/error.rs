@@ -1,0 +1,124 @@
+//! The library's error type: what went wrong, in the terms of the config and
+//! the database (source, handler, table, column), never a bare SQL error.
+//!
+//! Not here: failed deliveries. A handler failing is not an error of the run;
+//! it is recorded with the delivery and retried.
+
+use std::path::PathBuf;
+
+use crate::config::ConfigError;
+
+/// Why a command could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    #[error(
+        "database {} does not exist; spark never creates an empty database (check `path` under [database] in {})",
+        path.display(), config.display()
+    )]
+    MissingDatabase { path: PathBuf, config: PathBuf },
+
+    #[error("{} is not a SQLite database ({reason})", path.display())]
+    NotADatabase { path: PathBuf, reason: String },
+
+    #[error("cannot open database {}: {error}", path.display())]
+    OpenDatabase {
+        path: PathBuf,
+        error: rusqlite::Error,
+    },
+
+    #[error("database {}: cannot create it from {}: {error}", path.display(), script.display())]
+    CreateFrom {
+        path: PathBuf,
+        script: PathBuf,
+        error: String,
+    },
+
+    #[error("source `{source_name}`: table `{table}` does not exist in {}", database.display())]
+    MissingTable {
+        source_name: String,
+        table: String,
+        database: PathBuf,
+    },
+
+    #[error(
+        "source `{source_name}`: column `{column}`, which function `{function}` reads, is not among its columns ({columns})"
+    )]
+    MissingColumn {
+        source_name: String,
+        function: String,
+        column: String,
+        columns: String,
+    },
+
+    #[error("source `{source_name}`: {what} does not run: {message}")]
+    BadQuery {
+        source_name: String,
+        what: &'static str,
+        message: String,
+    },
+
+    #[error("seen table `{table}` in {}: {problem}", database.display())]
+    BadSeenTable {
+        table: String,
+        database: PathBuf,
+        problem: String,
+    },
+
+    #[error("--source {name}: no source of that name in {} (sources: {known})", config.display())]
+    UnknownSource {
+        name: String,
+        config: PathBuf,
+        known: String,
+    },
+
+    #[error("source `{source_name}`: reading its records failed: {error}")]
+    ReadRecords {
+        source_name: String,
+        error: rusqlite::Error,
+    },
+
+    #[error("database {}: {action}: {error}", database.display())]
+    Store {
+        database: PathBuf,
+        action: String,
+        error: rusqlite::Error,
+    },
+
+    #[error(
+        "another spark run is working on {} (it holds {}); this run did nothing. Pass --wait DURATION to wait for it",
+        database.display(), lock.display()
+    )]
+    Busy { database: PathBuf, lock: PathBuf },
+
+    #[error("lock file {}: {error}", path.display())]
+    Lock {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+
+    #[error("stopped by {signal}: {summary}")]
+    Interrupted {
+        signal: &'static str,
+        summary: String,
+    },
+
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    /// The process exit status for this error: 3 when another run holds the
+    /// lock, 2 for everything else (unusable config, arguments or database).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Busy { .. } => 3,
+            Error::Interrupted { .. } => 130,
+            _ => 2,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

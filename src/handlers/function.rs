@@ -1,0 +1,55 @@
+//! `function`: calls a compiled-in handler function registered by name. A
+//! panic in the function is caught and recorded as a failed delivery.
+//!
+//! Also the built-in handler functions every `spark` binary offers.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use super::{DeliverEach, Dispatch};
+use crate::registry::{HandlerFunction, Registry};
+
+pub struct FunctionSink {
+    name: String,
+    function: Option<HandlerFunction>,
+}
+
+impl FunctionSink {
+    pub fn new(name: &str, function: Option<HandlerFunction>) -> Self {
+        FunctionSink {
+            name: name.to_owned(),
+            function,
+        }
+    }
+}
+
+impl DeliverEach for FunctionSink {
+    fn deliver(&mut self, dispatch: &Dispatch<'_>, _attempt: u32) -> Result<(), String> {
+        let Some(function) = &self.function else {
+            return Err(format!(
+                "no handler function `{}` in this binary",
+                self.name
+            ));
+        };
+        match catch_unwind(AssertUnwindSafe(|| function.call(dispatch.event))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                Err(format!("handler function `{}` panicked: {msg}", self.name))
+            }
+        }
+    }
+}
+
+/// Registers the handler functions every `spark` binary offers:
+/// `log_event` logs each event at info level (see `-v`).
+pub fn register_builtins(registry: &mut Registry) {
+    registry.add_handler("log_event", |event| {
+        tracing::info!(key = %event.key, group = %event.group, "event");
+        Ok(())
+    });
+}

@@ -1,0 +1,123 @@
+//! Handler kinds: what receives an event. One file per kind; `build` is the
+//! one place where kinds are listed.
+//!
+//! A handler is a `Sink`: either called once per event (`Each`: command,
+//! function), each success recorded as soon as the call returns, or a file
+//! that takes a whole delivery at once (`File`: jsonl), made exactly-once
+//! with the store through the file's length recorded with the delivery.
+//!
+//! Not here: retries, recording outcomes (the delivery engine).
+
+pub mod command;
+pub mod function;
+pub mod jsonl;
+
+use std::io;
+
+use serde::Serialize;
+
+use crate::config::{HandlerConfig, HandlerKind};
+use crate::event::Event;
+use crate::registry::Registry;
+
+/// An event on its way to a handler: the event, its context already as JSON,
+/// and when it was recorded as seen.
+#[derive(Debug, Clone, Copy)]
+pub struct Dispatch<'a> {
+    pub event: &'a Event,
+    pub context_json: &'a str,
+    pub seen_at: &'a str,
+}
+
+impl Dispatch<'_> {
+    /// The event as one JSON object: `{"key", "group", "context", "seen_at"}`.
+    /// This is what `jsonl` writes as a line and `command` gets on stdin.
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(self.context_json.len() + 96);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Appends `to_json()` to `out`.
+    pub fn write_json(&self, out: &mut String) {
+        out.push_str("{\"key\":");
+        push_json_str(out, &self.event.key);
+        out.push_str(",\"group\":");
+        push_json_str(out, &self.event.group);
+        out.push_str(",\"context\":");
+        out.push_str(self.context_json);
+        out.push_str(",\"seen_at\":");
+        push_json_str(out, self.seen_at);
+        out.push('}');
+    }
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    #[derive(Serialize)]
+    struct S<'a>(&'a str);
+    // Serializing a &str to JSON cannot fail.
+    if let Ok(quoted) = serde_json::to_string(&S(s)) {
+        out.push_str(&quoted);
+    }
+}
+
+/// Called once per event; `Err` is the failure recorded with the delivery.
+pub trait DeliverEach: Send {
+    fn deliver(&mut self, dispatch: &Dispatch<'_>, attempt: u32) -> Result<(), String>;
+}
+
+/// A file that takes whole deliveries and can be cut back to a length.
+pub trait FileSink: Send {
+    /// The file's current length (0 if it does not exist yet).
+    fn file_len(&mut self) -> io::Result<u64>;
+    /// Cuts the file back to `len` bytes, if it is longer.
+    fn truncate_to(&mut self, len: u64) -> io::Result<()>;
+    /// Appends the events and makes them durable (fsync) before returning.
+    fn append_all(&mut self, events: &[Dispatch<'_>]) -> io::Result<()>;
+}
+
+/// A configured handler, ready to deliver.
+pub enum Sink {
+    Each(Box<dyn DeliverEach>),
+    File(Box<dyn FileSink>),
+}
+
+/// Builds the sink for a configured handler.
+pub fn build(handler: &HandlerConfig, registry: &Registry) -> Sink {
+    match &handler.kind {
+        HandlerKind::Jsonl { path } => Sink::File(Box::new(jsonl::JsonlSink::new(path.clone()))),
+        HandlerKind::Command {
+            argv,
+            timeout,
+            workdir,
+        } => Sink::Each(Box::new(command::CommandHandler::new(
+            &handler.name,
+            argv.clone(),
+            *timeout,
+            workdir.clone(),
+        ))),
+        HandlerKind::Function { function } => Sink::Each(Box::new(function::FunctionSink::new(
+            function,
+            registry.handler(function).cloned(),
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::event;
+
+    #[test]
+    fn dispatch_json_embeds_the_context() {
+        let e = event("g\"x", 1, serde_json::Map::new());
+        let d = Dispatch {
+            event: &e,
+            context_json: "{\"a\":1}",
+            seen_at: "2026-01-01 00:00:00.000000",
+        };
+        let v: serde_json::Value = serde_json::from_str(&d.to_json()).unwrap();
+        assert_eq!(v["key"], "g\"x_1");
+        assert_eq!(v["context"]["a"], 1);
+    }
+}

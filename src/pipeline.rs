@@ -1,0 +1,468 @@
+//! Records -> sources -> new-event filter -> deliveries -> handlers.
+//!
+//! `process_sources` first works off what earlier runs left (due retries,
+//! deliveries a dead run left unfinished), then streams each source's
+//! records, turns them into events, and every `batch_size` events records
+//! the new ones with their deliveries in one transaction before handing them
+//! to the handlers. `dry_run` does the same reading and reports what would
+//! be dispatched, writing nothing.
+//!
+//! Data flows one way: nothing below this module calls back up.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use jiff::civil::Date;
+use rusqlite::{Connection, OpenFlags};
+use serde::Serialize;
+
+use crate::config::{Config, SourceConfig, SourceKind};
+use crate::database;
+use crate::delivery::{Engine, FailureReport, HandlerStats};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::handlers::Dispatch;
+use crate::lock::RunLock;
+use crate::records::{RecordReader, quote_ident};
+use crate::registry::{Registry, SourceCtx, SourceFunction};
+use crate::store::{PlannedDelivery, SqliteStore, Store};
+
+/// What a run is asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Only these sources (all enabled ones when empty).
+    pub only: Vec<String>,
+    /// The date sources treat as today.
+    pub today: Date,
+    /// How long to wait for another run to finish.
+    pub wait: Duration,
+    /// Show a progress spinner on stderr.
+    pub progress: bool,
+}
+
+/// One source's figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceStats {
+    pub name: String,
+    pub records: u64,
+    pub events: u64,
+    pub new: u64,
+    /// Records the source could not read (see `record_errors`).
+    pub bad_records: u64,
+}
+
+/// A record a source could not turn into events.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordErrorReport {
+    pub source: String,
+    pub record: String,
+    pub error: String,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunReport {
+    pub sources: Vec<SourceStats>,
+    pub handlers: Vec<HandlerStats>,
+    /// Earlier deliveries worked on before reading records.
+    pub retried: u64,
+    pub failures: Vec<FailureReport>,
+    pub record_errors: Vec<RecordErrorReport>,
+    pub seconds: f64,
+}
+
+impl RunReport {
+    pub fn records(&self) -> u64 {
+        self.sources.iter().map(|s| s.records).sum()
+    }
+    pub fn events(&self) -> u64 {
+        self.sources.iter().map(|s| s.events).sum()
+    }
+    pub fn new_events(&self) -> u64 {
+        self.sources.iter().map(|s| s.new).sum()
+    }
+    pub fn bad_records(&self) -> u64 {
+        self.sources.iter().map(|s| s.bad_records).sum()
+    }
+    pub fn delivered(&self) -> u64 {
+        self.handlers.iter().map(|h| h.delivered).sum()
+    }
+    pub fn failed(&self) -> u64 {
+        self.handlers.iter().map(|h| h.failed).sum()
+    }
+    pub fn dead(&self) -> u64 {
+        self.handlers.iter().map(|h| h.dead).sum()
+    }
+    pub fn waiting(&self) -> u64 {
+        self.handlers.iter().map(|h| h.waiting).sum()
+    }
+    /// True when something needs attention: failed deliveries, deliveries
+    /// left waiting, or records that could not be read.
+    pub fn has_failures(&self) -> bool {
+        self.failed() > 0 || self.waiting() > 0 || self.bad_records() > 0
+    }
+}
+
+/// How many record errors a report lists (the counts cover them all).
+const RECORD_ERRORS_LISTED: usize = 100;
+
+/// Streams the selected sources' records into events, handing each event to
+/// `sink` with the index of its source.
+struct Scanner<'a> {
+    registry: &'a Registry,
+    ctx: SourceCtx,
+    stats: Vec<SourceStats>,
+    record_errors: Vec<RecordErrorReport>,
+    progress: Option<ProgressBar>,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(registry: &'a Registry, sources: &[&SourceConfig], opts: &RunOptions) -> Self {
+        let progress = opts.progress.then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Scanner {
+            registry,
+            ctx: SourceCtx { today: opts.today },
+            stats: sources
+                .iter()
+                .map(|s| SourceStats {
+                    name: s.name.clone(),
+                    ..SourceStats::default()
+                })
+                .collect(),
+            record_errors: Vec::new(),
+            progress,
+        }
+    }
+
+    fn function(&self, source: &SourceConfig) -> Result<&'a SourceFunction> {
+        let SourceKind::Function { function } = &source.kind;
+        self.registry.source(function).ok_or_else(|| {
+            Error::Usage(format!(
+                "source `{}`: unknown function `{function}`",
+                source.name
+            ))
+        })
+    }
+
+    /// Reads every record of `source` (index `s`), calling `sink` per event.
+    fn scan(
+        &mut self,
+        conn: &Connection,
+        s: usize,
+        source: &SourceConfig,
+        sink: &mut dyn FnMut(Event, &mut SourceStats) -> Result<()>,
+    ) -> Result<()> {
+        let function = self.function(source)?;
+        let read_err = |error| Error::ReadRecords {
+            source_name: source.name.clone(),
+            error,
+        };
+        let mut stmt = conn.prepare(&source.records.sql()).map_err(read_err)?;
+        let mut reader = RecordReader::new(&mut stmt).map_err(read_err)?;
+        while let Some(record) = reader.next_record().map_err(read_err)? {
+            let stats = &mut self.stats[s];
+            stats.records += 1;
+            match function.call(record, &self.ctx) {
+                Ok(events) => {
+                    stats.events += events.len() as u64;
+                    for event in events {
+                        sink(event, &mut self.stats[s])?;
+                    }
+                }
+                Err(error) => {
+                    stats.bad_records += 1;
+                    let id = record
+                        .get("id")
+                        .map_or_else(|| format!("#{}", stats.records), ToString::to_string);
+                    tracing::warn!(source = %source.name, record = %id, %error, "record skipped");
+                    if self.record_errors.len() < RECORD_ERRORS_LISTED {
+                        self.record_errors.push(RecordErrorReport {
+                            source: source.name.clone(),
+                            record: id,
+                            error: error.to_string(),
+                        });
+                    }
+                }
+            }
+            let stats = &self.stats[s];
+            if stats.records.is_multiple_of(4096)
+                && let Some(bar) = &self.progress
+            {
+                bar.set_message(format!(
+                    "{}: {} records, {} events, {} new",
+                    source.name, stats.records, stats.events, stats.new
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, started: Instant) -> RunReport {
+        if let Some(bar) = &self.progress {
+            bar.finish_and_clear();
+        }
+        RunReport {
+            sources: self.stats,
+            record_errors: self.record_errors,
+            seconds: started.elapsed().as_secs_f64(),
+            ..RunReport::default()
+        }
+    }
+}
+
+/// Opens the database read-only and checks the config against it.
+fn open_checked<'c>(
+    config: &'c Config,
+    registry: &Registry,
+    only: &[String],
+) -> Result<(Connection, Vec<&'c SourceConfig>, bool)> {
+    let sources = database::select_sources(config, only)?;
+    let conn = database::open_read_only(config)?;
+    database::check_sources(&conn, config, registry, &sources)?;
+    let seen_exists = database::check_seen_table(&conn, config)?;
+    Ok((conn, sources, seen_exists))
+}
+
+/// The main job: see the module documentation.
+pub fn process_sources(
+    config: &Config,
+    registry: &Registry,
+    opts: &RunOptions,
+) -> Result<RunReport> {
+    let started = Instant::now();
+    let (check_conn, sources, _) = open_checked(config, registry, &opts.only)?;
+    drop(check_conn);
+
+    let _lock = RunLock::acquire(&config.database.path, opts.wait)?;
+    database::create_if_missing(config)?;
+    let mut store = SqliteStore::open(
+        &config.database.path,
+        &config.database.seen_table,
+        config.database.busy_timeout,
+    )?;
+    let mut engine = Engine::new(config, registry);
+    let retried = engine.retry_due(&mut store)? as u64;
+
+    // Records are read on a connection of their own, so that the store can
+    // commit batches while a source's query is still being stepped through.
+    let reader = Connection::open_with_flags(
+        &config.database.path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|error| Error::OpenDatabase {
+        path: config.database.path.clone(),
+        error,
+    })?;
+    reader
+        .busy_timeout(config.database.busy_timeout)
+        .map_err(|error| Error::OpenDatabase {
+            path: config.database.path.clone(),
+            error,
+        })?;
+
+    let mut scanner = Scanner::new(registry, &sources, opts);
+    let mut batch = Batcher {
+        config,
+        events: Vec::with_capacity(config.delivery.batch_size),
+        origin: Vec::with_capacity(config.delivery.batch_size),
+        routes: HashMap::new(),
+    };
+    let mut new_per_source = vec![0u64; sources.len()];
+    for (s, source) in sources.iter().enumerate() {
+        scanner.scan(&reader, s, source, &mut |event, _stats| {
+            batch.events.push(event);
+            batch.origin.push(s);
+            if batch.events.len() >= config.delivery.batch_size {
+                batch.flush(&mut store, &mut engine, &mut new_per_source)?;
+            }
+            Ok(())
+        })?;
+    }
+    batch.flush(&mut store, &mut engine, &mut new_per_source)?;
+
+    let mut report = scanner.finish(started);
+    for (stats, new) in report.sources.iter_mut().zip(new_per_source) {
+        stats.new = new;
+    }
+    report.retried = retried;
+    report.handlers = engine.stats().to_vec();
+    report.failures = engine.failures().to_vec();
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Events waiting to be recorded, and the routing of groups to handlers.
+struct Batcher<'c> {
+    config: &'c Config,
+    events: Vec<Event>,
+    /// The source index of each event.
+    origin: Vec<usize>,
+    /// Handler indices per group, computed once per group.
+    routes: HashMap<String, Vec<usize>>,
+}
+
+impl Batcher<'_> {
+    /// Records the batch's new events with their deliveries, then delivers.
+    fn flush(
+        &mut self,
+        store: &mut dyn Store,
+        engine: &mut Engine,
+        new_per_source: &mut [u64],
+    ) -> Result<()> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        for e in &self.events {
+            if !self.routes.contains_key(&e.group) {
+                let handlers = self.config.handlers_for(&e.group).collect();
+                self.routes.insert(e.group.clone(), handlers);
+            }
+        }
+        let routes = &self.routes;
+        let handlers = &self.config.handlers;
+        let events = &self.events;
+        let recorded = store.record_batch(events, &mut |mask| {
+            let mut per_handler: Vec<Vec<usize>> = vec![Vec::new(); handlers.len()];
+            for (i, is_new) in mask.iter().enumerate() {
+                if *is_new {
+                    for &h in routes.get(&events[i].group).map_or(&[][..], Vec::as_slice) {
+                        per_handler[h].push(i);
+                    }
+                }
+            }
+            per_handler
+                .into_iter()
+                .enumerate()
+                .filter(|(_, events)| !events.is_empty())
+                .map(|(h, events)| PlannedDelivery {
+                    handler: handlers[h].name.clone(),
+                    events,
+                    file_offset: engine.planned_offset(h),
+                })
+                .collect()
+        })?;
+        for (i, new) in recorded.new.iter().enumerate() {
+            if new.is_some() {
+                new_per_source[self.origin[i]] += 1;
+            }
+        }
+        for (mut delivery, indices) in recorded.deliveries {
+            let dispatches: Vec<Option<Dispatch<'_>>> = indices
+                .iter()
+                .map(|&i| {
+                    recorded.new[i].as_deref().map(|context_json| Dispatch {
+                        event: &events[i],
+                        context_json,
+                        seen_at: &recorded.seen_at,
+                    })
+                })
+                .collect();
+            engine.deliver(store, &mut delivery, &dispatches)?;
+        }
+        self.events.clear();
+        self.origin.clear();
+        Ok(())
+    }
+}
+
+/// One event a dry run would dispatch.
+#[derive(Debug, Clone, Serialize)]
+pub struct WouldDispatch<'a> {
+    pub key: &'a str,
+    pub group: &'a str,
+    pub handlers: Vec<&'a str>,
+}
+
+/// What `process_sources` would dispatch now, reported event by event to
+/// `on_event`; writes nothing (not even spark's tables).
+pub fn dry_run(
+    config: &Config,
+    registry: &Registry,
+    opts: &RunOptions,
+    on_event: &mut dyn FnMut(&WouldDispatch<'_>),
+) -> Result<RunReport> {
+    let started = Instant::now();
+    let (conn, sources, seen_exists) = open_checked(config, registry, &opts.only)?;
+    let seen_sql = format!(
+        "SELECT 1 FROM {} WHERE \"key\" = ?1",
+        quote_ident(&config.database.seen_table)
+    );
+    let mut seen_stmt = if seen_exists {
+        Some(
+            conn.prepare(&seen_sql)
+                .map_err(|error| Error::OpenDatabase {
+                    path: config.database.path.clone(),
+                    error,
+                })?,
+        )
+    } else {
+        None
+    };
+    let read_err = |error| Error::OpenDatabase {
+        path: config.database.path.clone(),
+        error,
+    };
+    let mut would: HashSet<String> = HashSet::new();
+    let mut routes: HashMap<String, Vec<&str>> = HashMap::new();
+    let mut scanner = Scanner::new(registry, &sources, opts);
+    for (s, source) in sources.iter().enumerate() {
+        scanner.scan(&conn, s, source, &mut |event, stats| {
+            let seen = match seen_stmt.as_mut() {
+                Some(stmt) => stmt.exists([&event.key]).map_err(read_err)?,
+                None => false,
+            };
+            if seen || would.contains(&event.key) {
+                return Ok(());
+            }
+            stats.new += 1;
+            let handlers = routes.entry(event.group.clone()).or_insert_with(|| {
+                config
+                    .handlers_for(&event.group)
+                    .map(|h| config.handlers[h].name.as_str())
+                    .collect()
+            });
+            on_event(&WouldDispatch {
+                key: &event.key,
+                group: &event.group,
+                handlers: handlers.clone(),
+            });
+            would.insert(event.key);
+            Ok(())
+        })?;
+    }
+    let mut report = scanner.finish(started);
+    report.retried = due_retries(&conn)?;
+    Ok(report)
+}
+
+/// How many deliveries a run would retry now (read-only).
+fn due_retries(conn: &Connection) -> Result<u64> {
+    let has_table: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'spark_delivery'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(false);
+    if !has_table {
+        return Ok(0);
+    }
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM spark_delivery WHERE state = 'pending' \
+             OR (state = 'failed' AND next_attempt_at <= ?1)",
+            [crate::clock::now_ms()],
+            |r| r.get(0),
+        )
+        .unwrap_or(0);
+    Ok(u64::try_from(n).unwrap_or(0))
+}

@@ -1,0 +1,145 @@
+//! Compiled-in sources and handlers, registered by name so that a config can
+//! refer to them (`function = "challenge_events"`), with lookups that list
+//! what is known when a name is wrong.
+//!
+//! Not here: declarative generators and handler kinds configured in TOML.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::sync::Arc;
+
+use jiff::civil::Date;
+
+use crate::event::Event;
+use crate::records::{Record, RecordError};
+
+/// What a source function knows besides the record.
+#[derive(Debug, Clone)]
+pub struct SourceCtx {
+    /// The date sources treat as "today" (`--as-of`, default the local date).
+    pub today: Date,
+}
+
+/// The error a function handler returns; its text is recorded with the
+/// failed delivery.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+type SourceFnBox = dyn Fn(&Record, &SourceCtx) -> Result<Vec<Event>, RecordError> + Send + Sync;
+type HandlerFnBox = dyn Fn(&Event) -> Result<(), HandlerError> + Send + Sync;
+
+/// A compiled-in source: a function from one record to zero or more events,
+/// with the columns it reads and the groups it emits (for checks and listings).
+#[derive(Clone)]
+pub struct SourceFunction {
+    pub name: String,
+    pub reads: Vec<String>,
+    pub emits: Vec<String>,
+    func: Arc<SourceFnBox>,
+}
+
+impl SourceFunction {
+    /// Declares the columns the function reads; configs are checked against them.
+    pub fn reads<I: IntoIterator<Item = S>, S: Into<String>>(&mut self, columns: I) -> &mut Self {
+        self.reads = columns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Declares the groups the function may emit.
+    pub fn emits<I: IntoIterator<Item = S>, S: Into<String>>(&mut self, groups: I) -> &mut Self {
+        self.emits = groups.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Runs the function on one record.
+    pub fn call(&self, record: &Record, ctx: &SourceCtx) -> Result<Vec<Event>, RecordError> {
+        (self.func)(record, ctx)
+    }
+}
+
+/// A compiled-in handler: called once per event delivered to it. An `Err`
+/// makes the delivery fail (it is kept and retried).
+#[derive(Clone)]
+pub struct HandlerFunction {
+    pub name: String,
+    func: Arc<HandlerFnBox>,
+}
+
+impl HandlerFunction {
+    pub fn call(&self, event: &Event) -> Result<(), HandlerError> {
+        (self.func)(event)
+    }
+}
+
+/// The named compiled-in sources and handlers a binary offers.
+#[derive(Clone, Default)]
+pub struct Registry {
+    sources: BTreeMap<String, SourceFunction>,
+    handlers: BTreeMap<String, HandlerFunction>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// The registry of the `spark` binary: the example source
+    /// `challenge_events` and the `log_event` handler.
+    pub fn with_builtins() -> Registry {
+        let mut registry = Registry::new();
+        crate::sources::register_builtins(&mut registry);
+        crate::handlers::function::register_builtins(&mut registry);
+        registry
+    }
+
+    /// Registers a source function under `name` (replacing one of that name).
+    pub fn add_source<F>(&mut self, name: &str, func: F) -> &mut SourceFunction
+    where
+        F: Fn(&Record, &SourceCtx) -> Result<Vec<Event>, RecordError> + Send + Sync + 'static,
+    {
+        let entry = SourceFunction {
+            name: name.to_owned(),
+            reads: Vec::new(),
+            emits: Vec::new(),
+            func: Arc::new(func),
+        };
+        match self.sources.entry(name.to_owned()) {
+            Entry::Occupied(mut slot) => {
+                slot.insert(entry);
+                slot.into_mut()
+            }
+            Entry::Vacant(slot) => slot.insert(entry),
+        }
+    }
+
+    /// Registers a handler function under `name` (replacing one of that name).
+    pub fn add_handler<F>(&mut self, name: &str, func: F) -> &mut Self
+    where
+        F: Fn(&Event) -> Result<(), HandlerError> + Send + Sync + 'static,
+    {
+        let entry = HandlerFunction {
+            name: name.to_owned(),
+            func: Arc::new(func),
+        };
+        self.handlers.insert(name.to_owned(), entry);
+        self
+    }
+
+    pub fn source(&self, name: &str) -> Option<&SourceFunction> {
+        self.sources.get(name)
+    }
+
+    pub fn handler(&self, name: &str) -> Option<&HandlerFunction> {
+        self.handlers.get(name)
+    }
+
+    /// Names of the registered sources, sorted, for error messages.
+    pub fn source_names(&self) -> Vec<&str> {
+        self.sources.keys().map(String::as_str).collect()
+    }
+
+    /// Names of the registered handlers, sorted, for error messages.
+    pub fn handler_names(&self) -> Vec<&str> {
+        self.handlers.keys().map(String::as_str).collect()
+    }
+}

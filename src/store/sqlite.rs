@@ -1,0 +1,487 @@
+//! The SQLite store: seen keys in the (django-spark compatible) seen table of
+//! the records database, deliveries in `spark_delivery`.
+//!
+//! The connection runs in WAL mode with `synchronous = FULL`, so a committed
+//! batch survives a power loss, and with a busy timeout, so that an
+//! application writing to the same database makes spark wait, not fail.
+//! Every write is one `BEGIN IMMEDIATE` transaction; statements are prepared
+//! once and reused.
+//!
+//! Not here: opening the database read-only to validate it (`database.rs`).
+
+use std::path::{Path, PathBuf};
+use std::ptr;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use serde_json::{Map, Value};
+
+use super::{
+    Delivery, DeliveryState, Failure, PlannedDelivery, Recorded, Store, StoredEvent, schema,
+};
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::records::quote_ident;
+
+const DELIVERY_COLUMNS: &str = "id, handler, keys, done, state, attempts, next_attempt_at, \
+                                last_error, file_offset, created_at";
+
+/// The SQLite store over one records database.
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    sql: Statements,
+}
+
+/// The SQL that names the seen table, built once.
+struct Statements {
+    exists: String,
+    insert: String,
+    load: String,
+}
+
+impl SqliteStore {
+    /// Opens the store in an existing database, switches it to WAL and
+    /// creates or upgrades spark's tables.
+    pub fn open(path: &Path, seen_table: &str, busy_timeout: Duration) -> Result<SqliteStore> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let open_err = |error| Error::OpenDatabase {
+            path: path.to_owned(),
+            error,
+        };
+        let mut conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+        let store_err = |action: &str| {
+            let action = action.to_owned();
+            move |error| Error::Store {
+                database: path.to_owned(),
+                action,
+                error,
+            }
+        };
+        conn.busy_timeout(busy_timeout)
+            .map_err(store_err("setting the busy timeout"))?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(store_err("switching to WAL mode"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Store {
+                database: path.to_owned(),
+                action: format!("switching to WAL mode (the journal mode stayed {mode})"),
+                error: rusqlite::Error::InvalidQuery,
+            });
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(store_err("setting synchronous = FULL"))?;
+        conn.set_prepared_statement_cache_capacity(32);
+        schema::migrate(&mut conn, seen_table).map_err(|e| match e {
+            schema::MigrateError::Sql(error) => Error::Store {
+                database: path.to_owned(),
+                action: "creating spark's tables".into(),
+                error,
+            },
+            too_new => Error::NotADatabase {
+                path: path.to_owned(),
+                reason: too_new.to_string(),
+            },
+        })?;
+        let t = quote_ident(seen_table);
+        Ok(SqliteStore {
+            conn,
+            path: path.to_owned(),
+            sql: Statements {
+                exists: format!("SELECT 1 FROM {t} WHERE \"key\" = ?1"),
+                insert: format!(
+                    "INSERT INTO {t} (\"key\", \"group\", \"created_at\", \"context\") \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING"
+                ),
+                load: format!(
+                    "SELECT \"group\", \"context\", \"created_at\" FROM {t} WHERE \"key\" = ?1"
+                ),
+            },
+        })
+    }
+
+    /// The database this store writes to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The connection, for read-only operator queries.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn error(&self, action: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+        let action = action.into();
+        move |error| Error::Store {
+            database: self.path.clone(),
+            action,
+            error,
+        }
+    }
+
+    /// Runs `work` in one `BEGIN IMMEDIATE` transaction.
+    fn write<T>(
+        &self,
+        action: &str,
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let result = (|| {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            match work(&self.conn) {
+                Ok(value) => {
+                    self.conn.execute_batch("COMMIT")?;
+                    Ok(value)
+                }
+                Err(e) => {
+                    // The transaction is abandoned; a failed rollback leaves
+                    // nothing committed either.
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })();
+        result.map_err(self.error(action))
+    }
+}
+
+fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
+    let keys_json: String = row.get(2)?;
+    let keys: Vec<String> = serde_json::from_str(&keys_json).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    let state: String = row.get(4)?;
+    let state = DeliveryState::parse(&state).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            4,
+            rusqlite::types::Type::Text,
+            format!("unknown delivery state {state:?}").into(),
+        )
+    })?;
+    let done: i64 = row.get(3)?;
+    let attempts: i64 = row.get(5)?;
+    let file_offset: Option<i64> = row.get(8)?;
+    Ok(Delivery {
+        id: row.get(0)?,
+        handler: row.get(1)?,
+        keys,
+        done: usize::try_from(done).unwrap_or(0),
+        state,
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        next_attempt_at: row.get(6)?,
+        last_error: row.get(7)?,
+        file_offset: file_offset.and_then(|o| u64::try_from(o).ok()),
+        created_at: row.get(9)?,
+    })
+}
+
+fn keys_json(keys: &[String]) -> String {
+    serde_json::to_string(keys).unwrap_or_else(|_| String::from("[]"))
+}
+
+fn offset_sql(offset: Option<u64>) -> Option<i64> {
+    offset.map(|o| i64::try_from(o).unwrap_or(i64::MAX))
+}
+
+/// Inserts a one-key delivery split out of `from` and returns it.
+fn insert_single(
+    conn: &Connection,
+    from: &Delivery,
+    state: DeliveryState,
+    failure: Option<&Failure>,
+    now: &str,
+) -> rusqlite::Result<Delivery> {
+    let keys = vec![from.keys[from.done].clone()];
+    let (attempts, next, error) = match failure {
+        Some(f) => (
+            f.attempts,
+            f.next_attempt_at.unwrap_or(0),
+            Some(f.error.clone()),
+        ),
+        None => (from.attempts, 0, None),
+    };
+    conn.prepare_cached(
+        "INSERT INTO spark_delivery (handler, keys, done, state, attempts, next_attempt_at, \
+         last_error, created_at, updated_at) VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?7)",
+    )?
+    .execute(params![
+        from.handler,
+        keys_json(&keys),
+        state.as_str(),
+        attempts,
+        next,
+        error,
+        now
+    ])?;
+    Ok(Delivery {
+        id: conn.last_insert_rowid(),
+        handler: from.handler.clone(),
+        keys,
+        done: 0,
+        state,
+        attempts,
+        next_attempt_at: next,
+        last_error: error,
+        file_offset: None,
+        created_at: now.to_owned(),
+    })
+}
+
+fn set_done(conn: &Connection, id: i64, done: usize, now: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE spark_delivery SET done = ?2, updated_at = ?3 WHERE id = ?1")?
+        .execute(params![id, done as i64, now])?;
+    Ok(())
+}
+
+fn failure_state(failure: &Failure) -> DeliveryState {
+    if failure.next_attempt_at.is_some() {
+        DeliveryState::Failed
+    } else {
+        DeliveryState::Dead
+    }
+}
+
+impl Store for SqliteStore {
+    fn record_batch(
+        &mut self,
+        events: &[Event],
+        plan: &mut dyn FnMut(&[bool]) -> Vec<PlannedDelivery>,
+    ) -> Result<Recorded> {
+        let seen_at = clock::now_text();
+        let sql = &self.sql;
+        let (new, deliveries) = {
+            let seen_at = seen_at.as_str();
+            self.write("recording new events", |conn| {
+                let mut exists = conn.prepare_cached(&sql.exists)?;
+                let mut insert = conn.prepare_cached(&sql.insert)?;
+                let mut new: Vec<Option<String>> = Vec::with_capacity(events.len());
+                let mut mask = Vec::with_capacity(events.len());
+                // Events of one record usually share their context: serialize it once.
+                let mut last: (*const Map<String, Value>, String) = (ptr::null(), String::new());
+                for e in events {
+                    if exists.exists([&e.key])? {
+                        new.push(None);
+                        mask.push(false);
+                        continue;
+                    }
+                    let ctx_ptr = std::sync::Arc::as_ptr(&e.context);
+                    if last.0 != ctx_ptr {
+                        last = (ctx_ptr, serde_json::to_string(&*e.context).map_err(|err| {
+                            rusqlite::Error::ToSqlConversionFailure(Box::new(err))
+                        })?);
+                    }
+                    let inserted = insert.execute(params![e.key, e.group, seen_at, last.1])? == 1;
+                    new.push(inserted.then(|| last.1.clone()));
+                    mask.push(inserted);
+                }
+                let mut deliveries = Vec::new();
+                let mut add = conn.prepare_cached(
+                    "INSERT INTO spark_delivery (handler, keys, file_offset, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?4)",
+                )?;
+                for planned in plan(&mask) {
+                    let keys: Vec<String> =
+                        planned.events.iter().map(|&i| events[i].key.clone()).collect();
+                    add.execute(params![
+                        planned.handler,
+                        keys_json(&keys),
+                        offset_sql(planned.file_offset),
+                        seen_at
+                    ])?;
+                    let delivery = Delivery {
+                        id: conn.last_insert_rowid(),
+                        handler: planned.handler,
+                        keys,
+                        done: 0,
+                        state: DeliveryState::Pending,
+                        attempts: 0,
+                        next_attempt_at: 0,
+                        last_error: None,
+                        file_offset: planned.file_offset,
+                        created_at: seen_at.to_owned(),
+                    };
+                    deliveries.push((delivery, planned.events));
+                }
+                Ok((new, deliveries))
+            })?
+        };
+        Ok(Recorded {
+            seen_at,
+            new,
+            deliveries,
+        })
+    }
+
+    fn mark_seen(&mut self, key: &str, group: &str, context_json: &str) -> Result<bool> {
+        let now = clock::now_text();
+        let insert = self.sql.insert.clone();
+        self.write("marking a key seen", |conn| {
+            Ok(conn
+                .prepare_cached(&insert)?
+                .execute(params![key, group, now, context_json])?
+                == 1)
+        })
+    }
+
+    fn load_events(&mut self, keys: &[String]) -> Result<Vec<Option<StoredEvent>>> {
+        let load = |conn: &Connection| -> rusqlite::Result<Vec<Option<StoredEvent>>> {
+            let mut stmt = conn.prepare_cached(&self.sql.load)?;
+            keys.iter()
+                .map(|key| {
+                    stmt.query_row([key], |r| {
+                        let group: String = r.get(0)?;
+                        let context_json: String = r.get(1)?;
+                        let seen_at: String = r.get(2)?;
+                        Ok((group, context_json, seen_at))
+                    })
+                    .optional()
+                    .map(|found| {
+                        found.map(|(group, context_json, seen_at)| {
+                            stored_event(key, group, context_json, seen_at)
+                        })
+                    })
+                })
+                .collect()
+        };
+        load(&self.conn).map_err(self.error("loading events for delivery"))
+    }
+
+    fn bury_interrupted(&mut self, error: &str) -> Result<usize> {
+        let now = clock::now_text();
+        self.write("burying interrupted deliveries", |conn| {
+            conn.execute(
+                "UPDATE spark_delivery SET state = 'dead', attempts = attempts + 1, \
+                 last_error = ?1, updated_at = ?2 WHERE state = 'in_flight'",
+                params![error, now],
+            )
+        })
+    }
+
+    fn due_deliveries(&mut self, now_ms: i64) -> Result<Vec<Delivery>> {
+        let query = |conn: &Connection| -> rusqlite::Result<Vec<Delivery>> {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM spark_delivery \
+                 WHERE state = 'pending' OR (state = 'failed' AND next_attempt_at <= ?1) ORDER BY id"
+            ))?;
+            stmt.query_map([now_ms], delivery_from_row)?.collect()
+        };
+        query(&self.conn).map_err(self.error("listing due deliveries"))
+    }
+
+    fn set_file_offset(&mut self, delivery: &mut Delivery, offset: Option<u64>) -> Result<()> {
+        let now = clock::now_text();
+        let id = delivery.id;
+        self.write("recording a file offset", |conn| {
+            conn.prepare_cached(
+                "UPDATE spark_delivery SET file_offset = ?2, updated_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![id, offset_sql(offset), now])
+        })?;
+        delivery.file_offset = offset;
+        Ok(())
+    }
+
+    fn advance(&mut self, delivery: &mut Delivery, done: usize) -> Result<()> {
+        let now = clock::now_text();
+        let id = delivery.id;
+        let finished = done >= delivery.keys.len();
+        self.write("recording deliveries done", |conn| {
+            if finished {
+                conn.prepare_cached("DELETE FROM spark_delivery WHERE id = ?1")?
+                    .execute([id])?;
+                Ok(())
+            } else {
+                set_done(conn, id, done, &now)
+            }
+        })?;
+        delivery.done = done;
+        Ok(())
+    }
+
+    fn fail_next(&mut self, delivery: &mut Delivery, failure: &Failure) -> Result<()> {
+        if delivery.remaining().len() <= 1 {
+            return self.fail_rest(delivery, failure);
+        }
+        let now = clock::now_text();
+        let state = failure_state(failure);
+        let from = delivery.clone();
+        self.write("recording a failed delivery", |conn| {
+            insert_single(conn, &from, state, Some(failure), &now)?;
+            set_done(conn, from.id, from.done + 1, &now)
+        })?;
+        delivery.done += 1;
+        Ok(())
+    }
+
+    fn fail_rest(&mut self, delivery: &mut Delivery, failure: &Failure) -> Result<()> {
+        let now = clock::now_text();
+        let state = failure_state(failure);
+        let id = delivery.id;
+        self.write("recording a failed delivery", |conn| {
+            conn.prepare_cached(
+                "UPDATE spark_delivery SET state = ?2, attempts = ?3, next_attempt_at = ?4, \
+                 last_error = ?5, file_offset = NULL, updated_at = ?6 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                state.as_str(),
+                failure.attempts,
+                failure.next_attempt_at.unwrap_or(0),
+                failure.error,
+                now
+            ])
+        })?;
+        delivery.state = state;
+        delivery.attempts = failure.attempts;
+        delivery.next_attempt_at = failure.next_attempt_at.unwrap_or(0);
+        delivery.last_error = Some(failure.error.clone());
+        delivery.file_offset = None;
+        Ok(())
+    }
+
+    fn begin_at_most_once(&mut self, delivery: &mut Delivery) -> Result<Delivery> {
+        let now = clock::now_text();
+        if delivery.remaining().len() <= 1 {
+            let id = delivery.id;
+            self.write("marking a delivery in flight", |conn| {
+                conn.prepare_cached(
+                    "UPDATE spark_delivery SET state = 'in_flight', updated_at = ?2 WHERE id = ?1",
+                )?
+                .execute(params![id, now])
+            })?;
+            delivery.state = DeliveryState::InFlight;
+            return Ok(delivery.clone());
+        }
+        let from = delivery.clone();
+        let single = self.write("marking a delivery in flight", |conn| {
+            let single = insert_single(conn, &from, DeliveryState::InFlight, None, &now)?;
+            set_done(conn, from.id, from.done + 1, &now)?;
+            Ok(single)
+        })?;
+        delivery.done += 1;
+        Ok(single)
+    }
+}
+
+/// An event read back from the seen table. spark writes contexts as JSON;
+/// other text (django-spark wrote Python reprs) is kept under `"text"`.
+fn stored_event(key: &str, group: String, context_json: String, seen_at: String) -> StoredEvent {
+    let context = match serde_json::from_str::<Value>(&context_json) {
+        Ok(Value::Object(map)) => map,
+        _ => {
+            let mut map = Map::new();
+            map.insert("text".to_owned(), Value::String(context_json.clone()));
+            map
+        }
+    };
+    StoredEvent {
+        event: Event {
+            group,
+            key: key.to_owned(),
+            context: std::sync::Arc::new(context),
+        },
+        context_json,
+        seen_at,
+    }
+}
