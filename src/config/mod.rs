@@ -303,8 +303,8 @@ impl Config {
 /// The folder relative paths in a config are resolved against.
 fn config_dir(path: &Path) -> PathBuf {
     match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-        _ => PathBuf::from("."),
+        Some(dir) => dir.to_owned(),
+        None => PathBuf::new(),
     }
 }
 
@@ -747,7 +747,11 @@ impl Validator<'_> {
                         Some(HandlerKind::Command {
                             argv,
                             timeout,
-                            workdir: self.dir.clone(),
+                            workdir: if self.dir.as_os_str().is_empty() {
+                                PathBuf::from(".")
+                            } else {
+                                self.dir.clone()
+                            },
                         })
                     }
                     Some(argv) => {
