@@ -27,6 +27,7 @@ use crate::config::{Config, Guarantee, RetryPolicy};
 use crate::error::Result;
 use crate::handlers::{self, Dispatch, Sink};
 use crate::registry::Registry;
+use crate::signals;
 use crate::store::{Delivery, DeliveryState, Failure, Store, StoredEvent};
 
 /// What happened to one handler's deliveries during a run.
@@ -72,6 +73,8 @@ pub struct Engine {
     by_name: HashMap<String, usize>,
     stats: Vec<HandlerStats>,
     failures: Vec<FailureReport>,
+    /// At-most-once deliveries a dead run left in flight, now dead.
+    buried: u64,
     now: fn() -> i64,
 }
 
@@ -108,6 +111,7 @@ impl Engine {
             by_name,
             stats,
             failures: Vec::new(),
+            buried: 0,
             now: clock::now_ms,
         }
     }
@@ -118,6 +122,11 @@ impl Engine {
 
     pub fn failures(&self) -> &[FailureReport] {
         &self.failures
+    }
+
+    /// How many at-most-once deliveries a dead run had left in flight.
+    pub fn buried(&self) -> u64 {
+        self.buried
     }
 
     /// The file offset to record with a new delivery for handler `h`: the
@@ -143,7 +152,14 @@ impl Engine {
     /// left in flight, then delivers every due delivery. Returns how many
     /// deliveries it worked on.
     pub fn retry_due(&mut self, store: &mut dyn Store) -> Result<usize> {
-        store.bury_interrupted(INTERRUPTED)?;
+        let buried = store.bury_interrupted(INTERRUPTED)?;
+        if buried > 0 {
+            tracing::warn!(
+                buried,
+                "at-most-once deliveries were in flight when an earlier run died; they are dead now"
+            );
+        }
+        self.buried += buried as u64;
         let now = (self.now)();
         let due = store.due_deliveries(now)?;
         // A delivery that holds a file offset was being written when a run
@@ -158,12 +174,17 @@ impl Engine {
                 self.release_offset(store, &mut delivery)?;
                 continue;
             }
-            let stored = store.load_events(delivery.remaining())?;
-            let mut dispatches: Vec<Option<Dispatch<'_>>> = vec![None; delivery.done];
-            dispatches.extend(stored.iter().map(|s| s.as_ref().map(StoredEvent::dispatch)));
-            self.deliver(store, &mut delivery, &dispatches)?;
+            self.deliver_stored(store, &mut delivery)?;
         }
         Ok(count)
+    }
+
+    /// Delivers a delivery read back from the store, loading its events.
+    pub fn deliver_stored(&mut self, store: &mut dyn Store, delivery: &mut Delivery) -> Result<()> {
+        let stored = store.load_events(delivery.remaining())?;
+        let mut dispatches: Vec<Option<Dispatch<'_>>> = vec![None; delivery.done];
+        dispatches.extend(stored.iter().map(|s| s.as_ref().map(StoredEvent::dispatch)));
+        self.deliver(store, delivery, &dispatches)
     }
 
     /// Cuts a file sink back to the offset a not-yet-due delivery holds.
@@ -197,7 +218,7 @@ impl Engine {
             );
             return Ok(());
         };
-        if self.slots[h].stopped.is_some() {
+        if self.slots[h].stopped.is_some() || signals::requested().is_some() {
             self.stats[h].waiting += delivery.remaining().len() as u64;
             return Ok(());
         }
@@ -284,6 +305,10 @@ impl Engine {
         events: &[Option<Dispatch<'_>>],
     ) -> Result<()> {
         while delivery.done < delivery.keys.len() {
+            if signals::requested().is_some() {
+                self.stats[h].waiting += delivery.remaining().len() as u64;
+                break;
+            }
             let i = delivery.done;
             let Some(dispatch) = events.get(i).copied().flatten() else {
                 tracing::warn!(key = %delivery.keys[i], handler = %delivery.handler,

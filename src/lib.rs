@@ -37,6 +37,7 @@ pub mod lock;
 pub mod pipeline;
 pub mod records;
 pub mod registry;
+pub mod signals;
 pub mod sources;
 pub mod store;
 

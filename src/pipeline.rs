@@ -26,6 +26,7 @@ use crate::handlers::Dispatch;
 use crate::lock::RunLock;
 use crate::records::{RecordReader, quote_ident};
 use crate::registry::{Registry, SourceCtx, SourceFunction};
+use crate::signals;
 use crate::store::{PlannedDelivery, SqliteStore, Store};
 
 /// What a run is asked to do.
@@ -39,6 +40,9 @@ pub struct RunOptions {
     pub wait: Duration,
     /// Show a progress spinner on stderr.
     pub progress: bool,
+    /// Deliver new events (`false`: only record them as seen, for
+    /// `skip-backfill`).
+    pub dispatch: bool,
 }
 
 /// One source's figures.
@@ -67,9 +71,13 @@ pub struct RunReport {
     pub handlers: Vec<HandlerStats>,
     /// Earlier deliveries worked on before reading records.
     pub retried: u64,
+    /// At-most-once deliveries an earlier run died during; now dead.
+    pub interrupted: u64,
     pub failures: Vec<FailureReport>,
     pub record_errors: Vec<RecordErrorReport>,
     pub seconds: f64,
+    /// The signal that stopped the run early, if one did.
+    pub stopped: Option<String>,
 }
 
 impl RunReport {
@@ -100,7 +108,7 @@ impl RunReport {
     /// True when something needs attention: failed deliveries, deliveries
     /// left waiting, or records that could not be read.
     pub fn has_failures(&self) -> bool {
-        self.failed() > 0 || self.waiting() > 0 || self.bad_records() > 0
+        self.failed() > 0 || self.waiting() > 0 || self.bad_records() > 0 || self.interrupted > 0
     }
 }
 
@@ -169,6 +177,9 @@ impl<'a> Scanner<'a> {
         let mut stmt = conn.prepare(&source.records.sql()).map_err(read_err)?;
         let mut reader = RecordReader::new(&mut stmt).map_err(read_err)?;
         while let Some(record) = reader.next_record().map_err(read_err)? {
+            if signals::requested().is_some() {
+                return Ok(());
+            }
             let stats = &mut self.stats[s];
             stats.records += 1;
             match function.call(record, &self.ctx) {
@@ -250,7 +261,11 @@ pub fn process_sources(
         config.database.busy_timeout,
     )?;
     let mut engine = Engine::new(config, registry);
-    let retried = engine.retry_due(&mut store)? as u64;
+    let retried = if opts.dispatch {
+        engine.retry_due(&mut store)? as u64
+    } else {
+        0
+    };
 
     // Records are read on a connection of their own, so that the store can
     // commit batches while a source's query is still being stepped through.
@@ -275,6 +290,7 @@ pub fn process_sources(
         events: Vec::with_capacity(config.delivery.batch_size),
         origin: Vec::with_capacity(config.delivery.batch_size),
         routes: HashMap::new(),
+        dispatch: opts.dispatch,
     };
     let mut new_per_source = vec![0u64; sources.len()];
     for (s, source) in sources.iter().enumerate() {
@@ -287,13 +303,18 @@ pub fn process_sources(
             Ok(())
         })?;
     }
-    batch.flush(&mut store, &mut engine, &mut new_per_source)?;
+    let stopped = signals::requested();
+    if stopped.is_none() {
+        batch.flush(&mut store, &mut engine, &mut new_per_source)?;
+    }
 
     let mut report = scanner.finish(started);
+    report.stopped = stopped.map(|s| s.name().to_owned());
     for (stats, new) in report.sources.iter_mut().zip(new_per_source) {
         stats.new = new;
     }
     report.retried = retried;
+    report.interrupted = engine.buried();
     report.handlers = engine.stats().to_vec();
     report.failures = engine.failures().to_vec();
     report.seconds = started.elapsed().as_secs_f64();
@@ -308,6 +329,8 @@ struct Batcher<'c> {
     origin: Vec<usize>,
     /// Handler indices per group, computed once per group.
     routes: HashMap<String, Vec<usize>>,
+    /// Plan deliveries (`false`: record the events as seen only).
+    dispatch: bool,
 }
 
 impl Batcher<'_> {
@@ -330,7 +353,11 @@ impl Batcher<'_> {
         let routes = &self.routes;
         let handlers = &self.config.handlers;
         let events = &self.events;
+        let dispatch = self.dispatch;
         let recorded = store.record_batch(events, &mut |mask| {
+            if !dispatch {
+                return Vec::new();
+            }
             let mut per_handler: Vec<Vec<usize>> = vec![Vec::new(); handlers.len()];
             for (i, is_new) in mask.iter().enumerate() {
                 if *is_new {
@@ -372,6 +399,43 @@ impl Batcher<'_> {
         self.origin.clear();
         Ok(())
     }
+}
+
+/// Makes the deliveries `query` selects due now (with a fresh count of
+/// attempts) and delivers them, under the run lock.
+pub fn retry(
+    config: &Config,
+    registry: &Registry,
+    query: &crate::store::admin::DeliveryQuery,
+    wait: Duration,
+) -> Result<RunReport> {
+    let started = Instant::now();
+    let conn = database::open_read_only(config)?;
+    if !database::check_seen_table(&conn, config)? {
+        // Nothing was ever recorded here, so nothing is owed.
+        return Ok(RunReport::default());
+    }
+    drop(conn);
+    let _lock = RunLock::acquire(&config.database.path, wait)?;
+    let mut store = SqliteStore::open(
+        &config.database.path,
+        &config.database.seen_table,
+        config.database.busy_timeout,
+    )?;
+    let mut engine = Engine::new(config, registry);
+    store.reset_for_retry(query)?;
+    // The selected deliveries are due now; so may be others, which are owed
+    // anyway (and a file offset a dead run left must be settled first).
+    let retried = engine.retry_due(&mut store)?;
+    Ok(RunReport {
+        handlers: engine.stats().to_vec(),
+        failures: engine.failures().to_vec(),
+        retried: retried as u64,
+        interrupted: engine.buried(),
+        seconds: started.elapsed().as_secs_f64(),
+        stopped: signals::requested().map(|s| s.name().to_owned()),
+        ..RunReport::default()
+    })
 }
 
 /// One event a dry run would dispatch.

@@ -11,6 +11,7 @@
 //! Not here: retry policy (the delivery engine decides attempts and times) or
 //! calling handlers.
 
+pub mod admin;
 pub mod schema;
 pub mod sqlite;
 

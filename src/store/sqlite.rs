@@ -24,13 +24,14 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::records::quote_ident;
 
-const DELIVERY_COLUMNS: &str = "id, handler, keys, done, state, attempts, next_attempt_at, \
+pub(super) const DELIVERY_COLUMNS: &str = "id, handler, keys, done, state, attempts, next_attempt_at, \
                                 last_error, file_offset, created_at";
 
 /// The SQLite store over one records database.
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    seen_table: String,
     sql: Statements,
 }
 
@@ -89,6 +90,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn,
             path: path.to_owned(),
+            seen_table: seen_table.to_owned(),
             sql: Statements {
                 exists: format!("SELECT 1 FROM {t} WHERE \"key\" = ?1"),
                 insert: format!(
@@ -107,12 +109,17 @@ impl SqliteStore {
         &self.path
     }
 
+    /// The seen table's name.
+    pub fn seen_table(&self) -> &str {
+        &self.seen_table
+    }
+
     /// The connection, for read-only operator queries.
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
 
-    fn error(&self, action: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+    pub(super) fn error(&self, action: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
         let action = action.into();
         move |error| Error::Store {
             database: self.path.clone(),
@@ -122,7 +129,7 @@ impl SqliteStore {
     }
 
     /// Runs `work` in one `BEGIN IMMEDIATE` transaction.
-    fn write<T>(
+    pub(super) fn write<T>(
         &self,
         action: &str,
         work: impl FnOnce(&Connection) -> rusqlite::Result<T>,
@@ -146,7 +153,7 @@ impl SqliteStore {
     }
 }
 
-fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
+pub(super) fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
     let keys_json: String = row.get(2)?;
     let keys: Vec<String> = serde_json::from_str(&keys_json).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
@@ -176,7 +183,7 @@ fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
     })
 }
 
-fn keys_json(keys: &[String]) -> String {
+pub(super) fn keys_json(keys: &[String]) -> String {
     serde_json::to_string(keys).unwrap_or_else(|_| String::from("[]"))
 }
 

@@ -1,0 +1,187 @@
+//! Printing for the operator commands over the store: mark-seen, events,
+//! deliveries, forget, prune.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use regex::Regex;
+use serde_json::json;
+
+use super::Cli;
+use super::output::{clip, print_table, stdout_json};
+use crate::clock;
+use crate::config::Config;
+use crate::database;
+use crate::error::{Error, Result};
+use crate::lock::RunLock;
+use crate::store::admin::{self, DeliveryQuery, EventQuery};
+use crate::store::{SqliteStore, Store};
+
+/// Checks the database read-only (so that a bad one is left untouched) and
+/// tells whether the seen table exists yet.
+fn check_database(config: &Config) -> Result<bool> {
+    let conn = database::open_read_only(config)?;
+    database::check_seen_table(&conn, config)
+}
+
+fn open_store(config: &Config) -> Result<SqliteStore> {
+    SqliteStore::open(
+        &config.database.path,
+        &config.database.seen_table,
+        config.database.busy_timeout,
+    )
+}
+
+fn read_err(config: &Config) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    |error| Error::OpenDatabase {
+        path: config.database.path.clone(),
+        error,
+    }
+}
+
+pub fn mark_seen(
+    cli: &Cli,
+    config: &Config,
+    key: &str,
+    group: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    if key.is_empty() {
+        return Err(Error::Usage("mark-seen: KEY must not be empty".into()).into());
+    }
+    let group = group
+        .map(str::to_owned)
+        .unwrap_or_else(|| key.rsplit_once('_').map_or(key, |(g, _)| g).to_owned());
+    check_database(config)?;
+    database::create_if_missing(config)?;
+    let new = open_store(config)?.mark_seen(key, &group, "{}")?;
+    if cli.json {
+        stdout_json(&json!({"key": key, "group": group, "new": new}))?;
+    } else if !cli.quiet {
+        if new {
+            println!("marked {key} as seen (group {group}); it will not be dispatched");
+        } else {
+            println!("{key} was already seen; nothing changed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn events(cli: &Cli, config: &Config, query: &EventQuery) -> anyhow::Result<ExitCode> {
+    let conn = database::open_read_only(config)?;
+    database::check_seen_table(&conn, config)?;
+    let mut events = Vec::new();
+    admin::list_events(&conn, &config.database.seen_table, query, &mut |e| {
+        events.push(e)
+    })
+    .map_err(read_err(config))?;
+    if cli.json {
+        stdout_json(&json!(events))?;
+    } else if !cli.quiet {
+        let rows: Vec<Vec<String>> = events
+            .iter()
+            .map(|e| {
+                let context = match &e.context {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                vec![
+                    e.key.clone(),
+                    e.group.clone(),
+                    e.created_at.clone(),
+                    clip(&context, 60),
+                ]
+            })
+            .collect();
+        print_table(&["KEY", "GROUP", "CREATED_AT", "CONTEXT"], &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn deliveries(cli: &Cli, config: &Config, query: &DeliveryQuery) -> anyhow::Result<ExitCode> {
+    let conn = database::open_read_only(config)?;
+    let lines = admin::list_deliveries(&conn, query).map_err(read_err(config))?;
+    if cli.json {
+        stdout_json(&json!(lines))?;
+    } else if !cli.quiet {
+        if lines.is_empty() {
+            println!("no deliveries pending, failed or dead");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let rows: Vec<Vec<String>> = lines
+            .iter()
+            .map(|d| {
+                vec![
+                    d.handler.clone(),
+                    d.key.clone(),
+                    d.state.clone(),
+                    d.attempts.to_string(),
+                    d.next_attempt_at.clone().unwrap_or_else(|| "-".into()),
+                    clip(d.last_error.as_deref().unwrap_or("-"), 80),
+                ]
+            })
+            .collect();
+        print_table(
+            &["HANDLER", "KEY", "STATE", "ATTEMPTS", "NEXT_ATTEMPT", "ERROR"],
+            &rows,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn forget(cli: &Cli, config: &Config, keys: &[String], wait: Duration) -> anyhow::Result<ExitCode> {
+    let report = if check_database(config)? {
+        let _lock = RunLock::acquire(&config.database.path, wait)?;
+        open_store(config)?.forget(keys)?
+    } else {
+        admin::Forgotten {
+            unknown: keys.to_vec(),
+            ..admin::Forgotten::default()
+        }
+    };
+    if cli.json {
+        stdout_json(&json!(report))?;
+    } else if !cli.quiet {
+        println!(
+            "forgot {} keys ({} owed deliveries dropped); they fire again when a source produces them",
+            report.forgotten.len(),
+            report.deliveries_dropped
+        );
+        if !report.unknown.is_empty() {
+            println!("not seen, nothing to forget: {}", report.unknown.join(", "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn prune(
+    cli: &Cli,
+    config: &Config,
+    age: Duration,
+    group: Option<&Regex>,
+    dry_run: bool,
+    wait: Duration,
+) -> anyhow::Result<ExitCode> {
+    let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+    let cutoff = clock::utc_text(clock::now_ms().saturating_sub(age_ms));
+    let report = if check_database(config)? {
+        let _lock = RunLock::acquire(&config.database.path, wait)?;
+        open_store(config)?.prune(&cutoff, group, dry_run)?
+    } else {
+        admin::Pruned::default()
+    };
+    if cli.json {
+        stdout_json(&json!({
+            "cutoff": cutoff,
+            "dry_run": dry_run,
+            "pruned": report.pruned,
+            "kept_undelivered": report.kept_undelivered,
+        }))?;
+    } else if !cli.quiet {
+        let verb = if dry_run { "would prune" } else { "pruned" };
+        println!(
+            "{verb} {} events recorded before {cutoff} UTC; kept {} with unfinished deliveries",
+            report.pruned, report.kept_undelivered
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,375 @@
+//! The command line: clap definitions and dispatch to the library. Printing
+//! lives in the submodules, one per family of commands. Human output is
+//! short (one summary line per run, nothing with `-q` on success); `--json`
+//! prints one JSON document on stdout; logs go to stderr.
+//!
+//! Not here: any logic a library user would want without the CLI.
+
+mod admin;
+mod list;
+mod output;
+mod run;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use jiff::civil::Date;
+
+use crate::config::{self, Config};
+use crate::error::Error;
+use crate::pipeline::RunOptions;
+use crate::records::parse_date;
+use crate::registry::Registry;
+use crate::store::DeliveryState;
+
+/// spark: turns database records into events and hands each new event to the
+/// handlers that want it, exactly once per event key.
+#[derive(Debug, Parser)]
+#[command(name = "spark", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file [default: $SPARK_CONFIG, else ./spark.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print nothing on success (for cron)
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read the sources, record new events and deliver them (the main job, for cron)
+    ProcessSources {
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Show what process-sources would dispatch now; writes nothing
+    DryRun {
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// List the configured handlers: name, kind, group regex
+    ListHandlers,
+    /// List the configured sources
+    ListSources,
+    /// Record KEY as seen without dispatching it
+    MarkSeen {
+        /// The event key, e.g. challenge_ended_42
+        key: String,
+        /// The event's group [default: KEY up to its last "_"]
+        #[arg(long, value_name = "G")]
+        group: Option<String>,
+    },
+    /// Record everything the sources produce now as seen, dispatching nothing
+    /// (turning spark on over an existing database)
+    SkipBackfill {
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// List seen events, newest first (django-spark's admin list)
+    Events {
+        /// Only groups matching this regex (search semantics)
+        #[arg(long, value_name = "REGEX")]
+        group: Option<String>,
+        /// Only keys starting with this
+        #[arg(long, value_name = "PREFIX")]
+        key_prefix: Option<String>,
+        /// Only events recorded on or after this date (UTC), YYYY-MM-DD
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+        /// Only events recorded before this date (UTC), YYYY-MM-DD
+        #[arg(long, value_name = "DATE")]
+        until: Option<String>,
+        /// At most this many (0: all)
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: usize,
+    },
+    /// List deliveries not finished yet: failed, dead, pending
+    Deliveries {
+        /// Only this state: failed, dead, pending or in_flight (repeatable)
+        #[arg(long, value_name = "STATE")]
+        state: Vec<String>,
+        /// Only this handler
+        #[arg(long, value_name = "NAME")]
+        handler: Option<String>,
+        /// Only this event key (repeatable)
+        #[arg(long, value_name = "KEY")]
+        key: Vec<String>,
+    },
+    /// Deliver failed or dead deliveries now, with a fresh count of attempts
+    Retry {
+        /// The deliveries of this event key (repeatable)
+        #[arg(long, value_name = "KEY")]
+        key: Vec<String>,
+        /// The deliveries of this handler
+        #[arg(long, value_name = "NAME")]
+        handler: Option<String>,
+        /// Only dead deliveries
+        #[arg(long)]
+        dead: bool,
+        /// Every failed and dead delivery
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Forget event keys so that they may fire again (drops what was owed for them)
+    Forget {
+        /// The event keys
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Delete seen events recorded longer ago than a duration (keeps undelivered ones)
+    Prune {
+        /// e.g. "90d"
+        #[arg(long, value_name = "DURATION")]
+        older_than: String,
+        /// Only groups matching this regex (search semantics)
+        #[arg(long, value_name = "REGEX")]
+        group: Option<String>,
+        /// Only count what would be deleted
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Only this source (repeatable)
+    #[arg(long = "source", value_name = "NAME")]
+    sources: Vec<String>,
+    /// The date sources treat as today, YYYY-MM-DD [default: the local date]
+    #[arg(long, value_name = "DATE")]
+    as_of: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct LockArgs {
+    /// Wait up to this long for another run on the same database, e.g. "30s"
+    /// [default: do not wait; exit with status 3]
+    #[arg(long, value_name = "DURATION")]
+    wait: Option<String>,
+}
+
+impl LockArgs {
+    fn wait(&self) -> Result<Duration, Error> {
+        match &self.wait {
+            None => Ok(Duration::ZERO),
+            Some(text) => config::parse_duration(text)
+                .map_err(|e| Error::Usage(format!("--wait {text:?}: {e}"))),
+        }
+    }
+}
+
+/// Parses the command line, runs the command and returns the exit status:
+/// 0 all done, 1 finished but something failed, 2 unusable input, 3 another
+/// run holds the lock, 128+N stopped by signal N.
+pub fn run_cli(registry: Registry) -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging(cli.verbose, cli.quiet);
+    match dispatch(&cli, &registry) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            let code = err.downcast_ref::<Error>().map_or(2, Error::exit_code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("spark={default}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .try_init();
+}
+
+/// The config file to use: `--config`, else `$SPARK_CONFIG`, else `./spark.toml`.
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .or_else(|| std::env::var_os("SPARK_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("spark.toml"))
+}
+
+fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&config_path(cli), registry).map_err(Error::from)?;
+    match &cli.command {
+        Command::ProcessSources { run, lock } => {
+            let opts = run_options(cli, run, lock.wait()?, true)?;
+            run::process_sources(cli, &config, registry, &opts)
+        }
+        Command::SkipBackfill { run, lock } => {
+            let opts = run_options(cli, run, lock.wait()?, false)?;
+            run::skip_backfill(cli, &config, registry, &opts)
+        }
+        Command::DryRun { run } => {
+            let opts = run_options(cli, run, Duration::ZERO, true)?;
+            run::dry_run(cli, &config, registry, &opts)
+        }
+        Command::Retry {
+            key,
+            handler,
+            dead,
+            all,
+            lock,
+        } => {
+            if key.is_empty() && handler.is_none() && !dead && !all {
+                return Err(Error::Usage(
+                    "retry: say which deliveries: --key KEY, --handler NAME, --dead or --all"
+                        .into(),
+                )
+                .into());
+            }
+            if let Some(h) = handler
+                && !config.handlers.iter().any(|c| &c.name == h)
+            {
+                return Err(Error::Usage(format!(
+                    "retry --handler {h}: no handler of that name in {}",
+                    config.path.display()
+                ))
+                .into());
+            }
+            let states = if *dead {
+                vec![DeliveryState::Dead]
+            } else {
+                vec![DeliveryState::Failed, DeliveryState::Dead]
+            };
+            let query = crate::store::admin::DeliveryQuery {
+                states,
+                handler: handler.clone(),
+                keys: key.clone(),
+            };
+            run::retry(cli, &config, registry, &query, lock.wait()?)
+        }
+        Command::ListHandlers => list::handlers(cli, &config),
+        Command::ListSources => list::sources(cli, &config, registry),
+        Command::MarkSeen { key, group } => admin::mark_seen(cli, &config, key, group.as_deref()),
+        Command::Events {
+            group,
+            key_prefix,
+            since,
+            until,
+            limit,
+        } => {
+            let query = crate::store::admin::EventQuery {
+                group: group.as_deref().map(regex_arg).transpose()?,
+                key_prefix: key_prefix.clone(),
+                since: since.as_deref().map(|d| date_arg("--since", d)).transpose()?,
+                until: until.as_deref().map(|d| date_arg("--until", d)).transpose()?,
+                limit: (*limit > 0).then_some(*limit),
+            };
+            admin::events(cli, &config, &query)
+        }
+        Command::Deliveries {
+            state,
+            handler,
+            key,
+        } => {
+            let states = state
+                .iter()
+                .map(|s| {
+                    DeliveryState::parse(s).ok_or_else(|| {
+                        Error::Usage(format!(
+                            "--state {s}: expected failed, dead, pending or in_flight"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let query = crate::store::admin::DeliveryQuery {
+                states,
+                handler: handler.clone(),
+                keys: key.clone(),
+            };
+            admin::deliveries(cli, &config, &query)
+        }
+        Command::Forget { keys, lock } => admin::forget(cli, &config, keys, lock.wait()?),
+        Command::Prune {
+            older_than,
+            group,
+            dry_run,
+            lock,
+        } => {
+            let age = config::parse_duration(older_than)
+                .map_err(|e| Error::Usage(format!("--older-than {older_than:?}: {e}")))?;
+            let group = group.as_deref().map(regex_arg).transpose()?;
+            admin::prune(cli, &config, age, group.as_ref(), *dry_run, lock.wait()?)
+        }
+    }
+}
+
+fn regex_arg(pattern: &str) -> Result<regex::Regex, Error> {
+    regex::Regex::new(pattern).map_err(|e| Error::Usage(format!("--group {pattern:?}: {e}")))
+}
+
+/// A `YYYY-MM-DD` argument.
+fn date_arg(option: &str, text: &str) -> Result<String, Error> {
+    parse_date(text)
+        .filter(|_| text.len() == 10)
+        .map(|d| d.to_string())
+        .ok_or_else(|| Error::Usage(format!("{option} {text:?}: expected a date YYYY-MM-DD")))
+}
+
+fn run_options(
+    cli: &Cli,
+    run: &RunArgs,
+    wait: Duration,
+    dispatch: bool,
+) -> anyhow::Result<RunOptions> {
+    let today = match &run.as_of {
+        Some(text) => parse_date(&date_arg("--as-of", text)?)
+            .ok_or_else(|| Error::Usage(format!("--as-of {text:?}: expected a date YYYY-MM-DD")))?,
+        None => local_today(),
+    };
+    Ok(RunOptions {
+        only: run.sources.clone(),
+        today,
+        wait,
+        progress: !cli.quiet && !cli.json && std::io::stderr().is_terminal(),
+        dispatch,
+    })
+}
+
+fn local_today() -> Date {
+    jiff::ZonedDateTime::now().date()
+}

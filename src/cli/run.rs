@@ -1,0 +1,230 @@
+//! Printing for the commands that run sources or deliveries:
+//! process-sources, skip-backfill, retry, dry-run.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use super::Cli;
+use super::output::stdout_json;
+use crate::config::Config;
+use crate::pipeline::{self, RunOptions, RunReport};
+use crate::registry::Registry;
+use crate::signals;
+use crate::store::admin::DeliveryQuery;
+
+pub fn process_sources(
+    cli: &Cli,
+    config: &Config,
+    registry: &Registry,
+    opts: &RunOptions,
+) -> anyhow::Result<ExitCode> {
+    signals::install().context("installing signal handlers")?;
+    let report = pipeline::process_sources(config, registry, opts)?;
+    print_run(cli, "process-sources", &report)
+}
+
+pub fn skip_backfill(
+    cli: &Cli,
+    config: &Config,
+    registry: &Registry,
+    opts: &RunOptions,
+) -> anyhow::Result<ExitCode> {
+    signals::install().context("installing signal handlers")?;
+    let report = pipeline::process_sources(config, registry, opts)?;
+    if cli.json {
+        stdout_json(&report_json("skip-backfill", &report))?;
+    } else if !cli.quiet {
+        println!(
+            "skip-backfill: {} records, {} events, {} new recorded as seen without dispatching, in {:.2}s",
+            report.records(),
+            report.events(),
+            report.new_events(),
+            report.seconds
+        );
+    }
+    finish(cli, &report)
+}
+
+pub fn retry(
+    cli: &Cli,
+    config: &Config,
+    registry: &Registry,
+    query: &DeliveryQuery,
+    wait: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    signals::install().context("installing signal handlers")?;
+    let report = pipeline::retry(config, registry, query, wait)?;
+    print_run(cli, "retry", &report)
+}
+
+fn summary(command: &str, r: &RunReport) -> String {
+    let mut line = if command == "retry" {
+        format!(
+            "retry: {} deliveries, {} delivered, {} failed",
+            r.retried,
+            r.delivered(),
+            r.failed()
+        )
+    } else {
+        let mut line = format!(
+            "{command}: {} records, {} events, {} new, {} delivered, {} failed",
+            r.records(),
+            r.events(),
+            r.new_events(),
+            r.delivered(),
+            r.failed()
+        );
+        if r.retried > 0 {
+            line.push_str(&format!(", {} earlier deliveries retried", r.retried));
+        }
+        line
+    };
+    if r.dead() > 0 {
+        line.push_str(&format!(" ({} now dead)", r.dead()));
+    }
+    if r.interrupted > 0 {
+        line.push_str(&format!(
+            ", {} at-most-once deliveries interrupted by an earlier crash (now dead)",
+            r.interrupted
+        ));
+    }
+    if r.waiting() > 0 {
+        line.push_str(&format!(", {} waiting for the next run", r.waiting()));
+    }
+    if r.bad_records() > 0 {
+        line.push_str(&format!(", {} records skipped", r.bad_records()));
+    }
+    line.push_str(&format!(" in {:.2}s", r.seconds));
+    line
+}
+
+pub fn report_json(command: &str, r: &RunReport) -> serde_json::Value {
+    json!({
+        "command": command,
+        "records": r.records(),
+        "events": r.events(),
+        "new": r.new_events(),
+        "delivered": r.delivered(),
+        "failed": r.failed(),
+        "dead": r.dead(),
+        "waiting": r.waiting(),
+        "retried": r.retried,
+        "interrupted": r.interrupted,
+        "bad_records": r.bad_records(),
+        "seconds": r.seconds,
+        "stopped": r.stopped,
+        "sources": r.sources,
+        "handlers": r.handlers,
+        "failures": r.failures,
+        "record_errors": r.record_errors,
+    })
+}
+
+fn print_run(cli: &Cli, command: &str, r: &RunReport) -> anyhow::Result<ExitCode> {
+    if cli.json {
+        stdout_json(&report_json(command, r))?;
+    } else if !cli.quiet {
+        println!("{}", summary(command, r));
+    } else if r.has_failures() || r.stopped.is_some() {
+        eprintln!("{}", summary(command, r));
+    }
+    finish(cli, r)
+}
+
+/// Prints failures and a stop, and picks the exit status.
+fn finish(cli: &Cli, r: &RunReport) -> anyhow::Result<ExitCode> {
+    if !cli.json {
+        for f in &r.failures {
+            let next = if f.dead {
+                "dead: retry it by hand with `spark retry`"
+            } else {
+                "will be retried"
+            };
+            eprintln!(
+                "failed: handler `{}`, event {} (attempt {}, {next}): {}",
+                f.handler, f.key, f.attempts, f.error
+            );
+        }
+        for e in &r.record_errors {
+            eprintln!(
+                "skipped: source `{}`, record {}: {}",
+                e.source, e.record, e.error
+            );
+        }
+    }
+    if let Some(stop) = signals::requested() {
+        if !cli.json {
+            eprintln!(
+                "stopped by {}: what was recorded is consistent; {} deliveries wait for the next run",
+                stop.name(),
+                r.waiting()
+            );
+        }
+        return Ok(ExitCode::from(stop.exit_code()));
+    }
+    Ok(if r.has_failures() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn dry_run(
+    cli: &Cli,
+    config: &Config,
+    registry: &Registry,
+    opts: &RunOptions,
+) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let mut first = true;
+    let mut write_err: Option<std::io::Error> = None;
+    if cli.json {
+        write!(out, "{{\"events\": [")?;
+    }
+    let report = pipeline::dry_run(config, registry, opts, &mut |would| {
+        let written = if cli.json {
+            let sep = if first { "\n  " } else { ",\n  " };
+            serde_json::to_string(would)
+                .map_err(std::io::Error::other)
+                .and_then(|j| write!(out, "{sep}{j}"))
+        } else if !cli.quiet {
+            let handlers = if would.handlers.is_empty() {
+                "(no handler)".to_owned()
+            } else {
+                would.handlers.join(", ")
+            };
+            writeln!(out, "{} -> {handlers}", would.key)
+        } else {
+            Ok(())
+        };
+        first = false;
+        if let Err(e) = written
+            && write_err.is_none()
+        {
+            write_err = Some(e);
+        }
+    })?;
+    if let Some(e) = write_err {
+        return Err(e).context("writing the dry-run output");
+    }
+    if cli.json {
+        let mut summary = report_json("dry-run", &report);
+        if let Some(obj) = summary.as_object_mut() {
+            obj.remove("command");
+        }
+        writeln!(out, "\n], \"summary\": {summary}}}")?;
+    } else if !cli.quiet {
+        writeln!(
+            out,
+            "dry-run: {} records, {} events, {} new, {} earlier deliveries due; nothing was written",
+            report.records(),
+            report.events(),
+            report.new_events(),
+            report.retried
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
