@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use crate::clock;
 use crate::config::{Config, Guarantee, RetryPolicy};
+use crate::crashpoint;
 use crate::error::Result;
 use crate::handlers::{self, Dispatch, Sink};
 use crate::registry::Registry;
@@ -325,6 +326,7 @@ impl Engine {
                     let attempt = delivery.attempts + 1;
                     match sink.deliver(&dispatch, attempt) {
                         Ok(()) => {
+                            crashpoint::hit("call-returned");
                             store.advance(delivery, i + 1)?;
                             self.stats[h].delivered += 1;
                         }
@@ -347,7 +349,9 @@ impl Engine {
                     };
                     match sink.deliver(&dispatch, attempt) {
                         Ok(()) => {
-                            store.advance(&mut single, 1)?;
+                            crashpoint::hit("call-returned");
+                            let end = single.keys.len();
+                            store.advance(&mut single, end)?;
                             self.stats[h].delivered += 1;
                         }
                         Err(error) => {

@@ -28,6 +28,7 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod crashpoint;
 pub mod database;
 pub mod delivery;
 pub mod error;

@@ -377,6 +377,7 @@ impl Batcher<'_> {
                 })
                 .collect()
         })?;
+        crate::crashpoint::hit("batch-recorded");
         for (i, new) in recorded.new.iter().enumerate() {
             if new.is_some() {
                 new_per_source[self.origin[i]] += 1;

@@ -121,14 +121,26 @@ pub fn deliveries(cli: &Cli, config: &Config, query: &DeliveryQuery) -> anyhow::
             })
             .collect();
         print_table(
-            &["HANDLER", "KEY", "STATE", "ATTEMPTS", "NEXT_ATTEMPT", "ERROR"],
+            &[
+                "HANDLER",
+                "KEY",
+                "STATE",
+                "ATTEMPTS",
+                "NEXT_ATTEMPT",
+                "ERROR",
+            ],
             &rows,
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn forget(cli: &Cli, config: &Config, keys: &[String], wait: Duration) -> anyhow::Result<ExitCode> {
+pub fn forget(
+    cli: &Cli,
+    config: &Config,
+    keys: &[String],
+    wait: Duration,
+) -> anyhow::Result<ExitCode> {
     let report = if check_database(config)? {
         let _lock = RunLock::acquire(&config.database.path, wait)?;
         open_store(config)?.forget(keys)?

@@ -295,8 +295,14 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
             let query = crate::store::admin::EventQuery {
                 group: group.as_deref().map(regex_arg).transpose()?,
                 key_prefix: key_prefix.clone(),
-                since: since.as_deref().map(|d| date_arg("--since", d)).transpose()?,
-                until: until.as_deref().map(|d| date_arg("--until", d)).transpose()?,
+                since: since
+                    .as_deref()
+                    .map(|d| date_arg("--since", d))
+                    .transpose()?,
+                until: until
+                    .as_deref()
+                    .map(|d| date_arg("--until", d))
+                    .transpose()?,
                 limit: (*limit > 0).then_some(*limit),
             };
             admin::events(cli, &config, &query)

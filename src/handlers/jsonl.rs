@@ -10,6 +10,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use super::{Dispatch, FileSink};
+use crate::crashpoint;
 
 pub struct JsonlSink {
     path: PathBuf,
@@ -81,8 +82,15 @@ impl FileSink for JsonlSink {
         }
         let result = (|| {
             let file = self.file()?;
+            if crashpoint::is_next("jsonl-partial") {
+                file.write_all(&buffer.as_bytes()[..buffer.len() / 2])?;
+            }
+            crashpoint::hit("jsonl-partial");
             file.write_all(buffer.as_bytes())?;
-            file.sync_data()
+            crashpoint::hit("jsonl-written");
+            file.sync_data()?;
+            crashpoint::hit("jsonl-synced");
+            Ok(())
         })();
         self.buffer = buffer;
         result.map_err(|e| self.io_context("writing to", e))

@@ -32,6 +32,7 @@ pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
     seen_table: String,
+    busy_timeout: Duration,
     sql: Statements,
 }
 
@@ -62,9 +63,11 @@ impl SqliteStore {
         };
         conn.busy_timeout(busy_timeout)
             .map_err(store_err("setting the busy timeout"))?;
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-            .map_err(store_err("switching to WAL mode"))?;
+        // Changing the journal mode does not wait for locks by itself.
+        let mode: String = retry_busy(busy_timeout, || {
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        })
+        .map_err(store_err("switching to WAL mode"))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::Store {
                 database: path.to_owned(),
@@ -75,22 +78,25 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(store_err("setting synchronous = FULL"))?;
         conn.set_prepared_statement_cache_capacity(32);
-        schema::migrate(&mut conn, seen_table).map_err(|e| match e {
-            schema::MigrateError::Sql(error) => Error::Store {
-                database: path.to_owned(),
-                action: "creating spark's tables".into(),
-                error,
+        retry_busy(busy_timeout, || schema::migrate(&mut conn, seen_table)).map_err(
+            |e| match e {
+                schema::MigrateError::Sql(error) => Error::Store {
+                    database: path.to_owned(),
+                    action: "creating spark's tables".into(),
+                    error,
+                },
+                too_new => Error::NotADatabase {
+                    path: path.to_owned(),
+                    reason: too_new.to_string(),
+                },
             },
-            too_new => Error::NotADatabase {
-                path: path.to_owned(),
-                reason: too_new.to_string(),
-            },
-        })?;
+        )?;
         let t = quote_ident(seen_table);
         Ok(SqliteStore {
             conn,
             path: path.to_owned(),
             seen_table: seen_table.to_owned(),
+            busy_timeout,
             sql: Statements {
                 exists: format!("SELECT 1 FROM {t} WHERE \"key\" = ?1"),
                 insert: format!(
@@ -119,7 +125,10 @@ impl SqliteStore {
         &self.conn
     }
 
-    pub(super) fn error(&self, action: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+    pub(super) fn error(
+        &self,
+        action: impl Into<String>,
+    ) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
         let action = action.into();
         move |error| Error::Store {
             database: self.path.clone(),
@@ -128,28 +137,75 @@ impl SqliteStore {
         }
     }
 
-    /// Runs `work` in one `BEGIN IMMEDIATE` transaction.
+    /// Runs `work` in one `BEGIN IMMEDIATE` transaction. If the database
+    /// stays busy (another connection holds its lock) longer than the busy
+    /// handler waits, the whole transaction is tried again, until
+    /// `busy_timeout` has passed.
     pub(super) fn write<T>(
         &self,
         action: &str,
-        work: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+        mut work: impl FnMut(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
-        let result = (|| {
+        retry_busy(self.busy_timeout, || {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
-            match work(&self.conn) {
-                Ok(value) => {
-                    self.conn.execute_batch("COMMIT")?;
-                    Ok(value)
-                }
-                Err(e) => {
-                    // The transaction is abandoned; a failed rollback leaves
-                    // nothing committed either.
-                    let _ = self.conn.execute_batch("ROLLBACK");
-                    Err(e)
-                }
+            let done = work(&self.conn).and_then(|value| {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(value)
+            });
+            if done.is_err() && !self.conn.is_autocommit() {
+                // Abandon the transaction; a failed rollback leaves nothing
+                // committed either.
+                let _ = self.conn.execute_batch("ROLLBACK");
             }
-        })();
-        result.map_err(self.error(action))
+            done
+        })
+        .map_err(self.error(action))
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Calls `op` until it is not refused for a busy database, or `timeout` passed.
+fn retry_busy<T, E: AsSqlError>(
+    timeout: Duration,
+    mut op: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match op() {
+            Err(e)
+                if e.as_sql_error().is_some_and(is_busy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Errors that may be SQLite's "database is busy".
+trait AsSqlError {
+    fn as_sql_error(&self) -> Option<&rusqlite::Error>;
+}
+
+impl AsSqlError for rusqlite::Error {
+    fn as_sql_error(&self) -> Option<&rusqlite::Error> {
+        Some(self)
+    }
+}
+
+impl AsSqlError for schema::MigrateError {
+    fn as_sql_error(&self) -> Option<&rusqlite::Error> {
+        match self {
+            schema::MigrateError::Sql(e) => Some(e),
+            schema::MigrateError::TooNew { .. } => None,
+        }
     }
 }
 

@@ -118,6 +118,31 @@ impl Case {
         cmd
     }
 
+    /// Starts spark with `args` in the background (stdout and stderr captured).
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(&self.bin)
+            .current_dir(self.dir.path())
+            .env_remove("SPARK_CONFIG")
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .arg("--config")
+            .arg("spark.toml")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn spark")
+    }
+
+    /// Lines of a text file in the case's folder (empty if missing).
+    pub fn lines(&self, rel: &str) -> Vec<String> {
+        std::fs::read_to_string(self.path(rel))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Runs spark with `args` and returns what it did.
     pub fn run(&self, args: &[&str]) -> Run {
         let output = self.command().args(args).output().expect("run spark");
@@ -244,6 +269,53 @@ impl Run {
         serde_json::from_str(&self.stdout())
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{}", self.describe()))
     }
+}
+
+/// Waits (up to 30 s) until `cond` holds.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A small deterministic random number generator (for kill times).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// A number in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        lo + (self.0 >> 33) % (hi - lo)
+    }
+}
+
+/// `n` active challenges that started long before 2026-03-10 with no
+/// donations: each yields `challenge_created_N` and `challenge_inactivity_2d_N`.
+pub fn many_challenges_sql(n: usize) -> String {
+    format!(
+        "{CHALLENGE_SCHEMA}
+        WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {n})
+        INSERT INTO challenge SELECT i, 'challenge ' || i, 'u' || i || '@x', 1, '2026-01-01', '2026-06-01' FROM c;"
+    )
+}
+
+/// The keys `many_challenges_sql(n)` yields.
+pub fn many_challenges_keys(n: usize) -> Vec<String> {
+    let mut keys = Vec::with_capacity(2 * n);
+    for i in 1..=n {
+        keys.push(format!("challenge_created_{i}"));
+        keys.push(format!("challenge_inactivity_2d_{i}"));
+    }
+    keys.sort();
+    keys
 }
 
 /// Sorted copy, for comparing key sets.
