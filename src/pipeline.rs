@@ -10,6 +10,10 @@
 //! Data flows one way: nothing below this module calls back up.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -167,7 +171,7 @@ impl<'a> Scanner<'a> {
         conn: &Connection,
         s: usize,
         source: &SourceConfig,
-        sink: &mut dyn FnMut(Event, &mut SourceStats) -> Result<()>,
+        sink: &mut dyn FnMut(Event, &mut SourceStats) -> ControlFlow<()>,
     ) -> Result<()> {
         let function = self.function(source)?;
         let read_err = |error| Error::ReadRecords {
@@ -186,7 +190,9 @@ impl<'a> Scanner<'a> {
                 Ok(events) => {
                     stats.events += events.len() as u64;
                     for event in events {
-                        sink(event, &mut self.stats[s])?;
+                        if sink(event, &mut self.stats[s]).is_break() {
+                            return Ok(());
+                        }
                     }
                 }
                 Err(error) => {
@@ -243,7 +249,75 @@ fn open_checked<'c>(
     Ok((conn, sources, seen_exists))
 }
 
+/// Opens a read-only connection for streaming records.
+fn open_reader(config: &Config) -> Result<Connection> {
+    let open_err = |error| Error::OpenDatabase {
+        path: config.database.path.clone(),
+        error,
+    };
+    let reader = Connection::open_with_flags(
+        &config.database.path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_err)?;
+    reader
+        .busy_timeout(config.database.busy_timeout)
+        .map_err(open_err)?;
+    Ok(reader)
+}
+
+/// Events on their way from the scanner to the store, with the index of
+/// the source each came from, and (when the store expects them to be new)
+/// each event's context as JSON.
+struct Batch {
+    events: Vec<Event>,
+    origin: Vec<usize>,
+    contexts: Vec<Arc<str>>,
+}
+
+impl Batch {
+    fn with_capacity(n: usize) -> Batch {
+        Batch {
+            events: Vec::with_capacity(n),
+            origin: Vec::with_capacity(n),
+            contexts: Vec::new(),
+        }
+    }
+
+    /// Serializes each event's context (once per shared context).
+    fn prepare_contexts(&mut self) -> Result<()> {
+        let mut last: Option<(*const serde_json::Map<String, serde_json::Value>, Arc<str>)> = None;
+        self.contexts.clear();
+        for e in &self.events {
+            let ptr = Arc::as_ptr(&e.context);
+            let json = match &last {
+                Some((p, json)) if *p == ptr => json.clone(),
+                _ => {
+                    let json: Arc<str> = serde_json::to_string(&*e.context)
+                        .map_err(|err| Error::Usage(format!("event {}: context: {err}", e.key)))?
+                        .into();
+                    last = Some((ptr, json.clone()));
+                    json
+                }
+            };
+            self.contexts.push(json);
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.events.clear();
+        self.origin.clear();
+        self.contexts.clear();
+    }
+}
+
 /// The main job: see the module documentation.
+///
+/// Reading records and turning them into events runs on a thread of its
+/// own, handing full batches to this thread, which records and delivers
+/// them one after the other. At most two batches wait in between, so memory
+/// stays bounded.
 pub fn process_sources(
     config: &Config,
     registry: &Registry,
@@ -269,49 +343,99 @@ pub fn process_sources(
 
     // Records are read on a connection of their own, so that the store can
     // commit batches while a source's query is still being stepped through.
-    let reader = Connection::open_with_flags(
-        &config.database.path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|error| Error::OpenDatabase {
-        path: config.database.path.clone(),
-        error,
-    })?;
-    reader
-        .busy_timeout(config.database.busy_timeout)
-        .map_err(|error| Error::OpenDatabase {
-            path: config.database.path.clone(),
-            error,
-        })?;
-
-    let mut scanner = Scanner::new(registry, &sources, opts);
-    let mut batch = Batcher {
+    let reader = open_reader(config)?;
+    let batch_size = config.delivery.batch_size;
+    let mut writer = Batcher {
         config,
-        events: Vec::with_capacity(config.delivery.batch_size),
-        origin: Vec::with_capacity(config.delivery.batch_size),
         routes: HashMap::new(),
         dispatch: opts.dispatch,
+        new_per_source: vec![0u64; sources.len()],
+        last_new: 0,
     };
-    let mut new_per_source = vec![0u64; sources.len()];
-    for (s, source) in sources.iter().enumerate() {
-        scanner.scan(&reader, s, source, &mut |event, _stats| {
-            batch.events.push(event);
-            batch.origin.push(s);
-            if batch.events.len() >= config.delivery.batch_size {
-                batch.flush(&mut store, &mut engine, &mut new_per_source)?;
+    // Batches go to the writer; emptied ones come back, so that freeing
+    // their events (and reusing their memory) happens on the scanner's side.
+    let (tx, rx) = mpsc::sync_channel::<Batch>(1);
+    let (recycle_tx, recycle_rx) = mpsc::channel::<Batch>();
+    // Set by the writer when the last batch was mostly new: the scanner then
+    // serializes contexts itself, and the store inserts without looking up.
+    let expect_new = AtomicBool::new(false);
+    let (scanned, written) = thread::scope(|scope| {
+        let sources = &sources;
+        let expect_new = &expect_new;
+        let scanning = scope.spawn(move || -> Result<Scanner<'_>> {
+            let mut scanner = Scanner::new(registry, sources, opts);
+            let fresh = || {
+                recycle_rx
+                    .try_recv()
+                    .map(|mut b| {
+                        b.clear();
+                        b
+                    })
+                    .unwrap_or_else(|_| Batch::with_capacity(batch_size))
+            };
+            let send = |mut full: Batch| -> Result<bool> {
+                if expect_new.load(Ordering::Relaxed) {
+                    full.prepare_contexts()?;
+                }
+                Ok(tx.send(full).is_ok())
+            };
+            let mut batch = fresh();
+            for (s, source) in sources.iter().enumerate() {
+                let mut outcome: Result<bool> = Ok(true);
+                scanner.scan(&reader, s, source, &mut |event, _stats| {
+                    batch.events.push(event);
+                    batch.origin.push(s);
+                    if batch.events.len() >= batch_size {
+                        outcome = send(std::mem::replace(&mut batch, fresh()));
+                        if !matches!(outcome, Ok(true)) {
+                            return ControlFlow::Break(());
+                        }
+                    }
+                    ControlFlow::Continue(())
+                })?;
+                // Err: a context did not serialize; Ok(false): the writer stopped.
+                if !outcome? {
+                    return Ok(scanner);
+                }
             }
-            Ok(())
-        })?;
-    }
-    let stopped = signals::requested();
-    if stopped.is_none() {
-        batch.flush(&mut store, &mut engine, &mut new_per_source)?;
-    }
+            // A stopped run leaves its last events unrecorded: the next run
+            // finds them again.
+            if signals::requested().is_none() && !batch.events.is_empty() {
+                send(batch)?;
+            }
+            Ok(scanner)
+        });
+        let written = {
+            // Owned here, so that a failing writer drops it and the scanner,
+            // finding nobody to send to, stops.
+            let rx = rx;
+            let mut written = Ok(());
+            for batch in rx.iter() {
+                written = writer.flush(&batch, &mut store, &mut engine);
+                let new: u64 = writer.last_new;
+                expect_new.store(new * 2 > batch.events.len() as u64, Ordering::Relaxed);
+                let _ = recycle_tx.send(batch);
+                if written.is_err() {
+                    break;
+                }
+            }
+            written
+        };
+        let scanned = scanning.join().unwrap_or_else(|_| {
+            Err(Error::Usage(
+                "reading records failed: a source function panicked".into(),
+            ))
+        });
+        (scanned, written)
+    });
+    written?;
+    let scanner = scanned?;
+    store.checkpoint();
 
     let mut report = scanner.finish(started);
-    report.stopped = stopped.map(|s| s.name().to_owned());
-    for (stats, new) in report.sources.iter_mut().zip(new_per_source) {
-        stats.new = new;
+    report.stopped = signals::requested().map(|s| s.name().to_owned());
+    for (stats, new) in report.sources.iter_mut().zip(&writer.new_per_source) {
+        stats.new = *new;
     }
     report.retried = retried;
     report.interrupted = engine.buried();
@@ -321,30 +445,28 @@ pub fn process_sources(
     Ok(report)
 }
 
-/// Events waiting to be recorded, and the routing of groups to handlers.
+/// Records batches and hands their new events to the engine; routes groups
+/// to handlers.
 struct Batcher<'c> {
     config: &'c Config,
-    events: Vec<Event>,
-    /// The source index of each event.
-    origin: Vec<usize>,
     /// Handler indices per group, computed once per group.
     routes: HashMap<String, Vec<usize>>,
     /// Plan deliveries (`false`: record the events as seen only).
     dispatch: bool,
+    /// New events per source.
+    new_per_source: Vec<u64>,
+    /// New events in the last batch.
+    last_new: u64,
 }
 
 impl Batcher<'_> {
     /// Records the batch's new events with their deliveries, then delivers.
-    fn flush(
-        &mut self,
-        store: &mut dyn Store,
-        engine: &mut Engine,
-        new_per_source: &mut [u64],
-    ) -> Result<()> {
-        if self.events.is_empty() {
+    fn flush(&mut self, batch: &Batch, store: &mut dyn Store, engine: &mut Engine) -> Result<()> {
+        self.last_new = 0;
+        if batch.events.is_empty() {
             return Ok(());
         }
-        for e in &self.events {
+        for e in &batch.events {
             if !self.routes.contains_key(&e.group) {
                 let handlers = self.config.handlers_for(&e.group).collect();
                 self.routes.insert(e.group.clone(), handlers);
@@ -352,9 +474,9 @@ impl Batcher<'_> {
         }
         let routes = &self.routes;
         let handlers = &self.config.handlers;
-        let events = &self.events;
+        let events = &batch.events;
         let dispatch = self.dispatch;
-        let recorded = store.record_batch(events, &mut |mask| {
+        let recorded = store.record_batch(events, &batch.contexts, &mut |mask| {
             if !dispatch {
                 return Vec::new();
             }
@@ -380,7 +502,8 @@ impl Batcher<'_> {
         crate::crashpoint::hit("batch-recorded");
         for (i, new) in recorded.new.iter().enumerate() {
             if new.is_some() {
-                new_per_source[self.origin[i]] += 1;
+                self.new_per_source[batch.origin[i]] += 1;
+                self.last_new += 1;
             }
         }
         for (mut delivery, indices) in recorded.deliveries {
@@ -396,8 +519,6 @@ impl Batcher<'_> {
                 .collect();
             engine.deliver(store, &mut delivery, &dispatches)?;
         }
-        self.events.clear();
-        self.origin.clear();
         Ok(())
     }
 }
@@ -480,13 +601,18 @@ pub fn dry_run(
     let mut routes: HashMap<String, Vec<&str>> = HashMap::new();
     let mut scanner = Scanner::new(registry, &sources, opts);
     for (s, source) in sources.iter().enumerate() {
+        let mut failed: Option<Error> = None;
         scanner.scan(&conn, s, source, &mut |event, stats| {
-            let seen = match seen_stmt.as_mut() {
-                Some(stmt) => stmt.exists([&event.key]).map_err(read_err)?,
+            let seen = match seen_stmt.as_mut().map(|stmt| stmt.exists([&event.key])) {
+                Some(Ok(seen)) => seen,
+                Some(Err(e)) => {
+                    failed = Some(read_err(e));
+                    return ControlFlow::Break(());
+                }
                 None => false,
             };
             if seen || would.contains(&event.key) {
-                return Ok(());
+                return ControlFlow::Continue(());
             }
             stats.new += 1;
             let handlers = routes.entry(event.group.clone()).or_insert_with(|| {
@@ -501,8 +627,11 @@ pub fn dry_run(
                 handlers: handlers.clone(),
             });
             would.insert(event.key);
-            Ok(())
+            ControlFlow::Continue(())
         })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
     }
     let mut report = scanner.finish(started);
     report.retried = due_retries(&conn)?;

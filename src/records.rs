@@ -26,8 +26,9 @@ pub struct Record {
 
 /// A value of a record could not be read the way a source needs it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("column `{column}`: {problem}")]
+#[error("{}{problem}", if column.is_empty() { String::new() } else { format!("column `{column}`: ") })]
 pub struct RecordError {
+    /// The column at fault (empty when no one column is).
     pub column: String,
     pub problem: String,
 }

@@ -50,9 +50,21 @@ impl SourceFunction {
         self
     }
 
-    /// Runs the function on one record.
+    /// Runs the function on one record. A panic in the function is caught
+    /// and reported like an unreadable record.
     pub fn call(&self, record: &Record, ctx: &SourceCtx) -> Result<Vec<Event>, RecordError> {
-        (self.func)(record, ctx)
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.func)(record, ctx)))
+            .unwrap_or_else(|panic| {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                Err(RecordError {
+                    column: String::new(),
+                    problem: format!("source function `{}` panicked: {msg}", self.name),
+                })
+            })
     }
 }
 
@@ -141,5 +153,33 @@ impl Registry {
     /// Names of the registered handlers, sorted, for error messages.
     pub fn handler_names(&self) -> Vec<&str> {
         self.handlers.keys().map(String::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_source_is_an_unreadable_record() {
+        let mut registry = Registry::new();
+        registry.add_source("boom", |_, _| panic!("kaboom"));
+        let record = Record::from_map(serde_json::Map::new());
+        let ctx = SourceCtx {
+            today: jiff::civil::Date::constant(2026, 1, 1),
+        };
+        let err = registry
+            .source("boom")
+            .unwrap()
+            .call(&record, &ctx)
+            .unwrap_err();
+        assert!(err.to_string().contains("`boom` panicked: kaboom"), "{err}");
+    }
+
+    #[test]
+    fn names_are_listed_sorted() {
+        let registry = Registry::with_builtins();
+        assert_eq!(registry.source_names(), ["challenge_events"]);
+        assert_eq!(registry.handler_names(), ["log_event"]);
     }
 }

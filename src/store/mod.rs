@@ -16,6 +16,7 @@ pub mod schema;
 pub mod sqlite;
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::error::Result;
 use crate::event::Event;
@@ -102,8 +103,9 @@ pub struct PlannedDelivery {
 pub struct Recorded {
     /// The seen-at time written for the new events (UTC).
     pub seen_at: String,
-    /// For each event of the batch: its context as JSON if it was new.
-    pub new: Vec<Option<String>>,
+    /// For each event of the batch: its context as JSON if it was new
+    /// (shared by the events of one context).
+    pub new: Vec<Option<Arc<str>>>,
     /// The deliveries written, with the batch indices of their events.
     pub deliveries: Vec<(Delivery, Vec<usize>)>,
 }
@@ -130,9 +132,14 @@ pub trait Store {
     /// Records the new events of `events` as seen and, in the same
     /// transaction, the deliveries `plan` makes from the new-events mask.
     /// Keys already seen (or repeated within the batch) are not new.
+    ///
+    /// `contexts` is either empty or each event's context already as JSON
+    /// (a caller that expects most events to be new prepares them, so that
+    /// the store can insert without looking each key up first).
     fn record_batch(
         &mut self,
         events: &[Event],
+        contexts: &[Arc<str>],
         plan: &mut dyn FnMut(&[bool]) -> Vec<PlannedDelivery>,
     ) -> Result<Recorded>;
 

@@ -9,8 +9,10 @@
 //!
 //! Not here: opening the database read-only to validate it (`database.rs`).
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
-use std::ptr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
@@ -78,6 +80,11 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(store_err("setting synchronous = FULL"))?;
         conn.set_prepared_statement_cache_capacity(32);
+        // While a run reads records on another connection, that reader's
+        // snapshot keeps checkpoints from finishing; trying after every
+        // commit only costs time. `checkpoint()` runs one when done.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(store_err("setting wal_autocheckpoint"))?;
         retry_busy(busy_timeout, || schema::migrate(&mut conn, seen_table)).map_err(
             |e| match e {
                 schema::MigrateError::Sql(error) => Error::Store {
@@ -108,6 +115,15 @@ impl SqliteStore {
                 ),
             },
         })
+    }
+
+    /// Copies what the WAL holds into the database file, as far as readers
+    /// allow, without waiting for them (best effort: SQLite does it again
+    /// later if this one cannot finish).
+    pub fn checkpoint(&self) {
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+            tracing::debug!(error = %e, "checkpoint skipped");
+        }
     }
 
     /// The database this store writes to.
@@ -305,12 +321,20 @@ fn failure_state(failure: &Failure) -> DeliveryState {
     }
 }
 
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.checkpoint();
+    }
+}
+
 impl Store for SqliteStore {
     fn record_batch(
         &mut self,
         events: &[Event],
+        contexts: &[Arc<str>],
         plan: &mut dyn FnMut(&[bool]) -> Vec<PlannedDelivery>,
     ) -> Result<Recorded> {
+        let prepared = contexts.len() == events.len();
         let seen_at = clock::now_text();
         let sql = &self.sql;
         let (new, deliveries) = {
@@ -318,26 +342,41 @@ impl Store for SqliteStore {
             self.write("recording new events", |conn| {
                 let mut exists = conn.prepare_cached(&sql.exists)?;
                 let mut insert = conn.prepare_cached(&sql.insert)?;
-                let mut new: Vec<Option<String>> = Vec::with_capacity(events.len());
-                let mut mask = Vec::with_capacity(events.len());
-                // Events of one record usually share their context: serialize it once.
-                let mut last: (*const Map<String, Value>, String) = (ptr::null(), String::new());
-                for e in events {
-                    if exists.exists([&e.key])? {
-                        new.push(None);
-                        mask.push(false);
+                // In key order, each index page is visited once per batch
+                // rather than once per event (the stable sort keeps the first
+                // of repeated keys first).
+                let mut order: Vec<usize> = (0..events.len()).collect();
+                order.sort_by(|&a, &b| events[a].key.cmp(&events[b].key));
+                let mut new: Vec<Option<Arc<str>>> = vec![None; events.len()];
+                // Events of one record share their context: serialize it once.
+                let mut serialized: HashMap<*const Map<String, Value>, Arc<str>> = HashMap::new();
+                for i in order {
+                    let e = &events[i];
+                    if prepared {
+                        // Expecting new keys: the insert itself finds the seen ones.
+                        let json = &contexts[i];
+                        if insert.execute(params![e.key, e.group, seen_at, &**json])? == 1 {
+                            new[i] = Some(json.clone());
+                        }
                         continue;
                     }
-                    let ctx_ptr = std::sync::Arc::as_ptr(&e.context);
-                    if last.0 != ctx_ptr {
-                        last = (ctx_ptr, serde_json::to_string(&*e.context).map_err(|err| {
-                            rusqlite::Error::ToSqlConversionFailure(Box::new(err))
-                        })?);
+                    if exists.exists([&e.key])? {
+                        continue;
                     }
-                    let inserted = insert.execute(params![e.key, e.group, seen_at, last.1])? == 1;
-                    new.push(inserted.then(|| last.1.clone()));
-                    mask.push(inserted);
+                    let json = match serialized.entry(Arc::as_ptr(&e.context)) {
+                        Entry::Occupied(json) => json.get().clone(),
+                        Entry::Vacant(slot) => {
+                            let json = serde_json::to_string(&*e.context).map_err(|err| {
+                                rusqlite::Error::ToSqlConversionFailure(Box::new(err))
+                            })?;
+                            slot.insert(Arc::from(json)).clone()
+                        }
+                    };
+                    if insert.execute(params![e.key, e.group, seen_at, &*json])? == 1 {
+                        new[i] = Some(json);
+                    }
                 }
+                let mask: Vec<bool> = new.iter().map(Option::is_some).collect();
                 let mut deliveries = Vec::new();
                 let mut add = conn.prepare_cached(
                     "INSERT INTO spark_delivery (handler, keys, file_offset, created_at, updated_at) \
