@@ -76,6 +76,11 @@ pub struct Engine {
     failures: Vec<FailureReport>,
     /// At-most-once deliveries a dead run left in flight, now dead.
     buried: u64,
+    /// Whether finished file deliveries wait to be recorded with the next
+    /// batch (saving a commit per batch) rather than at once.
+    defer_file_completion: bool,
+    /// File deliveries written and fsynced, not yet recorded as done.
+    finished: Vec<i64>,
     now: fn() -> i64,
 }
 
@@ -113,6 +118,8 @@ impl Engine {
             stats,
             failures: Vec::new(),
             buried: 0,
+            defer_file_completion: false,
+            finished: Vec::new(),
             now: clock::now_ms,
         }
     }
@@ -123,6 +130,19 @@ impl Engine {
 
     pub fn failures(&self) -> &[FailureReport] {
         &self.failures
+    }
+
+    /// From now on, let finished file deliveries wait to be recorded with
+    /// the next batch. Safe because a file delivery that is finished but not
+    /// recorded is simply written again, from its recorded offset, after a
+    /// crash; and the batch that records it is the next thing written.
+    pub fn defer_file_completion(&mut self) {
+        self.defer_file_completion = true;
+    }
+
+    /// The file deliveries finished since the last call, to record as done.
+    pub fn take_finished(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.finished)
     }
 
     /// How many at-most-once deliveries a dead run had left in flight.
@@ -265,7 +285,13 @@ impl Engine {
             Ok(()) => {
                 let n = batch.len() as u64;
                 let end = delivery.keys.len();
-                store.advance(delivery, end)?;
+                if self.defer_file_completion {
+                    // Recorded by the next batch's transaction (see `take_finished`).
+                    delivery.done = end;
+                    self.finished.push(delivery.id);
+                } else {
+                    store.advance(delivery, end)?;
+                }
                 self.stats[h].delivered += n;
                 Ok(())
             }

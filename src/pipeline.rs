@@ -341,6 +341,8 @@ pub fn process_sources(
         0
     };
 
+    engine.defer_file_completion();
+
     // Records are read on a connection of their own, so that the store can
     // commit batches while a source's query is still being stepped through.
     let reader = open_reader(config)?;
@@ -348,6 +350,7 @@ pub fn process_sources(
     let mut writer = Batcher {
         config,
         routes: HashMap::new(),
+        route_table: Vec::new(),
         dispatch: opts.dispatch,
         new_per_source: vec![0u64; sources.len()],
         last_new: 0,
@@ -430,6 +433,7 @@ pub fn process_sources(
     });
     written?;
     let scanner = scanned?;
+    store.finish(&engine.take_finished())?;
     store.checkpoint();
 
     let mut report = scanner.finish(started);
@@ -449,8 +453,10 @@ pub fn process_sources(
 /// to handlers.
 struct Batcher<'c> {
     config: &'c Config,
-    /// Handler indices per group, computed once per group.
-    routes: HashMap<String, Vec<usize>>,
+    /// For each group seen, its entry in `route_table`.
+    routes: HashMap<String, usize>,
+    /// The handlers (indices, config order) of each group seen.
+    route_table: Vec<Vec<usize>>,
     /// Plan deliveries (`false`: record the events as seen only).
     dispatch: bool,
     /// New events per source.
@@ -466,24 +472,35 @@ impl Batcher<'_> {
         if batch.events.is_empty() {
             return Ok(());
         }
-        for e in &batch.events {
-            if !self.routes.contains_key(&e.group) {
-                let handlers = self.config.handlers_for(&e.group).collect();
-                self.routes.insert(e.group.clone(), handlers);
-            }
-        }
-        let routes = &self.routes;
+        // Each event's handlers, looked up once per event (and computed once
+        // per group).
+        let route_of: Vec<usize> = batch
+            .events
+            .iter()
+            .map(|e| match self.routes.get(&e.group) {
+                Some(&r) => r,
+                None => {
+                    self.route_table
+                        .push(self.config.handlers_for(&e.group).collect());
+                    let r = self.route_table.len() - 1;
+                    self.routes.insert(e.group.clone(), r);
+                    r
+                }
+            })
+            .collect();
+        let route_table = &self.route_table;
         let handlers = &self.config.handlers;
         let events = &batch.events;
         let dispatch = self.dispatch;
-        let recorded = store.record_batch(events, &batch.contexts, &mut |mask| {
+        let finished = engine.take_finished();
+        let recorded = store.record_batch(events, &batch.contexts, &finished, &mut |mask| {
             if !dispatch {
                 return Vec::new();
             }
             let mut per_handler: Vec<Vec<usize>> = vec![Vec::new(); handlers.len()];
             for (i, is_new) in mask.iter().enumerate() {
                 if *is_new {
-                    for &h in routes.get(&events[i].group).map_or(&[][..], Vec::as_slice) {
+                    for &h in &route_table[route_of[i]] {
                         per_handler[h].push(i);
                     }
                 }

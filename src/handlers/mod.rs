@@ -52,7 +52,15 @@ impl Dispatch<'_> {
     }
 }
 
+/// Appends `s` as a JSON string.
 fn push_json_str(out: &mut String, s: &str) {
+    // Keys and groups rarely need escaping: copy those as they are.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     #[derive(Serialize)]
     struct S<'a>(&'a str);
     // Serializing a &str to JSON cannot fail.
@@ -107,6 +115,22 @@ pub fn build(handler: &HandlerConfig, registry: &Registry) -> Sink {
 mod tests {
     use super::*;
     use crate::event::event;
+
+    #[test]
+    fn json_strings_are_escaped_when_needed() {
+        for s in [
+            "plain_1",
+            "quo\"te",
+            "back\\slash",
+            "new\nline",
+            "tab\t",
+            "é ü",
+        ] {
+            let mut out = String::new();
+            push_json_str(&mut out, s);
+            assert_eq!(serde_json::from_str::<String>(&out).unwrap(), s, "{out}");
+        }
+    }
 
     #[test]
     fn dispatch_json_embeds_the_context() {

@@ -136,12 +136,18 @@ pub trait Store {
     /// `contexts` is either empty or each event's context already as JSON
     /// (a caller that expects most events to be new prepares them, so that
     /// the store can insert without looking each key up first).
+    /// `finished` are deliveries completed since the last batch: they are
+    /// removed in the same transaction.
     fn record_batch(
         &mut self,
         events: &[Event],
         contexts: &[Arc<str>],
+        finished: &[i64],
         plan: &mut dyn FnMut(&[bool]) -> Vec<PlannedDelivery>,
     ) -> Result<Recorded>;
+
+    /// Removes finished deliveries (the ones `record_batch` would have).
+    fn finish(&mut self, finished: &[i64]) -> Result<()>;
 
     /// Records `key` as seen without any delivery; `false` if already seen.
     fn mark_seen(&mut self, key: &str, group: &str, context_json: &str) -> Result<bool>;

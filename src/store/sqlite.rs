@@ -307,6 +307,14 @@ fn insert_single(
     })
 }
 
+fn delete_deliveries(conn: &Connection, ids: &[i64]) -> rusqlite::Result<()> {
+    let mut delete = conn.prepare_cached("DELETE FROM spark_delivery WHERE id = ?1")?;
+    for id in ids {
+        delete.execute([id])?;
+    }
+    Ok(())
+}
+
 fn set_done(conn: &Connection, id: i64, done: usize, now: &str) -> rusqlite::Result<()> {
     conn.prepare_cached("UPDATE spark_delivery SET done = ?2, updated_at = ?3 WHERE id = ?1")?
         .execute(params![id, done as i64, now])?;
@@ -332,6 +340,7 @@ impl Store for SqliteStore {
         &mut self,
         events: &[Event],
         contexts: &[Arc<str>],
+        finished: &[i64],
         plan: &mut dyn FnMut(&[bool]) -> Vec<PlannedDelivery>,
     ) -> Result<Recorded> {
         let prepared = contexts.len() == events.len();
@@ -340,6 +349,7 @@ impl Store for SqliteStore {
         let (new, deliveries) = {
             let seen_at = seen_at.as_str();
             self.write("recording new events", |conn| {
+                delete_deliveries(conn, finished)?;
                 let mut exists = conn.prepare_cached(&sql.exists)?;
                 let mut insert = conn.prepare_cached(&sql.insert)?;
                 // In key order, each index page is visited once per batch
@@ -412,6 +422,15 @@ impl Store for SqliteStore {
             seen_at,
             new,
             deliveries,
+        })
+    }
+
+    fn finish(&mut self, finished: &[i64]) -> Result<()> {
+        if finished.is_empty() {
+            return Ok(());
+        }
+        self.write("recording deliveries done", |conn| {
+            delete_deliveries(conn, finished)
         })
     }
 
@@ -490,9 +509,7 @@ impl Store for SqliteStore {
         let finished = done >= delivery.keys.len();
         self.write("recording deliveries done", |conn| {
             if finished {
-                conn.prepare_cached("DELETE FROM spark_delivery WHERE id = ?1")?
-                    .execute([id])?;
-                Ok(())
+                delete_deliveries(conn, &[id])
             } else {
                 set_done(conn, id, done, &now)
             }
