@@ -209,6 +209,19 @@ pub fn check_seen_table(conn: &Connection, config: &Config) -> Result<bool> {
     })
 }
 
+/// Whether the (existing) seen table has no rows.
+pub fn seen_table_is_empty(conn: &Connection, config: &Config) -> Result<bool> {
+    let sql = format!(
+        "SELECT NOT EXISTS (SELECT 1 FROM {})",
+        crate::records::quote_ident(&config.database.seen_table)
+    );
+    conn.query_row(&sql, [], |r| r.get(0))
+        .map_err(|error| Error::OpenDatabase {
+            path: config.database.path.clone(),
+            error,
+        })
+}
+
 /// SQLite's own message for an error, without rusqlite's wrapping.
 pub fn sql_message(e: &rusqlite::Error) -> String {
     match e {

@@ -507,7 +507,7 @@ impl Validator<'_> {
             raw.max_backoff.as_ref(),
             Duration::from_secs(6 * 3600),
         );
-        let batch_size = self.positive(entry, "batch_size", raw.batch_size.as_ref(), 5000);
+        let batch_size = self.positive(entry, "batch_size", raw.batch_size.as_ref(), 2500);
         DeliveryConfig {
             retry: RetryPolicy {
                 max_attempts,
