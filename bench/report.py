@@ -91,7 +91,7 @@ LABELS = {"floor": "SQL floor", "spark": "spark", "peer": "django-spark 0.3.0"}
 
 
 def svg(ns, t, path):
-    w, h, left, right, top, bottom = 640, 420, 70, 170, 30, 50
+    w, h, left, right, top, bottom = 720, 420, 70, 230, 30, 50
     pts = [
         t[n][(who, k)]
         for n in ns
