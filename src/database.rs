@@ -13,8 +13,9 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::config::{Config, SourceConfig, SourceKind};
 use crate::error::{Error, Result};
-use crate::records::RecordSet;
+use crate::records::{Affinity, RecordSet};
 use crate::registry::Registry;
+use crate::sources::generator::CondValue;
 use crate::store::schema;
 
 /// Opens the records database read-only. A database that does not exist yet
@@ -172,30 +173,82 @@ pub fn check_sources(
             }
             RecordSet::Query(_) => "its query",
         };
-        let columns = crate::records::column_names(conn, &source.records.sql()).map_err(|e| {
-            Error::BadQuery {
+        let columns =
+            crate::records::columns(conn, &source.records.sql()).map_err(|e| Error::BadQuery {
                 source_name: source.name.clone(),
                 what,
                 message: sql_message(&e),
-            }
-        })?;
+            })?;
+        let names = || {
+            columns
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let has = |column: &str| columns.iter().any(|(n, _)| n == column);
         match &source.kind {
             SourceKind::Function { function } => {
                 let Some(func) = registry.source(function) else {
                     continue;
                 };
-                if let Some(missing) = func.reads.iter().find(|c| !columns.contains(c)) {
+                if let Some(missing) = func.reads.iter().find(|c| !has(c)) {
                     return Err(Error::MissingColumn {
                         source_name: source.name.clone(),
-                        function: function.clone(),
+                        needed_by: format!("function `{function}` reads"),
                         column: missing.clone(),
-                        columns: columns.join(", "),
+                        columns: names(),
                     });
+                }
+            }
+            SourceKind::Generator(generator) => {
+                if !has(&generator.id) {
+                    return Err(Error::MissingColumn {
+                        source_name: source.name.clone(),
+                        needed_by: "makes the generator's keys (`id`)".into(),
+                        column: generator.id.clone(),
+                        columns: names(),
+                    });
+                }
+                for condition in &generator.conditions {
+                    if !has(&condition.variable) {
+                        tracing::warn!(
+                            source = %source.name,
+                            "condition `{condition}`: `{}` is not a column of its records ({}), so it never matches",
+                            condition.variable,
+                            names()
+                        );
+                    }
+                    let declared = columns
+                        .iter()
+                        .find(|(n, _)| *n == condition.variable)
+                        .and_then(|(_, t)| t.as_deref());
+                    if let Some(declared) = declared
+                        && !comparable(&condition.value, Affinity::of(declared))
+                    {
+                        return Err(Error::ConditionType {
+                            source_name: source.name.clone(),
+                            condition: condition.to_string(),
+                            column: condition.variable.clone(),
+                            declared: declared.to_owned(),
+                            value_kind: condition.value.kind(),
+                        });
+                    }
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Whether a condition's value can ever match a column of this affinity.
+fn comparable(value: &CondValue, affinity: Affinity) -> bool {
+    match (value, affinity) {
+        (CondValue::Int(_) | CondValue::Float(_), Affinity::Text) => false,
+        (CondValue::Text(_) | CondValue::Date(_), Affinity::Integer | Affinity::Real) => false,
+        (CondValue::Bool(_), Affinity::Text | Affinity::Real) => false,
+        _ => true,
+    }
 }
 
 /// Checks an existing seen table; `Ok(false)` when it does not exist yet.

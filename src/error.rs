@@ -44,13 +44,25 @@ pub enum Error {
     },
 
     #[error(
-        "source `{source_name}`: column `{column}`, which function `{function}` reads, is not among its columns ({columns})"
+        "source `{source_name}`: column `{column}`, which {needed_by}, is not among its columns ({columns})"
     )]
     MissingColumn {
         source_name: String,
-        function: String,
+        /// Who needs it: "function `challenge_events` reads" or "is the generator's id".
+        needed_by: String,
         column: String,
         columns: String,
+    },
+
+    #[error(
+        "source `{source_name}`: condition `{condition}` compares column `{column}`, declared {declared}, with {value_kind}; it could never match"
+    )]
+    ConditionType {
+        source_name: String,
+        condition: String,
+        column: String,
+        declared: String,
+        value_kind: &'static str,
     },
 
     #[error("source `{source_name}`: {what} does not run: {message}")]

@@ -29,9 +29,10 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handlers::Dispatch;
 use crate::lock::RunLock;
-use crate::records::{RecordReader, quote_ident};
+use crate::records::{Record, RecordError, RecordReader, quote_ident};
 use crate::registry::{Registry, SourceCtx, SourceFunction};
 use crate::signals;
+use crate::sources::generator::Generator;
 use crate::store::{PlannedDelivery, SqliteStore, Store};
 
 /// What a run is asked to do.
@@ -120,6 +121,27 @@ impl RunReport {
 /// How many record errors a report lists (the counts cover them all).
 const RECORD_ERRORS_LISTED: usize = 100;
 
+/// How one source turns a record into events.
+enum Evaluator<'a> {
+    Function(&'a SourceFunction),
+    Generator(&'a Generator),
+}
+
+/// The selected sources grouped by the records they read (same SQL), in
+/// the order they first appear: each group's records are read once, as
+/// django-spark memoizes its generators' candidate queries.
+fn record_sets(sources: &[&SourceConfig]) -> Vec<Vec<usize>> {
+    let mut sets: Vec<(String, Vec<usize>)> = Vec::new();
+    for (s, source) in sources.iter().enumerate() {
+        let sql = source.records.sql();
+        match sets.iter_mut().find(|(q, _)| *q == sql) {
+            Some((_, members)) => members.push(s),
+            None => sets.push((sql, vec![s])),
+        }
+    }
+    sets.into_iter().map(|(_, members)| members).collect()
+}
+
 /// Streams the selected sources' records into events, handing each event to
 /// `sink` with the index of its source.
 struct Scanner<'a> {
@@ -156,72 +178,110 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn function(&self, source: &SourceConfig) -> Result<&'a SourceFunction> {
-        let SourceKind::Function { function } = &source.kind;
-        self.registry.source(function).ok_or_else(|| {
-            Error::Usage(format!(
-                "source `{}`: unknown function `{function}`",
-                source.name
-            ))
-        })
+    /// How each member source turns a record into events.
+    fn evaluators(&self, members: &[&'a SourceConfig]) -> Result<Vec<Evaluator<'a>>> {
+        members
+            .iter()
+            .map(|source| match &source.kind {
+                SourceKind::Function { function } => self
+                    .registry
+                    .source(function)
+                    .map(Evaluator::Function)
+                    .ok_or_else(|| {
+                        Error::Usage(format!(
+                            "source `{}`: unknown function `{function}`",
+                            source.name
+                        ))
+                    }),
+                SourceKind::Generator(g) => Ok(Evaluator::Generator(g)),
+            })
+            .collect()
     }
 
-    /// Reads every record of `source` (index `s`), calling `sink` per event.
-    fn scan(
+    /// Reads the records of one record set once, handing each record to
+    /// every source in `members` (indices into `sources`) and each event to
+    /// `sink` with its source's index.
+    fn scan_set(
         &mut self,
         conn: &Connection,
-        s: usize,
-        source: &SourceConfig,
-        sink: &mut dyn FnMut(Event, &mut SourceStats) -> ControlFlow<()>,
+        members: &[usize],
+        sources: &[&'a SourceConfig],
+        sink: &mut dyn FnMut(Event, usize, &mut SourceStats) -> ControlFlow<()>,
     ) -> Result<()> {
-        let function = self.function(source)?;
+        let first = sources[members[0]];
+        let member_sources: Vec<&SourceConfig> = members.iter().map(|&m| sources[m]).collect();
+        let evaluators = self.evaluators(&member_sources)?;
         let read_err = |error| Error::ReadRecords {
-            source_name: source.name.clone(),
+            source_name: first.name.clone(),
             error,
         };
-        let mut stmt = conn.prepare(&source.records.sql()).map_err(read_err)?;
+        tracing::info!(
+            records = %first.records.describe(),
+            sources = %member_sources.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+            "reading records once for"
+        );
+        let mut stmt = conn.prepare(&first.records.sql()).map_err(read_err)?;
         let mut reader = RecordReader::new(&mut stmt).map_err(read_err)?;
+        let mut events = Vec::new();
+        let mut read = 0u64;
         while let Some(record) = reader.next_record().map_err(read_err)? {
             if signals::requested().is_some() {
                 return Ok(());
             }
-            let stats = &mut self.stats[s];
-            stats.records += 1;
-            match function.call(record, &self.ctx) {
-                Ok(events) => {
-                    stats.events += events.len() as u64;
-                    for event in events {
-                        if sink(event, &mut self.stats[s]).is_break() {
-                            return Ok(());
+            read += 1;
+            // Generators on this record share one context made from it.
+            let mut context = None;
+            for (&s, evaluator) in members.iter().zip(&evaluators) {
+                self.stats[s].records += 1;
+                events.clear();
+                let produced = match evaluator {
+                    Evaluator::Function(f) => f.call(record, &self.ctx).map(|e| events = e),
+                    Evaluator::Generator(g) => {
+                        g.evaluate(record, &mut context).map(|e| events.extend(e))
+                    }
+                };
+                match produced {
+                    Ok(()) => {
+                        self.stats[s].events += events.len() as u64;
+                        for event in events.drain(..) {
+                            if sink(event, s, &mut self.stats[s]).is_break() {
+                                return Ok(());
+                            }
                         }
                     }
-                }
-                Err(error) => {
-                    stats.bad_records += 1;
-                    let id = record
-                        .get("id")
-                        .map_or_else(|| format!("#{}", stats.records), ToString::to_string);
-                    tracing::warn!(source = %source.name, record = %id, %error, "record skipped");
-                    if self.record_errors.len() < RECORD_ERRORS_LISTED {
-                        self.record_errors.push(RecordErrorReport {
-                            source: source.name.clone(),
-                            record: id,
-                            error: error.to_string(),
-                        });
-                    }
+                    Err(error) => self.skipped(sources[s], s, record, &error),
                 }
             }
-            let stats = &self.stats[s];
-            if stats.records.is_multiple_of(4096)
+            if read.is_multiple_of(4096)
                 && let Some(bar) = &self.progress
             {
+                let (events, new) = members.iter().fold((0, 0), |(e, n), &s| {
+                    (e + self.stats[s].events, n + self.stats[s].new)
+                });
                 bar.set_message(format!(
-                    "{}: {} records, {} events, {} new",
-                    source.name, stats.records, stats.events, stats.new
+                    "{}: {read} records, {events} events, {new} new",
+                    first.records.describe()
                 ));
             }
         }
         Ok(())
+    }
+
+    /// Notes a record that a source could not read.
+    fn skipped(&mut self, source: &SourceConfig, s: usize, record: &Record, error: &RecordError) {
+        let stats = &mut self.stats[s];
+        stats.bad_records += 1;
+        let id = record
+            .get("id")
+            .map_or_else(|| format!("#{}", stats.records), ToString::to_string);
+        tracing::warn!(source = %source.name, record = %id, %error, "record skipped");
+        if self.record_errors.len() < RECORD_ERRORS_LISTED {
+            self.record_errors.push(RecordErrorReport {
+                source: source.name.clone(),
+                record: id,
+                error: error.to_string(),
+            });
+        }
     }
 
     fn finish(self, started: Instant) -> RunReport {
@@ -398,9 +458,9 @@ pub fn process_sources(
                 Ok(tx.send(full).is_ok())
             };
             let mut batch = fresh();
-            for (s, source) in sources.iter().enumerate() {
+            for members in record_sets(sources) {
                 let mut outcome: Result<bool> = Ok(true);
-                scanner.scan(&reader, s, source, &mut |event, _stats| {
+                scanner.scan_set(&reader, &members, sources, &mut |event, s, _stats| {
                     batch.events.push(event);
                     batch.origin.push(s);
                     if batch.events.len() >= batch_size {
@@ -659,9 +719,9 @@ pub fn dry_run(
     let mut would: HashSet<String> = HashSet::new();
     let mut routes: HashMap<String, Vec<&str>> = HashMap::new();
     let mut scanner = Scanner::new(registry, &sources, opts);
-    for (s, source) in sources.iter().enumerate() {
+    for members in record_sets(&sources) {
         let mut failed: Option<Error> = None;
-        scanner.scan(&conn, s, source, &mut |event, stats| {
+        scanner.scan_set(&conn, &members, &sources, &mut |event, _s, stats| {
             let seen = match seen_stmt.as_mut().map(|stmt| stmt.exists([&event.key])) {
                 Some(Ok(seen)) => seen,
                 Some(Err(e)) => {

@@ -262,10 +262,44 @@ pub fn decode(value: ValueRef<'_>) -> Value {
     }
 }
 
-/// The column names a statement yields.
-pub fn column_names(conn: &Connection, sql: &str) -> Result<Vec<String>, rusqlite::Error> {
+/// The columns a statement yields: name and declared type (if the column
+/// comes straight from a table).
+pub fn columns(
+    conn: &Connection,
+    sql: &str,
+) -> Result<Vec<(String, Option<String>)>, rusqlite::Error> {
     let stmt = conn.prepare(sql)?;
-    Ok(stmt.column_names().map(str::to_owned).collect())
+    Ok(stmt
+        .columns()
+        .map(|c| (c.name().to_owned(), c.decl_type().map(str::to_owned)))
+        .collect())
+}
+
+/// SQLite's type affinity of a declared column type (its rules, in order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affinity {
+    Integer,
+    Text,
+    Blob,
+    Real,
+    Numeric,
+}
+
+impl Affinity {
+    pub fn of(declared: &str) -> Affinity {
+        let t = declared.to_ascii_uppercase();
+        if t.contains("INT") {
+            Affinity::Integer
+        } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
+            Affinity::Text
+        } else if t.contains("BLOB") || t.is_empty() {
+            Affinity::Blob
+        } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
+            Affinity::Real
+        } else {
+            Affinity::Numeric
+        }
+    }
 }
 
 #[cfg(test)]

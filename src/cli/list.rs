@@ -58,24 +58,51 @@ pub fn handlers(cli: &Cli, config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How a source makes events, in one phrase.
+fn source_kind(kind: &SourceKind) -> String {
+    match kind {
+        SourceKind::Function { function } => format!("function {function}"),
+        SourceKind::Generator(g) => format!("generator (id: {})", g.id),
+    }
+}
+
 pub fn sources(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Result<ExitCode> {
     if cli.json {
         let sources: Vec<_> = config
             .sources
             .iter()
             .map(|s| {
-                let SourceKind::Function { function } = &s.kind;
-                let func = registry.source(function);
-                json!({
+                let mut entry = json!({
                     "name": s.name,
-                    "kind": "function",
-                    "function": function,
                     "records": s.records.describe(),
                     "sql": s.records.sql(),
                     "enabled": s.enabled,
-                    "emits": func.map(|f| f.emits.clone()).unwrap_or_default(),
-                    "reads": func.map(|f| f.reads.clone()).unwrap_or_default(),
-                })
+                    "emits": s.kind.emits(registry),
+                });
+                match &s.kind {
+                    SourceKind::Function { function } => {
+                        entry["kind"] = json!("function");
+                        entry["function"] = json!(function);
+                        entry["reads"] = json!(
+                            registry
+                                .source(function)
+                                .map(|f| f.reads.clone())
+                                .unwrap_or_default()
+                        );
+                    }
+                    SourceKind::Generator(g) => {
+                        entry["kind"] = json!("generator");
+                        entry["group"] = json!(g.group);
+                        entry["id"] = json!(g.id);
+                        entry["conditions"] = json!(
+                            g.conditions
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                        );
+                    }
+                }
+                entry
             })
             .collect();
         stdout_json(&json!(sources))?;
@@ -84,21 +111,24 @@ pub fn sources(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Resul
             .sources
             .iter()
             .map(|s| {
-                let SourceKind::Function { function } = &s.kind;
-                let emits = registry
-                    .source(function)
-                    .map(|f| f.emits.join(", "))
-                    .unwrap_or_default();
+                let conditions = match &s.kind {
+                    SourceKind::Generator(g) => g.describe_conditions(),
+                    SourceKind::Function { .. } => "-".to_owned(),
+                };
                 vec![
                     s.name.clone(),
-                    format!("function {function}"),
+                    source_kind(&s.kind),
                     if s.enabled { "yes" } else { "no" }.to_owned(),
                     s.records.describe(),
-                    emits,
+                    s.kind.emits(registry).join(", "),
+                    conditions,
                 ]
             })
             .collect();
-        print_table(&["NAME", "SOURCE", "ENABLED", "RECORDS", "EMITS"], &rows);
+        print_table(
+            &["NAME", "SOURCE", "ENABLED", "RECORDS", "EMITS", "WHEN"],
+            &rows,
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

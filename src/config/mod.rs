@@ -14,9 +14,10 @@ use std::time::Duration;
 use regex::Regex;
 use toml::Spanned;
 
-use crate::records::RecordSet;
+use crate::records::{RecordSet, parse_date};
 use crate::registry::Registry;
-use raw::{RawConfig, RawHandler, RawSource};
+use crate::sources::generator::{CondValue, Condition, Generator, Op};
+use raw::{RawCondition, RawConfig, RawHandler, RawSource};
 
 /// The default name of the seen-events table (django-spark's).
 pub const DEFAULT_SEEN_TABLE: &str = "spark_event";
@@ -75,6 +76,21 @@ pub struct SourceConfig {
 pub enum SourceKind {
     /// A compiled-in function, by its registered name.
     Function { function: String },
+    /// A declarative generator (django-spark's spark_generators).
+    Generator(Generator),
+}
+
+impl SourceKind {
+    /// The groups this source may emit, when known.
+    pub fn emits<'a>(&'a self, registry: &'a Registry) -> Vec<&'a str> {
+        match self {
+            SourceKind::Function { function } => registry
+                .source(function)
+                .map(|f| f.emits.iter().map(String::as_str).collect())
+                .unwrap_or_default(),
+            SourceKind::Generator(g) => vec![g.group.as_str()],
+        }
+    }
 }
 
 /// Whether a delivery is recorded done after the handler returns (a crash
@@ -205,6 +221,27 @@ pub enum Problem {
     },
     #[error("{entry}: `delivery` must be \"at-least-once\" or \"at-most-once\", not {value:?}")]
     BadGuarantee { entry: String, value: String },
+    #[error(
+        "{entry}: give either `function` (a compiled-in source) or `group` (a generator), not both"
+    )]
+    FunctionAndGroup { entry: String },
+    #[error("{entry}: `{field}` only applies to generators (sources with `group`)")]
+    GeneratorOnly { entry: String, field: &'static str },
+    #[error(
+        "{entry}: condition on `{variable}`: unknown operator `{op}` (known: {})",
+        Op::ALL
+    )]
+    BadOperator {
+        entry: String,
+        variable: String,
+        op: String,
+    },
+    #[error("{entry}: condition on `{variable}`: {problem}")]
+    BadConditionValue {
+        entry: String,
+        variable: String,
+        problem: String,
+    },
     #[error("handler `{handler}`: {} is also written by handler `{other}`", path.display())]
     SharedJsonlPath {
         handler: String,
@@ -523,8 +560,28 @@ impl Validator<'_> {
         let entry = format!("source `{name}`");
         self.non_empty(&entry, "name", &raw.name);
         let records = self.record_set(&entry, &raw);
-        let kind = match raw.function {
-            Some(function) => {
+        let kind = match (raw.function, raw.group) {
+            (Some(function), None) => {
+                for (field, present) in [
+                    ("id", raw.id.as_ref().map(Spanned::span)),
+                    (
+                        "conditions",
+                        raw.conditions
+                            .as_ref()
+                            .and_then(|c| c.first())
+                            .map(Spanned::span),
+                    ),
+                ] {
+                    if let Some(span) = present {
+                        self.report(
+                            span,
+                            Problem::GeneratorOnly {
+                                entry: entry.clone(),
+                                field,
+                            },
+                        );
+                    }
+                }
                 if registry.source(function.get_ref()).is_none() {
                     self.report(
                         function.span(),
@@ -539,13 +596,45 @@ impl Validator<'_> {
                     function: function.into_inner(),
                 }
             }
-            None => {
+            (None, Some(group)) => {
+                self.non_empty(&entry, "group", &group);
+                let id = match raw.id {
+                    Some(id) => {
+                        self.non_empty(&entry, "id", &id);
+                        id.into_inner()
+                    }
+                    None => "id".to_owned(),
+                };
+                let conditions = raw
+                    .conditions
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|c| self.condition(&entry, c.into_inner()))
+                    .collect();
+                SourceKind::Generator(Generator {
+                    group: group.into_inner(),
+                    id,
+                    conditions,
+                })
+            }
+            (Some(function), Some(_)) => {
+                self.report(
+                    function.span(),
+                    Problem::FunctionAndGroup {
+                        entry: entry.clone(),
+                    },
+                );
+                SourceKind::Function {
+                    function: function.into_inner(),
+                }
+            }
+            (None, None) => {
                 self.report(
                     raw.name.span(),
                     Problem::MissingField {
                         entry: entry.clone(),
                         field: "function",
-                        why: " (the name of a compiled-in source function)".into(),
+                        why: " (a compiled-in source function), or `group` for a generator".into(),
                     },
                 );
                 SourceKind::Function {
@@ -559,6 +648,60 @@ impl Validator<'_> {
             kind,
             enabled: raw.enabled.unwrap_or(true),
         }
+    }
+
+    fn condition(&mut self, entry: &str, raw: RawCondition) -> Option<Condition> {
+        let variable = raw.variable.into_inner();
+        let Some(op) = Op::parse(raw.op.get_ref()) else {
+            self.report(
+                raw.op.span(),
+                Problem::BadOperator {
+                    entry: entry.to_owned(),
+                    variable,
+                    op: raw.op.into_inner(),
+                },
+            );
+            return None;
+        };
+        let bad = |problem: &str| Problem::BadConditionValue {
+            entry: entry.to_owned(),
+            variable: variable.clone(),
+            problem: problem.to_owned(),
+        };
+        let value = match raw.value.get_ref() {
+            toml::Value::Integer(i) => CondValue::Int(*i),
+            toml::Value::Float(x) if x.is_finite() => CondValue::Float(*x),
+            toml::Value::String(s) => CondValue::Text(s.clone()),
+            toml::Value::Boolean(b) => CondValue::Bool(*b),
+            toml::Value::Datetime(dt) => match (dt.date, dt.time) {
+                (Some(d), None) => match parse_date(&d.to_string()) {
+                    Some(date) => CondValue::Date(date),
+                    None => {
+                        self.report(raw.value.span(), bad("not a valid date"));
+                        return None;
+                    }
+                },
+                _ => {
+                    self.report(
+                        raw.value.span(),
+                        bad("only dates (2026-03-01) are supported, not times"),
+                    );
+                    return None;
+                }
+            },
+            _ => {
+                self.report(
+                    raw.value.span(),
+                    bad("the value must be a number, a string, a date or a boolean"),
+                );
+                return None;
+            }
+        };
+        Some(Condition {
+            variable,
+            op,
+            value,
+        })
     }
 
     fn record_set(&mut self, entry: &str, raw: &RawSource) -> RecordSet {

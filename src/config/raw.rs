@@ -45,6 +45,19 @@ pub struct RawSource {
     pub filter: Option<Spanned<String>>,
     pub query: Option<Spanned<String>>,
     pub enabled: Option<bool>,
+    /// A generator's event group (instead of `function`).
+    pub group: Option<Spanned<String>>,
+    /// A generator's id column (default `id`).
+    pub id: Option<Spanned<String>>,
+    pub conditions: Option<Vec<Spanned<RawCondition>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCondition {
+    pub variable: Spanned<String>,
+    pub op: Spanned<String>,
+    pub value: Spanned<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,9 +1,10 @@
-//! Compiled-in sources shipped with spark, and their registration.
+//! Sources: the compiled-in ones shipped with spark (and their
+//! registration), and declarative generators written in the config.
 //!
-//! Not here: running sources over records (the pipeline) or declarative
-//! generators written in the config.
+//! Not here: running sources over records (the pipeline).
 
 mod challenge;
+pub mod generator;
 
 pub use challenge::challenge_events;
 
