@@ -243,12 +243,15 @@ pub fn check_sources(
 
 /// Whether a condition's value can ever match a column of this affinity.
 fn comparable(value: &CondValue, affinity: Affinity) -> bool {
-    match (value, affinity) {
-        (CondValue::Int(_) | CondValue::Float(_), Affinity::Text) => false,
-        (CondValue::Text(_) | CondValue::Date(_), Affinity::Integer | Affinity::Real) => false,
-        (CondValue::Bool(_), Affinity::Text | Affinity::Real) => false,
-        _ => true,
-    }
+    !matches!(
+        (value, affinity),
+        (CondValue::Int(_) | CondValue::Float(_), Affinity::Text)
+            | (
+                CondValue::Text(_) | CondValue::Date(_),
+                Affinity::Integer | Affinity::Real
+            )
+            | (CondValue::Bool(_), Affinity::Text | Affinity::Real)
+    )
 }
 
 /// Checks an existing seen table; `Ok(false)` when it does not exist yet.
