@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::Cli;
 use super::output::{print_table, stdout_json};
-use crate::config::{Config, HandlerKind, SourceKind};
+use crate::config::{Config, HandlerKind, MailTransport, SourceKind};
 use crate::registry::Registry;
 
 fn handler_target(kind: &HandlerKind) -> String {
@@ -18,6 +18,13 @@ fn handler_target(kind: &HandlerKind) -> String {
             humantime::format_duration(*timeout)
         ),
         HandlerKind::Function { function } => function.clone(),
+        HandlerKind::Webhook { url, timeout, .. } => {
+            format!("POST {url} (timeout {})", humantime::format_duration(*timeout))
+        }
+        HandlerKind::Mail(mail) => match &mail.transport {
+            MailTransport::Outbox { dir } => format!("outbox {}", dir.display()),
+            MailTransport::Smtp { host, port, .. } => format!("smtp {host}:{port}"),
+        },
     }
 }
 

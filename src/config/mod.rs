@@ -5,19 +5,24 @@
 //! Not here: anything that needs the database (tables, columns): that is
 //! checked when the database is opened (`crate::database`).
 
+mod handlers;
 mod raw;
+
+pub use handlers::{
+    Guarantee, HANDLER_KINDS, HandlerConfig, HandlerKind, MailConfig, MailTransport, Secret,
+    SmtpSecurity, describe_template_error,
+};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use regex::Regex;
 use toml::Spanned;
 
 use crate::records::{RecordSet, parse_date};
 use crate::registry::Registry;
 use crate::sources::generator::{CondValue, Condition, Generator, Op};
-use raw::{RawCondition, RawConfig, RawHandler, RawSource};
+use raw::{RawCondition, RawConfig, RawSource};
 
 /// The default name of the seen-events table (django-spark's).
 pub const DEFAULT_SEEN_TABLE: &str = "spark_event";
@@ -89,60 +94,6 @@ impl SourceKind {
                 .map(|f| f.emits.iter().map(String::as_str).collect())
                 .unwrap_or_default(),
             SourceKind::Generator(g) => vec![g.group.as_str()],
-        }
-    }
-}
-
-/// Whether a delivery is recorded done after the handler returns (a crash
-/// mid-call repeats it) or before it is called (a crash mid-call loses it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Guarantee {
-    AtLeastOnce,
-    AtMostOnce,
-}
-
-impl fmt::Display for Guarantee {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Guarantee::AtLeastOnce => "at-least-once",
-            Guarantee::AtMostOnce => "at-most-once",
-        })
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct HandlerConfig {
-    pub name: String,
-    /// Matched against an event's group with search semantics.
-    pub group: Regex,
-    pub kind: HandlerKind,
-    pub guarantee: Guarantee,
-    pub retry: RetryPolicy,
-}
-
-#[derive(Debug, Clone)]
-pub enum HandlerKind {
-    /// Appends one JSON line per event to `path`.
-    Jsonl { path: PathBuf },
-    /// Runs `argv` with the event JSON on stdin, in the config's folder.
-    Command {
-        argv: Vec<String>,
-        timeout: Duration,
-        workdir: PathBuf,
-    },
-    /// Calls a compiled-in handler function.
-    Function { function: String },
-}
-
-/// The handler kinds a config may name.
-pub const HANDLER_KINDS: &str = "jsonl, command, function";
-
-impl HandlerKind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            HandlerKind::Jsonl { .. } => "jsonl",
-            HandlerKind::Command { .. } => "command",
-            HandlerKind::Function { .. } => "function",
         }
     }
 }
@@ -242,8 +193,26 @@ pub enum Problem {
         variable: String,
         problem: String,
     },
+    #[error("{entry}: `{field}` names the environment variable {var}, which is not set")]
+    MissingEnv {
+        entry: String,
+        field: &'static str,
+        var: String,
+    },
+    #[error("{entry}: template {name}: {error}")]
+    BadTemplate {
+        entry: String,
+        name: String,
+        error: String,
+    },
+    #[error("{entry}: `{field}`: {message}")]
+    BadValue {
+        entry: String,
+        field: &'static str,
+        message: String,
+    },
     #[error("handler `{handler}`: {} is also written by handler `{other}`", path.display())]
-    SharedJsonlPath {
+    SharedOutput {
         handler: String,
         other: String,
         path: PathBuf,
@@ -477,6 +446,24 @@ impl Validator<'_> {
                     },
                 );
             }
+            if let HandlerKind::Mail(mail) = &handler.kind
+                && let MailTransport::Outbox { dir } = &mail.transport
+            {
+                let other = handlers.iter().find(|h| {
+                    matches!(&h.kind, HandlerKind::Mail(m)
+                        if matches!(&m.transport, MailTransport::Outbox { dir: d } if d == dir))
+                });
+                if let Some(other) = other {
+                    self.report(
+                        span.clone(),
+                        Problem::SharedOutput {
+                            handler: handler.name.clone(),
+                            other: other.name.clone(),
+                            path: dir.clone(),
+                        },
+                    );
+                }
+            }
             if let HandlerKind::Jsonl { path } = &handler.kind {
                 let other = handlers
                     .iter()
@@ -484,7 +471,7 @@ impl Validator<'_> {
                 if let Some(other) = other {
                     self.report(
                         span,
-                        Problem::SharedJsonlPath {
+                        Problem::SharedOutput {
                             handler: handler.name.clone(),
                             other: other.name.clone(),
                             path: path.clone(),
@@ -749,192 +736,6 @@ impl Validator<'_> {
                 );
                 RecordSet::Query(String::new())
             }
-        }
-    }
-
-    fn handler(
-        &mut self,
-        raw: RawHandler,
-        defaults: &RetryPolicy,
-        registry: &Registry,
-    ) -> Option<HandlerConfig> {
-        let name = raw.name.get_ref().clone();
-        let entry = format!("handler `{name}`");
-        self.non_empty(&entry, "name", &raw.name);
-
-        let group = match Regex::new(raw.group.get_ref()) {
-            Ok(re) => Some(re),
-            Err(error) => {
-                self.report(
-                    raw.group.span(),
-                    Problem::BadHandlerRegex {
-                        handler: name.clone(),
-                        pattern: raw.group.get_ref().clone(),
-                        error: Box::new(error),
-                    },
-                );
-                None
-            }
-        };
-        let guarantee = match raw.delivery.as_ref().map(|d| d.get_ref().as_str()) {
-            None | Some("at-least-once") => Guarantee::AtLeastOnce,
-            Some("at-most-once") => Guarantee::AtMostOnce,
-            Some(other) => {
-                let span = raw.delivery.as_ref().map_or(0..0, Spanned::span);
-                self.report(
-                    span,
-                    Problem::BadGuarantee {
-                        entry: entry.clone(),
-                        value: other.to_owned(),
-                    },
-                );
-                Guarantee::AtLeastOnce
-            }
-        };
-        let retry = RetryPolicy {
-            max_attempts: self.positive(
-                &entry,
-                "max_attempts",
-                raw.max_attempts.as_ref(),
-                defaults.max_attempts,
-            ),
-            backoff: self.duration(&entry, "backoff", raw.backoff.as_ref(), defaults.backoff),
-            max_backoff: defaults.max_backoff,
-        };
-        let kind = self.handler_kind(&name, &entry, raw, registry)?;
-        Some(HandlerConfig {
-            name,
-            group: group?,
-            kind,
-            guarantee,
-            retry,
-        })
-    }
-
-    fn handler_kind(
-        &mut self,
-        name: &str,
-        entry: &str,
-        raw: RawHandler,
-        registry: &Registry,
-    ) -> Option<HandlerKind> {
-        let kind = raw.kind.get_ref().as_str();
-        // Which optional fields each kind takes; the others are reported.
-        let fields: [(&'static str, Option<std::ops::Range<usize>>); 4] = [
-            ("path", raw.path.as_ref().map(Spanned::span)),
-            ("command", raw.command.as_ref().map(Spanned::span)),
-            ("function", raw.function.as_ref().map(Spanned::span)),
-            ("timeout", raw.timeout.as_ref().map(Spanned::span)),
-        ];
-        let takes: &[&str] = match kind {
-            "jsonl" => &["path"],
-            "command" => &["command", "timeout"],
-            "function" => &["function"],
-            _ => {
-                self.report(
-                    raw.kind.span(),
-                    Problem::UnknownHandlerKind {
-                        handler: name.to_owned(),
-                        kind: kind.to_owned(),
-                    },
-                );
-                return None;
-            }
-        };
-        for (field, span) in fields {
-            if let Some(span) = span
-                && !takes.contains(&field)
-            {
-                self.report(
-                    span,
-                    Problem::UnusedField {
-                        entry: entry.to_owned(),
-                        field,
-                        why: format!("to kind {kind}"),
-                    },
-                );
-            }
-        }
-        let missing = |field: &'static str| Problem::MissingField {
-            entry: entry.to_owned(),
-            field,
-            why: format!(" for kind {kind}"),
-        };
-        match kind {
-            "jsonl" => match raw.path {
-                Some(path) => {
-                    self.non_empty(entry, "path", &path);
-                    Some(HandlerKind::Jsonl {
-                        path: self.resolve(path.get_ref()),
-                    })
-                }
-                None => {
-                    self.report(raw.kind.span(), missing("path"));
-                    None
-                }
-            },
-            "command" => {
-                let timeout = self.duration(
-                    entry,
-                    "timeout",
-                    raw.timeout.as_ref(),
-                    Duration::from_secs(30),
-                );
-                match raw.command {
-                    Some(argv) if argv.get_ref().first().is_some_and(|p| !p.is_empty()) => {
-                        let mut argv = argv.into_inner();
-                        // A program named by a relative path is relative to the config.
-                        if argv[0].contains('/') && Path::new(&argv[0]).is_relative() {
-                            argv[0] = self.resolve(&argv[0]).to_string_lossy().into_owned();
-                        }
-                        Some(HandlerKind::Command {
-                            argv,
-                            timeout,
-                            workdir: if self.dir.as_os_str().is_empty() {
-                                PathBuf::from(".")
-                            } else {
-                                self.dir.clone()
-                            },
-                        })
-                    }
-                    Some(argv) => {
-                        self.report(
-                            argv.span(),
-                            Problem::Empty {
-                                entry: entry.to_owned(),
-                                field: "command",
-                            },
-                        );
-                        None
-                    }
-                    None => {
-                        self.report(raw.kind.span(), missing("command"));
-                        None
-                    }
-                }
-            }
-            _ => match raw.function {
-                Some(function) => {
-                    if registry.handler(function.get_ref()).is_none() {
-                        self.report(
-                            function.span(),
-                            Problem::UnknownHandlerFunction {
-                                handler: name.to_owned(),
-                                function: function.get_ref().clone(),
-                                known: registry.handler_names().join(", "),
-                            },
-                        );
-                        return None;
-                    }
-                    Some(HandlerKind::Function {
-                        function: function.into_inner(),
-                    })
-                }
-                None => {
-                    self.report(raw.kind.span(), missing("function"));
-                    None
-                }
-            },
         }
     }
 }

@@ -2,6 +2,8 @@
 //! spans so that validation errors can point at a line. Unknown keys are
 //! rejected here; meaning is checked in `config::validate`.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -73,4 +75,51 @@ pub struct RawHandler {
     pub delivery: Option<Spanned<String>>,
     pub max_attempts: Option<Spanned<i64>>,
     pub backoff: Option<Spanned<String>>,
+    // webhook
+    pub url: Option<Spanned<String>>,
+    pub headers: Option<Spanned<BTreeMap<String, String>>>,
+    pub header_env: Option<Spanned<BTreeMap<String, String>>>,
+    pub signing_secret_env: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    // mail
+    pub templates: Option<Spanned<RawTemplates>>,
+    pub from: Option<Spanned<String>>,
+    pub to: Option<Spanned<OneOrMany>>,
+    pub cc: Option<Spanned<OneOrMany>>,
+    pub bcc: Option<Spanned<OneOrMany>>,
+    pub reply_to: Option<Spanned<OneOrMany>>,
+    pub subject: Option<Spanned<String>>,
+    pub body: Option<Spanned<String>>,
+    pub transport: Option<Spanned<String>>,
+    pub outbox: Option<Spanned<String>>,
+    pub smtp_host: Option<Spanned<String>>,
+    pub smtp_port: Option<Spanned<i64>>,
+    pub smtp_security: Option<Spanned<String>>,
+    pub smtp_user: Option<Spanned<String>>,
+    pub smtp_password_env: Option<Spanned<String>>,
+}
+
+/// A mail handler's templates: a folder of `GROUP.txt` files, or inline.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawTemplates {
+    Folder(String),
+    Inline(BTreeMap<String, String>),
+}
+
+/// An address field: one string or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
 }

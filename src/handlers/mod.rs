@@ -11,6 +11,8 @@
 pub mod command;
 pub mod function;
 pub mod jsonl;
+pub mod mail;
+pub mod webhook;
 
 use std::io;
 
@@ -107,6 +109,23 @@ pub fn build(handler: &HandlerConfig, registry: &Registry) -> Sink {
         HandlerKind::Function { function } => Sink::Each(Box::new(function::FunctionSink::new(
             function,
             registry.handler(function).cloned(),
+        ))),
+        HandlerKind::Webhook {
+            url,
+            headers,
+            signing_secret,
+            timeout,
+            connect_timeout,
+        } => Sink::Each(Box::new(webhook::WebhookHandler::new(
+            url.clone(),
+            headers.clone(),
+            signing_secret.clone(),
+            *timeout,
+            *connect_timeout,
+        ))),
+        HandlerKind::Mail(config) => Sink::Each(Box::new(mail::MailHandler::new(
+            &handler.name,
+            (**config).clone(),
         ))),
     }
 }

@@ -1,0 +1,717 @@
+//! Handlers in the config: the validated types, and turning a raw
+//! `[[handlers]]` entry into one (kind by kind, with the fields each kind
+//! takes; every other field is reported).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use toml::Spanned;
+
+use super::raw::{OneOrMany, RawHandler, RawTemplates};
+use super::{Problem, RetryPolicy, Validator};
+use crate::registry::Registry;
+
+/// Whether a delivery is recorded done after the handler returns (a crash
+/// mid-call repeats it) or before it is called (a crash mid-call loses it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    AtLeastOnce,
+    AtMostOnce,
+}
+
+impl fmt::Display for Guarantee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Guarantee::AtLeastOnce => "at-least-once",
+            Guarantee::AtMostOnce => "at-most-once",
+        })
+    }
+}
+
+/// A value read from the environment (a token, a password): never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    value: String,
+    /// The environment variable it came from, for messages.
+    pub var: String,
+}
+
+impl Secret {
+    pub fn new(var: &str, value: String) -> Secret {
+        Secret {
+            value,
+            var: var.to_owned(),
+        }
+    }
+
+    /// A value given in the config itself (a literal header).
+    pub fn literal(value: String) -> Secret {
+        Secret {
+            value,
+            var: String::new(),
+        }
+    }
+
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.var.is_empty() {
+            write!(f, "{:?}", self.value)
+        } else {
+            write!(f, "${{{}}} (hidden)", self.var)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HandlerConfig {
+    pub name: String,
+    /// Matched against an event's group with search semantics.
+    pub group: Regex,
+    pub kind: HandlerKind,
+    pub guarantee: Guarantee,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub enum HandlerKind {
+    /// Appends one JSON line per event to `path`.
+    Jsonl { path: PathBuf },
+    /// Runs `argv` with the event JSON on stdin, in the config's folder.
+    Command {
+        argv: Vec<String>,
+        timeout: Duration,
+        workdir: PathBuf,
+    },
+    /// Calls a compiled-in handler function.
+    Function { function: String },
+    /// POSTs the event JSON to `url`.
+    Webhook {
+        url: String,
+        headers: Vec<(String, Secret)>,
+        signing_secret: Option<Secret>,
+        timeout: Duration,
+        connect_timeout: Duration,
+    },
+    /// Renders a mail per event and sends it (SMTP) or writes it (outbox).
+    Mail(Box<MailConfig>),
+}
+
+/// The handler kinds a config may name.
+pub const HANDLER_KINDS: &str = "jsonl, command, function, webhook, mail";
+
+impl HandlerKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            HandlerKind::Jsonl { .. } => "jsonl",
+            HandlerKind::Command { .. } => "command",
+            HandlerKind::Function { .. } => "function",
+            HandlerKind::Webhook { .. } => "webhook",
+            HandlerKind::Mail(_) => "mail",
+        }
+    }
+}
+
+/// A mail handler: templates per group, defaults, and how mail leaves.
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    /// Template source per event group, with a name for messages.
+    pub templates: BTreeMap<String, (String, String)>,
+    /// Defaults (each itself a template): `from`, `subject`, `body`.
+    pub from: Option<String>,
+    pub subject: Option<String>,
+    pub body: Option<String>,
+    /// Default recipients (templates too).
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+    pub reply_to: Vec<String>,
+    pub transport: MailTransport,
+}
+
+#[derive(Debug, Clone)]
+pub enum MailTransport {
+    /// One `.eml` file per delivery, named by the event key.
+    Outbox { dir: PathBuf },
+    Smtp {
+        host: String,
+        port: u16,
+        security: SmtpSecurity,
+        user: Option<String>,
+        password: Option<Secret>,
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// Plain connection upgraded with STARTTLS (port 587).
+    StartTls,
+    /// TLS from the start (port 465).
+    Tls,
+    /// No encryption (a local relay).
+    None,
+}
+
+type Span = Option<Range<usize>>;
+
+fn span<T>(v: &Option<Spanned<T>>) -> Span {
+    v.as_ref().map(Spanned::span)
+}
+
+impl Validator<'_> {
+    pub(super) fn handler(
+        &mut self,
+        raw: RawHandler,
+        defaults: &RetryPolicy,
+        registry: &Registry,
+    ) -> Option<HandlerConfig> {
+        let name = raw.name.get_ref().clone();
+        let entry = format!("handler `{name}`");
+        self.non_empty(&entry, "name", &raw.name);
+
+        let group = match Regex::new(raw.group.get_ref()) {
+            Ok(re) => Some(re),
+            Err(error) => {
+                self.report(
+                    raw.group.span(),
+                    Problem::BadHandlerRegex {
+                        handler: name.clone(),
+                        pattern: raw.group.get_ref().clone(),
+                        error: Box::new(error),
+                    },
+                );
+                None
+            }
+        };
+        let guarantee = match raw.delivery.as_ref().map(|d| d.get_ref().as_str()) {
+            None | Some("at-least-once") => Guarantee::AtLeastOnce,
+            Some("at-most-once") => Guarantee::AtMostOnce,
+            Some(other) => {
+                self.report(
+                    raw.delivery.as_ref().map_or(0..0, Spanned::span),
+                    Problem::BadGuarantee {
+                        entry: entry.clone(),
+                        value: other.to_owned(),
+                    },
+                );
+                Guarantee::AtLeastOnce
+            }
+        };
+        let retry = RetryPolicy {
+            max_attempts: self.positive(
+                &entry,
+                "max_attempts",
+                raw.max_attempts.as_ref(),
+                defaults.max_attempts,
+            ),
+            backoff: self.duration(&entry, "backoff", raw.backoff.as_ref(), defaults.backoff),
+            max_backoff: defaults.max_backoff,
+        };
+        let kind = self.handler_kind(&name, &entry, raw, registry)?;
+        Some(HandlerConfig {
+            name,
+            group: group?,
+            kind,
+            guarantee,
+            retry,
+        })
+    }
+
+    /// Reports the fields given that `kind` does not take.
+    fn unused_fields(&mut self, entry: &str, kind: &str, takes: &[&str], raw: &RawHandler) {
+        let fields: [(&'static str, Span); 22] = [
+            ("path", span(&raw.path)),
+            ("command", span(&raw.command)),
+            ("function", span(&raw.function)),
+            ("timeout", span(&raw.timeout)),
+            ("url", span(&raw.url)),
+            ("headers", span(&raw.headers)),
+            ("header_env", span(&raw.header_env)),
+            ("signing_secret_env", span(&raw.signing_secret_env)),
+            ("connect_timeout", span(&raw.connect_timeout)),
+            ("templates", span(&raw.templates)),
+            ("from", span(&raw.from)),
+            ("to", span(&raw.to)),
+            ("cc", span(&raw.cc)),
+            ("bcc", span(&raw.bcc)),
+            ("reply_to", span(&raw.reply_to)),
+            ("subject", span(&raw.subject)),
+            ("body", span(&raw.body)),
+            ("transport", span(&raw.transport)),
+            ("outbox", span(&raw.outbox)),
+            ("smtp_host", span(&raw.smtp_host)),
+            ("smtp_port", span(&raw.smtp_port)),
+            ("smtp_security", span(&raw.smtp_security)),
+        ];
+        let more: [(&'static str, Span); 2] = [
+            ("smtp_user", span(&raw.smtp_user)),
+            ("smtp_password_env", span(&raw.smtp_password_env)),
+        ];
+        for (field, span) in fields.into_iter().chain(more) {
+            if let Some(span) = span
+                && !takes.contains(&field)
+            {
+                self.report(
+                    span,
+                    Problem::UnusedField {
+                        entry: entry.to_owned(),
+                        field,
+                        why: format!("to kind {kind}"),
+                    },
+                );
+            }
+        }
+    }
+
+    fn missing(&mut self, entry: &str, kind: &str, field: &'static str, span: Range<usize>) {
+        self.report(
+            span,
+            Problem::MissingField {
+                entry: entry.to_owned(),
+                field,
+                why: format!(" for kind {kind}"),
+            },
+        );
+    }
+
+    /// The value of environment variable `var`, named by `field`.
+    fn env(&mut self, entry: &str, field: &'static str, var: &Spanned<String>) -> Option<Secret> {
+        match std::env::var(var.get_ref()) {
+            Ok(value) => Some(Secret::new(var.get_ref(), value)),
+            Err(_) => {
+                self.report(
+                    var.span(),
+                    Problem::MissingEnv {
+                        entry: entry.to_owned(),
+                        field,
+                        var: var.get_ref().clone(),
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    fn bad_value(&mut self, entry: &str, field: &'static str, span: Range<usize>, message: String) {
+        self.report(
+            span,
+            Problem::BadValue {
+                entry: entry.to_owned(),
+                field,
+                message,
+            },
+        );
+    }
+
+    fn handler_kind(
+        &mut self,
+        name: &str,
+        entry: &str,
+        raw: RawHandler,
+        registry: &Registry,
+    ) -> Option<HandlerKind> {
+        let kind = raw.kind.get_ref().clone();
+        let kind_span = raw.kind.span();
+        let takes: &[&str] = match kind.as_str() {
+            "jsonl" => &["path"],
+            "command" => &["command", "timeout"],
+            "function" => &["function"],
+            "webhook" => &[
+                "url",
+                "headers",
+                "header_env",
+                "signing_secret_env",
+                "timeout",
+                "connect_timeout",
+            ],
+            "mail" => &[
+                "templates",
+                "from",
+                "to",
+                "cc",
+                "bcc",
+                "reply_to",
+                "subject",
+                "body",
+                "transport",
+                "outbox",
+                "smtp_host",
+                "smtp_port",
+                "smtp_security",
+                "smtp_user",
+                "smtp_password_env",
+                "timeout",
+            ],
+            _ => {
+                self.report(
+                    kind_span,
+                    Problem::UnknownHandlerKind {
+                        handler: name.to_owned(),
+                        kind,
+                    },
+                );
+                return None;
+            }
+        };
+        self.unused_fields(entry, &kind, takes, &raw);
+        match kind.as_str() {
+            "jsonl" => self.jsonl(entry, raw),
+            "command" => self.command(entry, raw),
+            "function" => self.function(name, entry, raw, registry),
+            "webhook" => self.webhook(entry, raw),
+            _ => self.mail(entry, raw).map(|m| HandlerKind::Mail(Box::new(m))),
+        }
+    }
+
+    fn jsonl(&mut self, entry: &str, raw: RawHandler) -> Option<HandlerKind> {
+        let Some(path) = raw.path else {
+            self.missing(entry, "jsonl", "path", raw.kind.span());
+            return None;
+        };
+        self.non_empty(entry, "path", &path);
+        Some(HandlerKind::Jsonl {
+            path: self.resolve(path.get_ref()),
+        })
+    }
+
+    fn command(&mut self, entry: &str, raw: RawHandler) -> Option<HandlerKind> {
+        let timeout = self.duration(
+            entry,
+            "timeout",
+            raw.timeout.as_ref(),
+            Duration::from_secs(30),
+        );
+        let Some(argv) = raw.command else {
+            self.missing(entry, "command", "command", raw.kind.span());
+            return None;
+        };
+        if argv.get_ref().first().is_none_or(|p| p.is_empty()) {
+            self.report(
+                argv.span(),
+                Problem::Empty {
+                    entry: entry.to_owned(),
+                    field: "command",
+                },
+            );
+            return None;
+        }
+        let mut argv = argv.into_inner();
+        // A program named by a relative path is relative to the config.
+        if argv[0].contains('/') && Path::new(&argv[0]).is_relative() {
+            argv[0] = self.resolve(&argv[0]).to_string_lossy().into_owned();
+        }
+        Some(HandlerKind::Command {
+            argv,
+            timeout,
+            workdir: if self.dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                self.dir.clone()
+            },
+        })
+    }
+
+    fn function(
+        &mut self,
+        name: &str,
+        entry: &str,
+        raw: RawHandler,
+        registry: &Registry,
+    ) -> Option<HandlerKind> {
+        let Some(function) = raw.function else {
+            self.missing(entry, "function", "function", raw.kind.span());
+            return None;
+        };
+        if registry.handler(function.get_ref()).is_none() {
+            self.report(
+                function.span(),
+                Problem::UnknownHandlerFunction {
+                    handler: name.to_owned(),
+                    function: function.get_ref().clone(),
+                    known: registry.handler_names().join(", "),
+                },
+            );
+            return None;
+        }
+        Some(HandlerKind::Function {
+            function: function.into_inner(),
+        })
+    }
+
+    fn webhook(&mut self, entry: &str, raw: RawHandler) -> Option<HandlerKind> {
+        let timeout = self.duration(
+            entry,
+            "timeout",
+            raw.timeout.as_ref(),
+            Duration::from_secs(30),
+        );
+        let connect_timeout = self.duration(
+            entry,
+            "connect_timeout",
+            raw.connect_timeout.as_ref(),
+            Duration::from_secs(10),
+        );
+        let Some(url) = raw.url else {
+            self.missing(entry, "webhook", "url", raw.kind.span());
+            return None;
+        };
+        let lower = url.get_ref().to_ascii_lowercase();
+        if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+            self.bad_value(
+                entry,
+                "url",
+                url.span(),
+                format!("{:?} is not an http:// or https:// URL", url.get_ref()),
+            );
+        }
+        let mut headers: Vec<(String, Secret)> = Vec::new();
+        if let Some(literal) = raw.headers {
+            for (name, value) in literal.into_inner() {
+                headers.push((name, Secret::literal(value)));
+            }
+        }
+        if let Some(from_env) = raw.header_env {
+            let span = from_env.span();
+            for (name, var) in from_env.into_inner() {
+                let var = Spanned::new(span.clone(), var);
+                if let Some(secret) = self.env(entry, "header_env", &var) {
+                    headers.push((name, secret));
+                }
+            }
+        }
+        let signing_secret = raw
+            .signing_secret_env
+            .as_ref()
+            .and_then(|var| self.env(entry, "signing_secret_env", var));
+        Some(HandlerKind::Webhook {
+            url: url.into_inner(),
+            headers,
+            signing_secret,
+            timeout,
+            connect_timeout,
+        })
+    }
+
+    fn mail(&mut self, entry: &str, raw: RawHandler) -> Option<MailConfig> {
+        let transport = self.mail_transport(entry, &raw);
+        let templates = match raw.templates {
+            None => BTreeMap::new(),
+            Some(t) => {
+                let span = t.span();
+                match t.into_inner() {
+                    RawTemplates::Inline(map) => map
+                        .into_iter()
+                        .map(|(group, source)| {
+                            let name = format!("{group} (inline)");
+                            (group, (name, source))
+                        })
+                        .collect(),
+                    RawTemplates::Folder(dir) => {
+                        let dir = self.resolve(&dir);
+                        match read_template_folder(&dir) {
+                            Ok(map) => map,
+                            Err(message) => {
+                                self.bad_value(entry, "templates", span, message);
+                                BTreeMap::new()
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        // Every template must parse: check now rather than at the first mail.
+        let defaults = [
+            ("from", raw.from.as_ref().map(|s| s.get_ref().clone())),
+            ("subject", raw.subject.as_ref().map(|s| s.get_ref().clone())),
+            ("body", raw.body.as_ref().map(|s| s.get_ref().clone())),
+        ];
+        let addresses = |v: &Option<Spanned<OneOrMany>>| {
+            v.as_ref()
+                .map(|s| s.get_ref().clone().into_vec())
+                .unwrap_or_default()
+        };
+        let (to, cc, bcc, reply_to) = (
+            addresses(&raw.to),
+            addresses(&raw.cc),
+            addresses(&raw.bcc),
+            addresses(&raw.reply_to),
+        );
+        let mut sources: Vec<(String, &str)> = templates
+            .values()
+            .map(|(name, source)| (name.clone(), source.as_str()))
+            .collect();
+        for (field, value) in &defaults {
+            if let Some(v) = value {
+                sources.push((format!("`{field}`"), v.as_str()));
+            }
+        }
+        for (field, list) in [("to", &to), ("cc", &cc), ("bcc", &bcc), ("reply_to", &reply_to)] {
+            for v in list {
+                sources.push((format!("`{field}`"), v.as_str()));
+            }
+        }
+        let env = minijinja::Environment::new();
+        let template_errors: Vec<(String, String)> = sources
+            .iter()
+            .filter_map(|(name, source)| {
+                env.template_from_str(source)
+                    .err()
+                    .map(|e| (name.clone(), describe_template_error(&e)))
+            })
+            .collect();
+        for (name, error) in template_errors {
+            self.report(
+                raw.kind.span(),
+                Problem::BadTemplate {
+                    entry: entry.to_owned(),
+                    name,
+                    error,
+                },
+            );
+        }
+
+        let transport = transport?;
+        let [(_, from), (_, subject), (_, body)] = defaults;
+        Some(MailConfig {
+            templates,
+            from,
+            subject,
+            body,
+            to,
+            cc,
+            bcc,
+            reply_to,
+            transport,
+        })
+    }
+
+    fn mail_transport(&mut self, entry: &str, raw: &RawHandler) -> Option<MailTransport> {
+        let transport = match (&raw.transport, &raw.outbox, &raw.smtp_host) {
+            (Some(t), _, _) => t.get_ref().clone(),
+            (None, Some(_), None) => "outbox".to_owned(),
+            (None, None, Some(_)) => "smtp".to_owned(),
+            _ => {
+                self.missing(entry, "mail", "transport", raw.kind.span());
+                return None;
+            }
+        };
+        let timeout = self.duration(
+            entry,
+            "timeout",
+            raw.timeout.as_ref(),
+            Duration::from_secs(30),
+        );
+        match transport.as_str() {
+            "outbox" => {
+                let Some(dir) = &raw.outbox else {
+                    self.missing(entry, "mail with transport outbox", "outbox", raw.kind.span());
+                    return None;
+                };
+                Some(MailTransport::Outbox {
+                    dir: self.resolve(dir.get_ref()),
+                })
+            }
+            "smtp" => {
+                let Some(host) = &raw.smtp_host else {
+                    self.missing(entry, "mail with transport smtp", "smtp_host", raw.kind.span());
+                    return None;
+                };
+                let security = match raw.smtp_security.as_ref().map(|s| s.get_ref().as_str()) {
+                    None | Some("starttls") => SmtpSecurity::StartTls,
+                    Some("tls") => SmtpSecurity::Tls,
+                    Some("none") => SmtpSecurity::None,
+                    Some(other) => {
+                        let span = raw.smtp_security.as_ref().map_or(0..0, Spanned::span);
+                        self.bad_value(
+                            entry,
+                            "smtp_security",
+                            span,
+                            format!("{other:?}: expected \"starttls\", \"tls\" or \"none\""),
+                        );
+                        SmtpSecurity::StartTls
+                    }
+                };
+                let default_port = match security {
+                    SmtpSecurity::StartTls => 587,
+                    SmtpSecurity::Tls => 465,
+                    SmtpSecurity::None => 25,
+                };
+                let port = match &raw.smtp_port {
+                    None => default_port,
+                    Some(p) => u16::try_from(*p.get_ref()).unwrap_or_else(|_| {
+                        self.bad_value(
+                            entry,
+                            "smtp_port",
+                            p.span(),
+                            format!("{} is not a port number", p.get_ref()),
+                        );
+                        default_port
+                    }),
+                };
+                let password = raw
+                    .smtp_password_env
+                    .as_ref()
+                    .and_then(|var| self.env(entry, "smtp_password_env", var));
+                Some(MailTransport::Smtp {
+                    host: host.get_ref().clone(),
+                    port,
+                    security,
+                    user: raw.smtp_user.as_ref().map(|u| u.get_ref().clone()),
+                    password,
+                    timeout,
+                })
+            }
+            other => {
+                let span = raw.transport.as_ref().map_or(0..0, Spanned::span);
+                self.bad_value(
+                    entry,
+                    "transport",
+                    span,
+                    format!("{other:?}: expected \"smtp\" or \"outbox\""),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A template error in one line: what, and where in the template.
+pub fn describe_template_error(e: &minijinja::Error) -> String {
+    match (e.line(), e.detail()) {
+        (Some(line), Some(detail)) => format!("line {line}: {detail}"),
+        (Some(line), None) => format!("line {line}: {e}"),
+        (None, _) => e.to_string(),
+    }
+}
+
+/// The `GROUP.txt` templates of a folder: group -> (file path, source).
+fn read_template_folder(dir: &Path) -> Result<BTreeMap<String, (String, String)>, String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot read folder {}: {e}", dir.display()))?;
+    let mut templates = BTreeMap::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("cannot read folder {}: {e}", dir.display()))?
+            .path();
+        if path.extension().and_then(|e| e.to_str()) != Some("txt") {
+            continue;
+        }
+        let Some(group) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let source = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        templates.insert(group.to_owned(), (path.display().to_string(), source));
+    }
+    Ok(templates)
+}

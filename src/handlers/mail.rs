@@ -1,0 +1,354 @@
+//! `mail`: one mail per event, as django-spark's spark_mails renders them,
+//! sent by SMTP or written as an `.eml` file to an outbox folder.
+//!
+//! How a mail is made, in order:
+//! 1. the handler's defaults (`from`, `to`, `cc`, `bcc`, `reply_to`,
+//!    `subject`, `body`), each a template rendered against the event;
+//! 2. overridden by the event's `context.spark_mail` object, field by field
+//!    (values used as they are);
+//! 3. if there is a template for the event's group, it is rendered: the first
+//!    non-empty line is the subject, the rest (blank lines around it removed,
+//!    trailing spaces removed per line) the body; each replaces the one from
+//!    above unless it came out empty.
+//!
+//! A mail without a recipient or a sender, an address that does not parse,
+//! or a template that fails to render is a failed delivery naming the
+//! template and the error (django-spark would mail anyway). Templates are
+//! minijinja (Jinja2 syntax); the event's context is their top level, and
+//! `spark_event.key` / `spark_event.group` name the event. The Message-ID is
+//! made from the event key, so a retry of the same delivery sends the same
+//! Message-ID, and the outbox file is named by the key, so a retry
+//! overwrites it rather than adding a second mail.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, Message};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{SmtpTransport, Transport};
+use minijinja::value::Serde;
+use minijinja::{AutoEscape, Environment};
+use serde_json::{Map, Value};
+
+use super::{DeliverEach, Dispatch};
+use crate::config::{MailConfig, MailTransport, SmtpSecurity};
+use crate::event::Event;
+
+/// A mail, rendered, before it becomes a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenderedMail {
+    pub from: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+    pub reply_to: Vec<String>,
+    pub subject: String,
+    pub body: String,
+}
+
+pub struct MailHandler {
+    name: String,
+    config: MailConfig,
+    env: Environment<'static>,
+    smtp: Option<SmtpTransport>,
+}
+
+/// Splits a rendered template into subject (its first non-empty line) and
+/// body (the lines after it, trailing spaces and surrounding blank lines
+/// removed), as django-spark's `Mail.render` does.
+pub fn split_subject_body(rendered: &str) -> (String, String) {
+    let lines: Vec<&str> = rendered.lines().map(str::trim_end).collect();
+    let Some(first) = lines.iter().position(|l| !l.is_empty()) else {
+        return (String::new(), String::new());
+    };
+    let body = lines[first + 1..].join("\n");
+    (lines[first].to_owned(), body.trim_matches('\n').to_owned())
+}
+
+/// `text` with every byte outside `[A-Za-z0-9._-]` percent-encoded: safe in
+/// a file name and in a Message-ID.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// The outbox file of an event.
+pub fn outbox_file(dir: &Path, key: &str) -> PathBuf {
+    dir.join(format!("{}.eml", encode(key)))
+}
+
+fn strings(value: &Value) -> Option<Vec<String>> {
+    match value {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Array(items) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => None,
+    }
+}
+
+impl MailHandler {
+    pub fn new(name: &str, config: MailConfig) -> MailHandler {
+        let mut env = Environment::new();
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        for (group, (_, source)) in &config.templates {
+            // Checked when the config was loaded; a template that failed
+            // there never gets here.
+            let _ = env.add_template_owned(group.clone(), source.clone());
+        }
+        MailHandler {
+            name: name.to_owned(),
+            config,
+            env,
+            smtp: None,
+        }
+    }
+
+    /// The template context: the event's context, plus `spark_event`.
+    fn context(event: &Event) -> minijinja::Value {
+        let mut ctx: Map<String, Value> = (*event.context).clone();
+        let mut about = Map::new();
+        about.insert("key".into(), Value::String(event.key.clone()));
+        about.insert("group".into(), Value::String(event.group.clone()));
+        ctx.insert("spark_event".into(), Value::Object(about));
+        minijinja::Value::from(Serde(ctx))
+    }
+
+    fn render_str(&self, what: &str, source: &str, ctx: &minijinja::Value) -> Result<String, String> {
+        self.env.render_str(source, ctx.clone()).map_err(|e| {
+            format!(
+                "handler default `{what}` does not render: {}",
+                crate::config::describe_template_error(&e)
+            )
+        })
+    }
+
+    fn render_list(
+        &self,
+        what: &str,
+        sources: &[String],
+        ctx: &minijinja::Value,
+    ) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        for source in sources {
+            let rendered = self.render_str(what, source, ctx)?;
+            // A template may render to several comma-separated addresses.
+            out.extend(
+                rendered
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Renders the mail for `event` (see the module documentation).
+    pub fn render(&self, event: &Event) -> Result<RenderedMail, String> {
+        let c = &self.config;
+        let ctx = Self::context(event);
+        let opt = |what: &str, v: &Option<String>| -> Result<String, String> {
+            v.as_deref()
+                .map_or(Ok(String::new()), |s| self.render_str(what, s, &ctx))
+        };
+        let mut mail = RenderedMail {
+            from: opt("from", &c.from)?.trim().to_owned(),
+            to: self.render_list("to", &c.to, &ctx)?,
+            cc: self.render_list("cc", &c.cc, &ctx)?,
+            bcc: self.render_list("bcc", &c.bcc, &ctx)?,
+            reply_to: self.render_list("reply_to", &c.reply_to, &ctx)?,
+            subject: opt("subject", &c.subject)?.trim().to_owned(),
+            body: opt("body", &c.body)?,
+        };
+        if let Some(Value::Object(over)) = event.context.get("spark_mail") {
+            for (field, value) in over {
+                let bad = || format!("context.spark_mail.{field} must be a string or a list of strings");
+                match field.as_str() {
+                    "from" => mail.from = value.as_str().ok_or_else(bad)?.to_owned(),
+                    "subject" => mail.subject = value.as_str().ok_or_else(bad)?.to_owned(),
+                    "body" => mail.body = value.as_str().ok_or_else(bad)?.to_owned(),
+                    "to" => mail.to = strings(value).ok_or_else(bad)?,
+                    "cc" => mail.cc = strings(value).ok_or_else(bad)?,
+                    "bcc" => mail.bcc = strings(value).ok_or_else(bad)?,
+                    "reply_to" => mail.reply_to = strings(value).ok_or_else(bad)?,
+                    _ => {}
+                }
+            }
+        }
+        if let Some((name, _)) = c.templates.get(&event.group) {
+            let rendered = self
+                .env
+                .get_template(&event.group)
+                .and_then(|t| t.render(ctx.clone()))
+                .map_err(|e| {
+                    format!(
+                        "template {name} does not render: {}",
+                        crate::config::describe_template_error(&e)
+                    )
+                })?;
+            let (subject, body) = split_subject_body(&rendered);
+            if !subject.is_empty() {
+                mail.subject = subject;
+            }
+            if !body.is_empty() {
+                mail.body = body;
+            }
+        }
+        if mail.to.is_empty() {
+            return Err(format!(
+                "no recipient for {}: set `to` on the handler or context.spark_mail.to",
+                event.key
+            ));
+        }
+        if mail.from.is_empty() {
+            return Err(format!(
+                "no sender for {}: set `from` on the handler or context.spark_mail.from",
+                event.key
+            ));
+        }
+        Ok(mail)
+    }
+
+    /// The message for a rendered mail. Bcc is kept in the message only
+    /// for the outbox (where a pickup service needs it).
+    pub fn message(&self, event: &Event, mail: &RenderedMail) -> Result<Message, String> {
+        let parse = |field: &str, text: &str| -> Result<Mailbox, String> {
+            text.parse::<Mailbox>()
+                .map_err(|e| format!("`{field}` address {text:?} is not valid: {e}"))
+        };
+        let from = parse("from", &mail.from)?;
+        let domain = from.email.domain().to_owned();
+        let mut builder = Message::builder()
+            .from(from)
+            .subject(mail.subject.clone())
+            .message_id(Some(format!(
+                "<{}.{}@{domain}>",
+                encode(&event.key),
+                encode(&self.name)
+            )))
+            .date_now()
+            .user_agent(concat!("spark/", env!("CARGO_PKG_VERSION")).to_owned());
+        for to in &mail.to {
+            builder = builder.to(parse("to", to)?);
+        }
+        for cc in &mail.cc {
+            builder = builder.cc(parse("cc", cc)?);
+        }
+        for bcc in &mail.bcc {
+            builder = builder.bcc(parse("bcc", bcc)?);
+        }
+        for reply_to in &mail.reply_to {
+            builder = builder.reply_to(parse("reply_to", reply_to)?);
+        }
+        if matches!(self.config.transport, MailTransport::Outbox { .. }) {
+            builder = builder.keep_bcc();
+        }
+        builder
+            .header(ContentType::TEXT_PLAIN)
+            .body(mail.body.clone())
+            .map_err(|e| format!("cannot build the mail: {e}"))
+    }
+
+    fn smtp(&mut self) -> Result<&SmtpTransport, String> {
+        if self.smtp.is_none() {
+            let MailTransport::Smtp {
+                host,
+                port,
+                security,
+                user,
+                password,
+                timeout,
+            } = &self.config.transport
+            else {
+                return Err("not an SMTP handler".into());
+            };
+            let builder = match security {
+                SmtpSecurity::Tls => SmtpTransport::relay(host),
+                SmtpSecurity::StartTls => SmtpTransport::starttls_relay(host),
+                SmtpSecurity::None => Ok(SmtpTransport::builder_dangerous(host.clone())),
+            }
+            .map_err(|e| format!("SMTP server {host}: {e}"))?;
+            let mut builder = builder.port(*port).timeout(Some(*timeout));
+            if let Some(user) = user {
+                let password = password
+                    .as_ref()
+                    .map(|p| p.expose().to_owned())
+                    .unwrap_or_default();
+                builder = builder.credentials(Credentials::new(user.clone(), password));
+            }
+            self.smtp = Some(builder.build());
+        }
+        self.smtp.as_ref().ok_or_else(|| "no SMTP transport".into())
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so that
+/// a reader never sees half a mail and a retry replaces the file whole.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+impl DeliverEach for MailHandler {
+    fn deliver(&mut self, dispatch: &Dispatch<'_>, _attempt: u32) -> Result<(), String> {
+        let event = dispatch.event;
+        let mail = self.render(event)?;
+        let message = self.message(event, &mail)?;
+        match &self.config.transport {
+            MailTransport::Outbox { dir } => {
+                let path = outbox_file(dir, &event.key);
+                write_atomically(&path, &message.formatted())
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))
+            }
+            MailTransport::Smtp { host, port, .. } => {
+                let server = format!("{host}:{port}");
+                self.smtp()?
+                    .send(&message)
+                    .map(|_| ())
+                    .map_err(|e| format!("SMTP {server}: {e}"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_non_empty_line_is_the_subject() {
+        let (s, b) = split_subject_body("\n\n  \nHello {x}   \n\n\nLine 1  \nLine 2\n\n");
+        assert_eq!(s, "Hello {x}");
+        assert_eq!(b, "Line 1\nLine 2");
+        assert_eq!(split_subject_body("Only a subject"), ("Only a subject".into(), String::new()));
+        assert_eq!(split_subject_body("  \n \n"), (String::new(), String::new()));
+        assert_eq!(split_subject_body("S\r\nB\r\n"), ("S".into(), "B".into()));
+    }
+
+    #[test]
+    fn keys_are_encoded_for_files_and_message_ids() {
+        assert_eq!(encode("challenge_ended_4"), "challenge_ended_4");
+        assert_eq!(encode("a/b c@d"), "a%2Fb%20c%40d");
+        assert_eq!(
+            outbox_file(Path::new("out"), "../x"),
+            Path::new("out/..%2Fx.eml")
+        );
+    }
+}
