@@ -40,6 +40,19 @@ pub fn event(group: impl Into<String>, id: impl Display, context: impl Into<Cont
     }
 }
 
+/// A context as stored in the seen table: spark writes JSON objects;
+/// other text (django-spark wrote Python reprs) is kept under `"text"`.
+pub fn context_from_stored(text: &str) -> Map<String, Value> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => map,
+        _ => {
+            let mut map = Map::new();
+            map.insert("text".to_owned(), Value::String(text.to_owned()));
+            map
+        }
+    }
+}
+
 /// An empty context, for events that carry no data.
 pub fn empty_context() -> Context {
     Arc::new(Map::new())

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -44,7 +43,12 @@ impl Hook {
                 let headers = req
                     .headers()
                     .iter()
-                    .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_owned()))
+                    .map(|h| {
+                        (
+                            h.field.as_str().as_str().to_ascii_lowercase(),
+                            h.value.as_str().to_owned(),
+                        )
+                    })
                     .collect();
                 r.lock().unwrap().push(Request {
                     method: req.method().as_str().to_owned(),
@@ -54,7 +58,8 @@ impl Hook {
                 });
                 let code = s.load(Ordering::SeqCst);
                 let _ = req.respond(
-                    tiny_http::Response::from_string("mailbox full, try later").with_status_code(code),
+                    tiny_http::Response::from_string("mailbox full, try later")
+                        .with_status_code(code),
                 );
             }
         });
@@ -128,7 +133,11 @@ fn one_post_per_event_with_headers_and_a_verifiable_signature() {
         .collect();
     assert_eq!(
         keys,
-        ["challenge_created_1", "challenge_inactivity_2d_1", "challenge_created_2"]
+        [
+            "challenge_created_1",
+            "challenge_inactivity_2d_1",
+            "challenge_created_2"
+        ]
     );
     for r in &requests {
         assert_eq!(r.method, "POST");
@@ -195,9 +204,12 @@ fn a_missing_secret_variable_is_a_config_error() {
         .args(["process-sources"])
         .output()
         .unwrap();
-    common::Run { output }
-        .status(2)
-        .stderr_has(&["handler `hook`", "`signing_secret_env`", "HOOK_SECRET", "not set"]);
+    common::Run { output }.status(2).stderr_has(&[
+        "handler `hook`",
+        "`signing_secret_env`",
+        "HOOK_SECRET",
+        "not set",
+    ]);
     assert_eq!(case.db_bytes(), before);
     assert!(hook.requests().is_empty());
 }

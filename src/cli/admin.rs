@@ -10,9 +10,10 @@ use serde_json::json;
 use super::Cli;
 use super::output::{clip, print_table, stdout_json};
 use crate::clock;
-use crate::config::Config;
+use crate::config::{Config, HandlerKind};
 use crate::database;
 use crate::error::{Error, Result};
+use crate::handlers::mail::MailHandler;
 use crate::lock::RunLock;
 use crate::store::admin::{self, DeliveryQuery, EventQuery};
 use crate::store::{SqliteStore, Store};
@@ -194,6 +195,79 @@ pub fn prune(
             "{verb} {} events recorded before {cutoff} UTC; kept {} with unfinished deliveries",
             report.pruned, report.kept_undelivered
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn preview_mail(
+    cli: &Cli,
+    config: &Config,
+    handler: &str,
+    key: Option<&str>,
+    context: Option<&str>,
+    group: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let Some(h) = config.handlers.iter().find(|h| h.name == handler) else {
+        return Err(Error::Usage(format!(
+            "preview-mail: no handler `{handler}` in {}",
+            config.path.display()
+        ))
+        .into());
+    };
+    let HandlerKind::Mail(mail) = &h.kind else {
+        return Err(Error::Usage(format!(
+            "preview-mail: handler `{handler}` is a {} handler, not mail",
+            h.kind.name()
+        ))
+        .into());
+    };
+    let event = match (key, context) {
+        (Some(key), _) => {
+            let conn = database::open_read_only(config)?;
+            database::check_seen_table(&conn, config)?;
+            admin::seen_event(&conn, &config.database.seen_table, key)
+                .map_err(read_err(config))?
+                .ok_or_else(|| {
+                    Error::Usage(format!("preview-mail --key {key}: no such seen event"))
+                })?
+        }
+        (None, Some(json)) => {
+            let Ok(serde_json::Value::Object(map)) = serde_json::from_str(json) else {
+                return Err(
+                    Error::Usage("preview-mail --context: expected a JSON object".into()).into(),
+                );
+            };
+            let group = group.unwrap_or_default();
+            crate::event::event(group, "preview", map)
+        }
+        (None, None) => {
+            return Err(Error::Usage(
+                "preview-mail: give --key KEY or --context JSON --group G".into(),
+            )
+            .into());
+        }
+    };
+    let renderer = MailHandler::new(handler, (**mail).clone());
+    let rendered = renderer.render(&event).map_err(Error::Usage)?;
+    if cli.json {
+        stdout_json(&json!({
+            "key": event.key,
+            "group": event.group,
+            "from": rendered.from,
+            "to": rendered.to,
+            "cc": rendered.cc,
+            "bcc": rendered.bcc,
+            "reply_to": rendered.reply_to,
+            "subject": rendered.subject,
+            "body": rendered.body,
+        }))?;
+    } else {
+        let message = renderer.message(&event, &rendered).map_err(Error::Usage)?;
+        let text = String::from_utf8_lossy(&message.formatted()).into_owned();
+        print!("{text}");
+        if !text.ends_with('\n') {
+            println!();
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

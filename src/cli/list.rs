@@ -19,7 +19,10 @@ fn handler_target(kind: &HandlerKind) -> String {
         ),
         HandlerKind::Function { function } => function.clone(),
         HandlerKind::Webhook { url, timeout, .. } => {
-            format!("POST {url} (timeout {})", humantime::format_duration(*timeout))
+            format!(
+                "POST {url} (timeout {})",
+                humantime::format_duration(*timeout)
+            )
         }
         HandlerKind::Mail(mail) => match &mail.transport {
             MailTransport::Outbox { dir } => format!("outbox {}", dir.display()),

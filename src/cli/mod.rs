@@ -135,6 +135,20 @@ enum Command {
         #[command(flatten)]
         lock: LockArgs,
     },
+    /// Render the mail a mail handler would send for an event; sends nothing
+    PreviewMail {
+        /// The mail handler's name
+        handler: String,
+        /// A seen event's key
+        #[arg(long, value_name = "KEY", conflicts_with = "context")]
+        key: Option<String>,
+        /// Or a context, as a JSON object (needs --group)
+        #[arg(long, value_name = "JSON", requires = "group")]
+        context: Option<String>,
+        /// The event's group (with --context)
+        #[arg(long, value_name = "G")]
+        group: Option<String>,
+    },
     /// Delete seen events recorded longer ago than a duration (keeps undelivered ones)
     Prune {
         /// e.g. "90d"
@@ -330,6 +344,19 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
             admin::deliveries(cli, &config, &query)
         }
         Command::Forget { keys, lock } => admin::forget(cli, &config, keys, lock.wait()?),
+        Command::PreviewMail {
+            handler,
+            key,
+            context,
+            group,
+        } => admin::preview_mail(
+            cli,
+            &config,
+            handler,
+            key.as_deref(),
+            context.as_deref(),
+            group.as_deref(),
+        ),
         Command::Prune {
             older_than,
             group,

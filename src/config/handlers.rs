@@ -369,7 +369,9 @@ impl Validator<'_> {
             "command" => self.command(entry, raw),
             "function" => self.function(name, entry, raw, registry),
             "webhook" => self.webhook(entry, raw),
-            _ => self.mail(entry, raw).map(|m| HandlerKind::Mail(Box::new(m))),
+            _ => self
+                .mail(entry, raw)
+                .map(|m| HandlerKind::Mail(Box::new(m))),
         }
     }
 
@@ -555,7 +557,12 @@ impl Validator<'_> {
                 sources.push((format!("`{field}`"), v.as_str()));
             }
         }
-        for (field, list) in [("to", &to), ("cc", &cc), ("bcc", &bcc), ("reply_to", &reply_to)] {
+        for (field, list) in [
+            ("to", &to),
+            ("cc", &cc),
+            ("bcc", &bcc),
+            ("reply_to", &reply_to),
+        ] {
             for v in list {
                 sources.push((format!("`{field}`"), v.as_str()));
             }
@@ -614,7 +621,12 @@ impl Validator<'_> {
         match transport.as_str() {
             "outbox" => {
                 let Some(dir) = &raw.outbox else {
-                    self.missing(entry, "mail with transport outbox", "outbox", raw.kind.span());
+                    self.missing(
+                        entry,
+                        "mail with transport outbox",
+                        "outbox",
+                        raw.kind.span(),
+                    );
                     return None;
                 };
                 Some(MailTransport::Outbox {
@@ -623,7 +635,12 @@ impl Validator<'_> {
             }
             "smtp" => {
                 let Some(host) = &raw.smtp_host else {
-                    self.missing(entry, "mail with transport smtp", "smtp_host", raw.kind.span());
+                    self.missing(
+                        entry,
+                        "mail with transport smtp",
+                        "smtp_host",
+                        raw.kind.span(),
+                    );
                     return None;
                 };
                 let security = match raw.smtp_security.as_ref().map(|s| s.get_ref().as_str()) {

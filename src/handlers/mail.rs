@@ -63,7 +63,10 @@ pub fn split_subject_body(rendered: &str) -> (String, String) {
         return (String::new(), String::new());
     };
     let body = lines[first + 1..].join("\n");
-    (lines[first].to_owned(), body.trim_matches('\n').to_owned())
+    (
+        lines[first].trim_start().to_owned(),
+        body.trim_matches('\n').to_owned(),
+    )
 }
 
 /// `text` with every byte outside `[A-Za-z0-9._-]` percent-encoded: safe in
@@ -123,7 +126,12 @@ impl MailHandler {
         minijinja::Value::from(Serde(ctx))
     }
 
-    fn render_str(&self, what: &str, source: &str, ctx: &minijinja::Value) -> Result<String, String> {
+    fn render_str(
+        &self,
+        what: &str,
+        source: &str,
+        ctx: &minijinja::Value,
+    ) -> Result<String, String> {
         self.env.render_str(source, ctx.clone()).map_err(|e| {
             format!(
                 "handler default `{what}` does not render: {}",
@@ -172,7 +180,8 @@ impl MailHandler {
         };
         if let Some(Value::Object(over)) = event.context.get("spark_mail") {
             for (field, value) in over {
-                let bad = || format!("context.spark_mail.{field} must be a string or a list of strings");
+                let bad =
+                    || format!("context.spark_mail.{field} must be a string or a list of strings");
                 match field.as_str() {
                     "from" => mail.from = value.as_str().ok_or_else(bad)?.to_owned(),
                     "subject" => mail.subject = value.as_str().ok_or_else(bad)?.to_owned(),
@@ -337,9 +346,82 @@ mod tests {
         let (s, b) = split_subject_body("\n\n  \nHello {x}   \n\n\nLine 1  \nLine 2\n\n");
         assert_eq!(s, "Hello {x}");
         assert_eq!(b, "Line 1\nLine 2");
-        assert_eq!(split_subject_body("Only a subject"), ("Only a subject".into(), String::new()));
-        assert_eq!(split_subject_body("  \n \n"), (String::new(), String::new()));
+        assert_eq!(
+            split_subject_body("Only a subject"),
+            ("Only a subject".into(), String::new())
+        );
+        assert_eq!(
+            split_subject_body("  \n \n"),
+            (String::new(), String::new())
+        );
         assert_eq!(split_subject_body("S\r\nB\r\n"), ("S".into(), "B".into()));
+    }
+
+    fn handler(templates: &[(&str, &str)]) -> MailHandler {
+        MailHandler::new(
+            "mail",
+            MailConfig {
+                templates: templates
+                    .iter()
+                    .map(|(g, t)| ((*g).to_owned(), (format!("{g}.txt"), (*t).to_owned())))
+                    .collect(),
+                from: Some("Shop <shop@example.org>".into()),
+                subject: Some("Default subject".into()),
+                body: Some("Default body for {{ name }}".into()),
+                to: vec!["{{ email }}".into()],
+                cc: Vec::new(),
+                bcc: Vec::new(),
+                reply_to: Vec::new(),
+                transport: MailTransport::Outbox {
+                    dir: PathBuf::from("outbox"),
+                },
+            },
+        )
+    }
+
+    fn event_with(context: serde_json::Value) -> Event {
+        let Value::Object(map) = context else {
+            unreachable!("tests pass objects")
+        };
+        crate::event::event("order_shipped", 1, map)
+    }
+
+    #[test]
+    fn spark_mail_overrides_the_defaults_and_the_template_overrides_both() {
+        let h = handler(&[("order_shipped", "Shipped: {{ name }}\n\nOn its way.")]);
+        let mail = h
+            .render(&event_with(serde_json::json!({
+                "name": "Ana", "email": "ana@example.org",
+                "spark_mail": {"to": ["boss@example.org", "ana@example.org"], "subject": "ignored",
+                               "reply_to": "help@example.org"}
+            })))
+            .unwrap();
+        assert_eq!(mail.to, ["boss@example.org", "ana@example.org"]);
+        assert_eq!(mail.reply_to, ["help@example.org"]);
+        assert_eq!(mail.subject, "Shipped: Ana");
+        assert_eq!(mail.body, "On its way.");
+    }
+
+    #[test]
+    fn an_empty_template_falls_back_to_the_defaults() {
+        let h = handler(&[("order_shipped", "{% if false %}x{% endif %}\n  \n")]);
+        let mail = h
+            .render(&event_with(
+                serde_json::json!({"name": "Ben", "email": "ben@example.org"}),
+            ))
+            .unwrap();
+        assert_eq!(mail.subject, "Default subject");
+        assert_eq!(mail.body, "Default body for Ben");
+        assert_eq!(mail.to, ["ben@example.org"]);
+    }
+
+    #[test]
+    fn a_bad_address_is_a_failure_naming_it() {
+        let h = handler(&[]);
+        let e = event_with(serde_json::json!({"email": "not an address"}));
+        let mail = h.render(&e).unwrap();
+        let err = h.message(&e, &mail).unwrap_err();
+        assert!(err.contains("`to` address \"not an address\""), "{err}");
     }
 
     #[test]

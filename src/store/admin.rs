@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 
 use regex::Regex;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -103,6 +103,27 @@ pub fn list_events(
         listed += 1;
     }
     Ok(listed)
+}
+
+/// One seen event by key, as an event (context parsed; other text kept
+/// under `"text"`).
+pub fn seen_event(
+    conn: &Connection,
+    seen_table: &str,
+    key: &str,
+) -> rusqlite::Result<Option<crate::event::Event>> {
+    let sql = format!(
+        "SELECT \"group\", \"context\" FROM {} WHERE \"key\" = ?1",
+        quote_ident(seen_table)
+    );
+    let found: Option<(String, String)> = conn
+        .query_row(&sql, [key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(found.map(|(group, context)| crate::event::Event {
+        group,
+        key: key.to_owned(),
+        context: std::sync::Arc::new(crate::event::context_from_stored(&context)),
+    }))
 }
 
 /// Which deliveries to list or retry.

@@ -583,15 +583,15 @@ impl Store for SqliteStore {
     }
 }
 
-/// An event read back from the seen table. spark writes contexts as JSON;
-/// other text (django-spark wrote Python reprs) is kept under `"text"`.
+/// An event read back from the seen table, with its context as JSON (what
+/// spark wrote, or the stored text wrapped under `"text"`).
 fn stored_event(key: &str, group: String, context_json: String, seen_at: String) -> StoredEvent {
-    let context = match serde_json::from_str::<Value>(&context_json) {
-        Ok(Value::Object(map)) => map,
+    let (context, context_json) = match serde_json::from_str::<Value>(&context_json) {
+        Ok(Value::Object(map)) => (map, context_json),
         _ => {
-            let mut map = Map::new();
-            map.insert("text".to_owned(), Value::String(context_json.clone()));
-            map
+            let map = crate::event::context_from_stored(&context_json);
+            let json = serde_json::to_string(&map).unwrap_or_else(|_| "{}".to_owned());
+            (map, json)
         }
     };
     StoredEvent {

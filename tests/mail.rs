@@ -1,0 +1,317 @@
+//! The mail handler (django-spark's spark_mails) against a real SMTP server
+//! on loopback (mailin-embedded), and the outbox transport: the right mails
+//! with the right subject, body and recipients, nothing twice, refusals
+//! retried, templates checked at load time, previews.
+
+mod common;
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use common::{CHALLENGE_SCHEMA, Case, challenge_config};
+use mail_parser::MessageParser;
+use mailin_embedded::{Handler, Response, Server, SslConfig, response};
+
+#[derive(Debug, Clone, Default)]
+struct Received {
+    from: String,
+    to: Vec<String>,
+    data: Vec<u8>,
+}
+
+#[derive(Clone)]
+struct Collector {
+    current: Arc<Mutex<Received>>,
+    received: Arc<Mutex<Vec<Received>>>,
+    refuse: Arc<AtomicBool>,
+}
+
+impl Handler for Collector {
+    fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, from: &str) -> Response {
+        *self.current.lock().unwrap() = Received {
+            from: from.to_owned(),
+            ..Received::default()
+        };
+        response::OK
+    }
+    fn rcpt(&mut self, to: &str) -> Response {
+        if self.refuse.load(Ordering::SeqCst) {
+            return response::NO_MAILBOX;
+        }
+        self.current.lock().unwrap().to.push(to.to_owned());
+        response::OK
+    }
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.current.lock().unwrap().data.extend_from_slice(buf);
+        Ok(())
+    }
+    fn data_end(&mut self) -> Response {
+        let mail = std::mem::take(&mut *self.current.lock().unwrap());
+        self.received.lock().unwrap().push(mail);
+        response::OK
+    }
+}
+
+/// A real SMTP server on a free loopback port.
+struct Smtp {
+    port: u16,
+    received: Arc<Mutex<Vec<Received>>>,
+    refuse: Arc<AtomicBool>,
+}
+
+impl Smtp {
+    fn start() -> Smtp {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let collector = Collector {
+            current: Arc::default(),
+            received: Arc::default(),
+            refuse: Arc::default(),
+        };
+        let (received, refuse) = (collector.received.clone(), collector.refuse.clone());
+        let mut server = Server::new(collector);
+        server
+            .with_name("smtp.test")
+            .with_ssl(SslConfig::None)
+            .unwrap()
+            .with_tcp_listener(listener);
+        thread::spawn(move || {
+            let _ = server.serve();
+        });
+        Smtp {
+            port,
+            received,
+            refuse,
+        }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+const TEMPLATES: &str = r#"
+[handlers.templates]
+challenge_created = """
+
+  Your challenge "{{ challenge.title }}" is live   
+
+Hi {{ challenge.user_email }},
+
+good luck with {{ challenge.title }}!
+It ends on {{ challenge.end_date }}.
+
+"""
+challenge_ended = """{{ challenge.title | no_such_filter }}"""
+"#;
+
+fn mail_config(transport: &str) -> String {
+    challenge_config(&format!(
+        r#"
+[[handlers]]
+name = "owner-mail"
+group = "^challenge"
+kind = "mail"
+from = "Challenges <noreply@example.org>"
+to = "{{{{ challenge.user_email }}}}"
+bcc = "audit@example.org"
+subject = "News about {{{{ challenge.title }}}}"
+body = "Something happened ({{{{ spark_event.group }}}})."
+{transport}
+{TEMPLATES}"#
+    ))
+}
+
+fn case(transport: &str) -> Case {
+    Case::new()
+        .db(&format!(
+            "{CHALLENGE_SCHEMA}
+            INSERT INTO challenge VALUES
+              (1, 'Plant trees', 'ana@example.org', 1, '2026-03-01', '2026-03-30'),
+              (2, 'Bake sale', 'ben@example.org', 1, '2026-03-09', '2026-03-30');"
+        ))
+        .config(&mail_config(transport))
+}
+
+fn smtp_transport(port: u16) -> String {
+    format!(
+        "transport = \"smtp\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\nsmtp_security = \"none\"\ntimeout = \"5s\""
+    )
+}
+
+#[test]
+fn the_smtp_server_receives_exactly_the_expected_mails() {
+    let smtp = Smtp::start();
+    let case = case(&smtp_transport(smtp.port));
+    case.run(&["process-sources", "--as-of", "2026-03-10"])
+        .success()
+        .stdout_has(&["3 new", "6 delivered"]);
+    let mails = smtp.received();
+    assert_eq!(mails.len(), 3);
+    let parsed: Vec<_> = mails
+        .iter()
+        .map(|m| {
+            MessageParser::default()
+                .parse(&m.data)
+                .expect("a parseable mail")
+        })
+        .collect();
+    let subjects: Vec<&str> = parsed.iter().map(|m| m.subject().unwrap_or("")).collect();
+    assert_eq!(
+        subjects,
+        [
+            "Your challenge \"Plant trees\" is live",
+            "News about Plant trees",
+            "Your challenge \"Bake sale\" is live",
+        ]
+    );
+    // Bodies travel with CRLF line ends.
+    let body = parsed[0].body_text(0).unwrap().replace("\r\n", "\n");
+    assert_eq!(
+        body.trim_end(),
+        "Hi ana@example.org,\n\ngood luck with Plant trees!\nIt ends on 2026-03-30."
+    );
+    assert_eq!(
+        parsed[1].body_text(0).unwrap().trim_end(),
+        "Something happened (challenge_inactivity_2d)."
+    );
+    // Envelope: the owner and the bcc; headers: no Bcc over SMTP.
+    assert_eq!(mails[0].from, "noreply@example.org");
+    assert_eq!(mails[0].to, ["ana@example.org", "audit@example.org"]);
+    assert_eq!(mails[2].to, ["ben@example.org", "audit@example.org"]);
+    assert!(parsed[0].bcc().is_none());
+    assert_eq!(
+        parsed[0].message_id(),
+        Some("challenge_created_1.owner-mail@example.org")
+    );
+    // A second run sends nothing.
+    case.run(&["process-sources", "--as-of", "2026-03-10"])
+        .success();
+    assert_eq!(smtp.received().len(), 3);
+}
+
+#[test]
+fn a_refusing_server_fails_the_delivery_and_a_later_run_sends_it() {
+    let smtp = Smtp::start();
+    smtp.refuse.store(true, Ordering::SeqCst);
+    let case = case(&smtp_transport(smtp.port));
+    case.run(&["process-sources", "--as-of", "2026-03-10"])
+        .status(1)
+        .stderr_has(&["handler `owner-mail`", "SMTP 127.0.0.1:", "550"]);
+    assert!(smtp.received().is_empty());
+    assert_eq!(case.deliveries().len(), 3);
+    smtp.refuse.store(false, Ordering::SeqCst);
+    case.run(&["process-sources", "--as-of", "2026-03-10"])
+        .success()
+        .stdout_has(&["3 delivered"]);
+    assert_eq!(smtp.received().len(), 3);
+}
+
+#[test]
+fn the_outbox_holds_one_parseable_eml_per_event() {
+    let case = case("outbox = \"outbox\"");
+    case.run(&["process-sources", "--as-of", "2026-03-10"])
+        .success();
+    let mut names: Vec<String> = std::fs::read_dir(case.path("outbox"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "challenge_created_1.eml",
+            "challenge_created_2.eml",
+            "challenge_inactivity_2d_1.eml"
+        ]
+    );
+    let bytes = std::fs::read(case.path("outbox/challenge_created_2.eml")).unwrap();
+    let mail = MessageParser::default().parse(&bytes).unwrap();
+    assert_eq!(mail.subject(), Some("Your challenge \"Bake sale\" is live"));
+    assert_eq!(
+        mail.to().and_then(|a| a.first()).and_then(|a| a.address()),
+        Some("ben@example.org")
+    );
+    assert!(mail.bcc().is_some(), "the outbox keeps Bcc for the pickup");
+    // Sent again (forgotten, then found again), the file is replaced, not doubled.
+    case.run(&["forget", "challenge_created_2"]).success();
+    case.run(&["process-sources", "--as-of", "2026-03-10"])
+        .success();
+    assert_eq!(std::fs::read_dir(case.path("outbox")).unwrap().count(), 3);
+}
+
+#[test]
+fn a_template_that_fails_to_render_is_a_failed_delivery_naming_it() {
+    let case = case("outbox = \"outbox\"");
+    case.sql("UPDATE challenge SET end_date = '2026-03-05' WHERE id = 1");
+    case.run(&["process-sources", "--as-of", "2026-03-10"])
+        .status(1)
+        .stderr_has(&[
+            "challenge_ended_1",
+            "template challenge_ended (inline) does not render",
+            "no_such_filter",
+        ]);
+    assert!(!case.path("outbox/challenge_ended_1.eml").exists());
+}
+
+#[test]
+fn a_mail_without_recipient_is_a_failed_delivery() {
+    let config =
+        mail_config("outbox = \"outbox\"").replace("to = \"{{ challenge.user_email }}\"\n", "");
+    let case = case("outbox = \"outbox\"").config(&config);
+    case.run(&["process-sources", "--as-of", "2026-03-10"])
+        .status(1)
+        .stderr_has(&["no recipient for challenge_created_1", "spark_mail.to"]);
+}
+
+#[test]
+fn a_template_syntax_error_is_a_config_error_with_its_file_and_line() {
+    let case = case("outbox = \"outbox\"").file(
+        "mails/challenge_created.txt",
+        "Hello\n\n{% if challenge.title %}\nno endif\n",
+    );
+    let config = mail_config("outbox = \"outbox\"").replace(TEMPLATES, "templates = \"mails\"\n");
+    let case = case.config(&config);
+    let before = case.db_bytes();
+    case.run(&["process-sources"]).status(2).stderr_has(&[
+        "handler `owner-mail`",
+        "mails/challenge_created.txt",
+        "line 3",
+    ]);
+    assert_eq!(case.db_bytes(), before);
+    assert!(!case.path("outbox").exists());
+}
+
+#[test]
+fn preview_renders_without_sending() {
+    let case = case("outbox = \"outbox\"");
+    case.run(&["process-sources", "--as-of", "2026-03-10"])
+        .success();
+    let run = case
+        .run(&["preview-mail", "owner-mail", "--key", "challenge_created_1"])
+        .success()
+        .stdout_has(&[
+            "Subject: Your challenge \"Plant trees\" is live",
+            "To: ana@example.org",
+        ]);
+    assert!(run.stdout().contains("good luck with Plant trees!"));
+    let preview = case
+        .run(&[
+            "preview-mail",
+            "owner-mail",
+            "--group",
+            "challenge_created",
+            "--context",
+            r#"{"challenge": {"title": "Swim", "user_email": "x@example.org", "end_date": "2026-04-01"}}"#,
+            "--json",
+        ])
+        .success()
+        .json();
+    assert_eq!(preview["subject"], "Your challenge \"Swim\" is live");
+    assert_eq!(preview["to"][0], "x@example.org");
+    case.run(&["preview-mail", "log", "--key", "challenge_created_1"])
+        .status(2)
+        .stderr_has(&["`log` is a jsonl handler"]);
+}
