@@ -206,7 +206,9 @@ impl RecordSet {
                 table,
                 filter: Some(cond),
             } => format!("table {table} where {cond}"),
-            RecordSet::Query(q) => format!("query {q}"),
+            RecordSet::Query(q) => {
+                format!("query {}", q.split_whitespace().collect::<Vec<_>>().join(" "))
+            }
         }
     }
 }

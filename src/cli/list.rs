@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::Cli;
-use super::output::{print_table, stdout_json};
+use super::output::{clip, print_table, stdout_json};
 use crate::config::{Config, HandlerKind, MailTransport, SourceKind};
 use crate::registry::Registry;
 
@@ -129,7 +129,7 @@ pub fn sources(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Resul
                     s.name.clone(),
                     source_kind(&s.kind),
                     if s.enabled { "yes" } else { "no" }.to_owned(),
-                    s.records.describe(),
+                    clip(&s.records.describe(), 60),
                     s.kind.emits(registry).join(", "),
                     conditions,
                 ]
