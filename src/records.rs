@@ -207,7 +207,10 @@ impl RecordSet {
                 filter: Some(cond),
             } => format!("table {table} where {cond}"),
             RecordSet::Query(q) => {
-                format!("query {}", q.split_whitespace().collect::<Vec<_>>().join(" "))
+                format!(
+                    "query {}",
+                    q.split_whitespace().collect::<Vec<_>>().join(" ")
+                )
             }
         }
     }
