@@ -136,109 +136,130 @@ pub fn select_sources<'c>(config: &'c Config, only: &[String]) -> Result<Vec<&'c
         .collect()
 }
 
-/// Checks that each source's records can be read and carry the columns its
-/// function reads.
+/// Checks that each source's records can be read and carry the columns it
+/// needs. Every source is checked; all errors are returned together.
+/// Warnings (things that are allowed but probably wrong) are logged.
 pub fn check_sources(
     conn: &Connection,
     config: &Config,
     registry: &Registry,
     sources: &[&SourceConfig],
 ) -> Result<()> {
+    let mut errors = Vec::new();
     for source in sources {
-        let what = match &source.records {
-            RecordSet::Table { table, filter } => {
-                let exists: bool = conn
-                    .query_row(
-                        "SELECT count(*) > 0 FROM sqlite_master \
-                         WHERE type IN ('table', 'view') AND name = ?1 COLLATE NOCASE",
-                        [table],
-                        |r| r.get(0),
-                    )
-                    .map_err(|error| Error::OpenDatabase {
-                        path: config.database.path.clone(),
-                        error,
-                    })?;
-                if !exists {
-                    return Err(Error::MissingTable {
-                        source_name: source.name.clone(),
-                        table: table.clone(),
-                        database: config.database.path.clone(),
-                    });
-                }
-                if filter.is_some() {
-                    "its `where` condition"
-                } else {
-                    "its table"
+        match check_source(conn, config, registry, source) {
+            Ok(warnings) => {
+                for w in warnings {
+                    tracing::warn!("{w}");
                 }
             }
-            RecordSet::Query(_) => "its query",
-        };
-        let columns =
-            crate::records::columns(conn, &source.records.sql()).map_err(|e| Error::BadQuery {
-                source_name: source.name.clone(),
-                what,
-                message: sql_message(&e),
-            })?;
-        let names = || {
-            columns
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let has = |column: &str| columns.iter().any(|(n, _)| n == column);
-        match &source.kind {
-            SourceKind::Function { function } => {
-                let Some(func) = registry.source(function) else {
-                    continue;
-                };
-                if let Some(missing) = func.reads.iter().find(|c| !has(c)) {
-                    return Err(Error::MissingColumn {
-                        source_name: source.name.clone(),
-                        needed_by: format!("function `{function}` reads"),
-                        column: missing.clone(),
-                        columns: names(),
-                    });
-                }
+            Err(e) => errors.push(e),
+        }
+    }
+    Error::all(errors)
+}
+
+/// Checks one source against the database; `Ok` carries warnings.
+pub fn check_source(
+    conn: &Connection,
+    config: &Config,
+    registry: &Registry,
+    source: &SourceConfig,
+) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let what = match &source.records {
+        RecordSet::Table { table, filter } => {
+            let exists: bool = conn
+                .query_row(
+                    "SELECT count(*) > 0 FROM sqlite_master \
+                     WHERE type IN ('table', 'view') AND name = ?1 COLLATE NOCASE",
+                    [table],
+                    |r| r.get(0),
+                )
+                .map_err(|error| Error::OpenDatabase {
+                    path: config.database.path.clone(),
+                    error,
+                })?;
+            if !exists {
+                return Err(Error::MissingTable {
+                    source_name: source.name.clone(),
+                    table: table.clone(),
+                    database: config.database.path.clone(),
+                });
             }
-            SourceKind::Generator(generator) => {
-                if !has(&generator.id) {
-                    return Err(Error::MissingColumn {
-                        source_name: source.name.clone(),
-                        needed_by: "makes the generator's keys (`id`)".into(),
-                        column: generator.id.clone(),
-                        columns: names(),
-                    });
+            if filter.is_some() {
+                "its `where` condition"
+            } else {
+                "its table"
+            }
+        }
+        RecordSet::Query(_) => "its query",
+    };
+    let columns =
+        crate::records::columns(conn, &source.records.sql()).map_err(|e| Error::BadQuery {
+            source_name: source.name.clone(),
+            what,
+            message: sql_message(&e),
+        })?;
+    let names = || {
+        columns
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let has = |column: &str| columns.iter().any(|(n, _)| n == column);
+    match &source.kind {
+        SourceKind::Function { function } => {
+            let Some(func) = registry.source(function) else {
+                return Ok(warnings);
+            };
+            if let Some(missing) = func.reads.iter().find(|c| !has(c)) {
+                return Err(Error::MissingColumn {
+                    source_name: source.name.clone(),
+                    needed_by: format!("function `{function}` reads"),
+                    column: missing.clone(),
+                    columns: names(),
+                });
+            }
+        }
+        SourceKind::Generator(generator) => {
+            if !has(&generator.id) {
+                return Err(Error::MissingColumn {
+                    source_name: source.name.clone(),
+                    needed_by: "makes the generator's keys (`id`)".into(),
+                    column: generator.id.clone(),
+                    columns: names(),
+                });
+            }
+            for condition in &generator.conditions {
+                if !has(&condition.variable) {
+                    warnings.push(format!(
+                        "source `{}`: condition `{condition}`: `{}` is not a column of its records ({}), so it never matches",
+                        source.name,
+                        condition.variable,
+                        names()
+                    ));
                 }
-                for condition in &generator.conditions {
-                    if !has(&condition.variable) {
-                        tracing::warn!(
-                            source = %source.name,
-                            "condition `{condition}`: `{}` is not a column of its records ({}), so it never matches",
-                            condition.variable,
-                            names()
-                        );
-                    }
-                    let declared = columns
-                        .iter()
-                        .find(|(n, _)| *n == condition.variable)
-                        .and_then(|(_, t)| t.as_deref());
-                    if let Some(declared) = declared
-                        && !comparable(&condition.value, Affinity::of(declared))
-                    {
-                        return Err(Error::ConditionType {
-                            source_name: source.name.clone(),
-                            condition: condition.to_string(),
-                            column: condition.variable.clone(),
-                            declared: declared.to_owned(),
-                            value_kind: condition.value.kind(),
-                        });
-                    }
+                let declared = columns
+                    .iter()
+                    .find(|(n, _)| *n == condition.variable)
+                    .and_then(|(_, t)| t.as_deref());
+                if let Some(declared) = declared
+                    && !comparable(&condition.value, Affinity::of(declared))
+                {
+                    return Err(Error::ConditionType {
+                        source_name: source.name.clone(),
+                        condition: condition.to_string(),
+                        column: condition.variable.clone(),
+                        declared: declared.to_owned(),
+                        value_kind: condition.value.kind(),
+                    });
                 }
             }
         }
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// Whether a condition's value can ever match a column of this affinity.

@@ -119,9 +119,23 @@ pub enum Error {
 
     #[error("{0}")]
     Usage(String),
+
+    /// Several problems at once (e.g. one per source), each on its own line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<Error>),
 }
 
 impl Error {
+    /// `Ok` when `errors` is empty, the error itself when there is one,
+    /// `Several` otherwise.
+    pub fn all(mut errors: Vec<Error>) -> Result<()> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(Error::Several(errors)),
+        }
+    }
+
     /// The process exit status for this error: 3 when another run holds the
     /// lock, 2 for everything else (unusable config, arguments or database).
     pub fn exit_code(&self) -> u8 {

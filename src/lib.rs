@@ -25,6 +25,7 @@
 //! }
 //! ```
 
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -35,6 +36,8 @@ pub mod error;
 pub mod event;
 pub mod handlers;
 pub mod lock;
+pub mod metrics;
+pub mod panics;
 pub mod pipeline;
 pub mod records;
 pub mod registry;

@@ -84,6 +84,8 @@ pub struct RunReport {
     pub seconds: f64,
     /// The signal that stopped the run early, if one did.
     pub stopped: Option<String>,
+    /// Deliveries not finished after the run: (handler, state, events).
+    pub outstanding: Vec<(String, String, u64)>,
 }
 
 impl RunReport {
@@ -524,6 +526,12 @@ pub fn process_sources(
         stats.new = *new;
     }
     report.retried = retried;
+    report.outstanding =
+        crate::store::admin::outstanding(store.connection()).map_err(|error| Error::Store {
+            database: config.database.path.clone(),
+            action: "counting outstanding deliveries".into(),
+            error,
+        })?;
     report.interrupted = engine.buried();
     report.handlers = engine.stats().to_vec();
     report.failures = engine.failures().to_vec();

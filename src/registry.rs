@@ -53,18 +53,12 @@ impl SourceFunction {
     /// Runs the function on one record. A panic in the function is caught
     /// and reported like an unreadable record.
     pub fn call(&self, record: &Record, ctx: &SourceCtx) -> Result<Vec<Event>, RecordError> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.func)(record, ctx)))
-            .unwrap_or_else(|panic| {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned());
-                Err(RecordError {
-                    column: String::new(),
-                    problem: format!("source function `{}` panicked: {msg}", self.name),
-                })
+        crate::panics::catch(|| (self.func)(record, ctx)).unwrap_or_else(|msg| {
+            Err(RecordError {
+                column: String::new(),
+                problem: format!("source function `{}` panicked: {msg}", self.name),
             })
+        })
     }
 }
 

@@ -6,8 +6,10 @@ use serde_json::json;
 
 use super::Cli;
 use super::output::{clip, print_table, stdout_json};
-use crate::config::{Config, HandlerKind, MailTransport, SourceKind};
+use crate::config::{Config, HandlerKind, MailTransport, Secret, SmtpSecurity, SourceKind};
+use crate::records::RecordSet;
 use crate::registry::Registry;
+use crate::sources::generator::CondValue;
 
 fn handler_target(kind: &HandlerKind) -> String {
     match kind {
@@ -31,7 +33,8 @@ fn handler_target(kind: &HandlerKind) -> String {
     }
 }
 
-pub fn handlers(cli: &Cli, config: &Config) -> anyhow::Result<ExitCode> {
+pub fn handlers(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Result<ExitCode> {
+    let (groups, complete) = crate::check::emitted_groups(config, registry);
     if cli.json {
         let handlers: Vec<_> = config
             .handlers
@@ -43,6 +46,7 @@ pub fn handlers(cli: &Cli, config: &Config) -> anyhow::Result<ExitCode> {
                     "group": h.group.as_str(),
                     "delivery": h.guarantee.to_string(),
                     "target": handler_target(&h.kind),
+                    "receives": groups.iter().filter(|g| h.group.is_match(g)).collect::<Vec<_>>(),
                     "max_attempts": h.retry.max_attempts,
                     "backoff": humantime::format_duration(h.retry.backoff).to_string(),
                 })
@@ -60,10 +64,14 @@ pub fn handlers(cli: &Cli, config: &Config) -> anyhow::Result<ExitCode> {
                     h.group.as_str().to_owned(),
                     h.guarantee.to_string(),
                     handler_target(&h.kind),
+                    receives(h, &groups, complete),
                 ]
             })
             .collect();
-        print_table(&["NAME", "KIND", "GROUP", "DELIVERY", "TARGET"], &rows);
+        print_table(
+            &["NAME", "KIND", "GROUP", "DELIVERY", "TARGET", "RECEIVES"],
+            &rows,
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -139,6 +147,268 @@ pub fn sources(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Resul
             &["NAME", "SOURCE", "ENABLED", "RECORDS", "EMITS", "WHEN"],
             &rows,
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The groups (of those the sources emit) a handler receives.
+fn receives(handler: &crate::config::HandlerConfig, groups: &[&str], complete: bool) -> String {
+    let mine: Vec<&str> = groups
+        .iter()
+        .copied()
+        .filter(|g| handler.group.is_match(g))
+        .collect();
+    match (mine.is_empty(), complete) {
+        (false, true) => mine.join(", "),
+        (false, false) => format!("{}, and maybe more", mine.join(", ")),
+        (true, true) => "(nothing)".to_owned(),
+        (true, false) => "(unknown)".to_owned(),
+    }
+}
+
+pub fn check(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Result<ExitCode> {
+    let report = crate::check::check(config, registry);
+    if cli.json {
+        stdout_json(&json!({
+            "ok": report.errors.is_empty(),
+            "errors": report.errors,
+            "warnings": report.warnings,
+        }))?;
+    } else {
+        for e in &report.errors {
+            eprintln!("error: {e}");
+        }
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+        if !cli.quiet || !report.errors.is_empty() {
+            println!(
+                "check: {} against {}: {} errors, {} warnings",
+                config.path.display(),
+                config.database.path.display(),
+                report.errors.len(),
+                report.warnings.len()
+            );
+        }
+    }
+    Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+fn secret(s: &Secret) -> String {
+    format!("{s:?}")
+}
+
+fn duration(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// The effective config, in the config file's own terms.
+fn config_view(config: &Config) -> ConfigView {
+    let db = &config.database;
+    let mut database = json!({
+        "path": db.path.display().to_string(),
+        "seen_table": db.seen_table,
+        "busy_timeout": duration(db.busy_timeout),
+    });
+    if let Some(script) = &db.create_from {
+        database["create_from"] = json!(script.display().to_string());
+    }
+    let d = &config.delivery;
+    let sources: Vec<_> = config
+        .sources
+        .iter()
+        .map(|s| {
+            let mut v = json!({"name": s.name, "enabled": s.enabled});
+            match &s.records {
+                RecordSet::Table { table, filter } => {
+                    v["table"] = json!(table);
+                    if let Some(f) = filter {
+                        v["where"] = json!(f);
+                    }
+                }
+                RecordSet::Query(q) => v["query"] = json!(q),
+            }
+            match &s.kind {
+                SourceKind::Function { function } => v["function"] = json!(function),
+                SourceKind::Generator(g) => {
+                    v["group"] = json!(g.group);
+                    v["id"] = json!(g.id);
+                    v["conditions"] = json!(
+                        g.conditions
+                            .iter()
+                            .map(|c| {
+                                let value = match &c.value {
+                                    CondValue::Int(i) => json!(i),
+                                    CondValue::Float(x) => json!(x),
+                                    CondValue::Text(t) => json!(t),
+                                    CondValue::Date(d) => json!(d.to_string()),
+                                    CondValue::Bool(b) => json!(b),
+                                };
+                                json!({"variable": c.variable, "op": c.op.to_string(), "value": value})
+                            })
+                            .collect::<Vec<_>>()
+                    );
+                }
+            }
+            v
+        })
+        .collect();
+    let handlers: Vec<_> = config
+        .handlers
+        .iter()
+        .map(|h| {
+            let mut v = json!({
+                "name": h.name,
+                "group": h.group.as_str(),
+                "kind": h.kind.name(),
+                "delivery": h.guarantee.to_string(),
+                "max_attempts": h.retry.max_attempts,
+                "backoff": duration(h.retry.backoff),
+            });
+            match &h.kind {
+                HandlerKind::Jsonl { path } => v["path"] = json!(path.display().to_string()),
+                HandlerKind::Command { argv, timeout, .. } => {
+                    v["command"] = json!(argv);
+                    v["timeout"] = json!(duration(*timeout));
+                }
+                HandlerKind::Function { function } => v["function"] = json!(function),
+                HandlerKind::Webhook {
+                    url,
+                    headers,
+                    signing_secret,
+                    timeout,
+                    connect_timeout,
+                } => {
+                    v["url"] = json!(url);
+                    v["headers"] = json!(
+                        headers
+                            .iter()
+                            .map(|(k, s)| (k.clone(), secret(s)))
+                            .collect::<std::collections::BTreeMap<_, _>>()
+                    );
+                    if let Some(s) = signing_secret {
+                        v["signing_secret"] = json!(secret(s));
+                    }
+                    v["timeout"] = json!(duration(*timeout));
+                    v["connect_timeout"] = json!(duration(*connect_timeout));
+                }
+                HandlerKind::Mail(m) => {
+                    v["templates"] = json!(
+                        m.templates
+                            .values()
+                            .map(|(n, _)| n.clone())
+                            .collect::<Vec<_>>()
+                    );
+                    for (key, value) in [
+                        ("from", &m.from),
+                        ("subject", &m.subject),
+                        ("body", &m.body),
+                    ] {
+                        if let Some(value) = value {
+                            v[key] = json!(value);
+                        }
+                    }
+                    for (key, list) in [
+                        ("to", &m.to),
+                        ("cc", &m.cc),
+                        ("bcc", &m.bcc),
+                        ("reply_to", &m.reply_to),
+                    ] {
+                        if !list.is_empty() {
+                            v[key] = json!(list);
+                        }
+                    }
+                    match &m.transport {
+                        MailTransport::Outbox { dir } => {
+                            v["transport"] = json!("outbox");
+                            v["outbox"] = json!(dir.display().to_string());
+                        }
+                        MailTransport::Smtp {
+                            host,
+                            port,
+                            security,
+                            user,
+                            password,
+                            timeout,
+                        } => {
+                            v["transport"] = json!("smtp");
+                            v["smtp_host"] = json!(host);
+                            v["smtp_port"] = json!(port);
+                            v["smtp_security"] = json!(match security {
+                                SmtpSecurity::StartTls => "starttls",
+                                SmtpSecurity::Tls => "tls",
+                                SmtpSecurity::None => "none",
+                            });
+                            if let Some(user) = user {
+                                v["smtp_user"] = json!(user);
+                            }
+                            if let Some(p) = password {
+                                v["smtp_password"] = json!(secret(p));
+                            }
+                            v["timeout"] = json!(duration(*timeout));
+                        }
+                    }
+                }
+            }
+            v
+        })
+        .collect();
+    ConfigView {
+        database,
+        delivery: json!({
+            "max_attempts": d.retry.max_attempts,
+            "backoff": duration(d.retry.backoff),
+            "max_backoff": duration(d.retry.max_backoff),
+            "batch_size": d.batch_size,
+        }),
+        sources,
+        handlers,
+    }
+}
+
+/// The effective config, in the order of a config file.
+#[derive(serde::Serialize)]
+struct ConfigView {
+    database: serde_json::Value,
+    delivery: serde_json::Value,
+    sources: Vec<serde_json::Value>,
+    handlers: Vec<serde_json::Value>,
+}
+
+/// Replaces every secret value in every string of `v` with `***`.
+fn mask(v: &mut serde_json::Value, secrets: &[String]) {
+    match v {
+        serde_json::Value::String(s) => {
+            for secret in secrets {
+                if s.contains(secret.as_str()) {
+                    *s = s.replace(secret.as_str(), "***");
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| mask(i, secrets)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|i| mask(i, secrets)),
+        _ => {}
+    }
+}
+
+pub fn config(cli: &Cli, config: &Config) -> anyhow::Result<ExitCode> {
+    let mut view = config_view(config);
+    for part in [&mut view.database, &mut view.delivery]
+        .into_iter()
+        .chain(view.sources.iter_mut())
+        .chain(view.handlers.iter_mut())
+    {
+        mask(part, &config.secret_values);
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        println!("# effective config from {}", config.path.display());
+        print!("{}", toml::to_string_pretty(&view)?);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 use jiff::civil::Date;
 
 use crate::config::{self, Config};
@@ -54,6 +54,10 @@ enum Command {
         run: RunArgs,
         #[command(flatten)]
         lock: LockArgs,
+        /// Write the run's figures here in Prometheus text format (for
+        /// node_exporter's textfile collector)
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
     },
     /// Show what process-sources would dispatch now; writes nothing
     DryRun {
@@ -149,6 +153,17 @@ enum Command {
         #[arg(long, value_name = "G")]
         group: Option<String>,
     },
+    /// Check the config against its database without writing anything
+    Check,
+    /// Print the effective config (paths resolved, ${VAR}s expanded, secrets masked)
+    Config,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff)
+    Man,
     /// Delete seen events recorded longer ago than a duration (keeps undelivered ones)
     Prune {
         /// e.g. "90d"
@@ -166,7 +181,7 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
-struct RunArgs {
+pub(crate) struct RunArgs {
     /// Only this source (repeatable)
     #[arg(long = "source", value_name = "NAME")]
     sources: Vec<String>,
@@ -176,7 +191,7 @@ struct RunArgs {
 }
 
 #[derive(Debug, Args)]
-struct LockArgs {
+pub(crate) struct LockArgs {
     /// Wait up to this long for another run on the same database, e.g. "30s"
     /// [default: do not wait; exit with status 3]
     #[arg(long, value_name = "DURATION")]
@@ -184,7 +199,7 @@ struct LockArgs {
 }
 
 impl LockArgs {
-    fn wait(&self) -> Result<Duration, Error> {
+    pub(crate) fn wait(&self) -> Result<Duration, Error> {
         match &self.wait {
             None => Ok(Duration::ZERO),
             Some(text) => config::parse_duration(text)
@@ -209,6 +224,7 @@ pub fn run_cli(registry: Registry) -> ExitCode {
         }
     };
     init_logging(cli.verbose, cli.quiet);
+    crate::panics::install_hook();
     match dispatch(&cli, &registry) {
         Ok(code) => code,
         Err(err) => {
@@ -239,7 +255,7 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 /// The config file to use: `--config`, else `$SPARK_CONFIG`, else `./spark.toml`.
-fn config_path(cli: &Cli) -> PathBuf {
+pub(crate) fn config_path(cli: &Cli) -> PathBuf {
     cli.config
         .clone()
         .or_else(|| std::env::var_os("SPARK_CONFIG").map(PathBuf::from))
@@ -247,12 +263,36 @@ fn config_path(cli: &Cli) -> PathBuf {
 }
 
 fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
+    // Commands that need no config.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(*shell, &mut command, "spark", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    if let Command::ProcessSources {
+        run,
+        lock,
+        metrics_file: Some(path),
+    } = &cli.command
+    {
+        return run::process_sources_with_metrics(cli, registry, run, lock, path);
+    }
     let config = Config::load(&config_path(cli), registry).map_err(Error::from)?;
     match &cli.command {
-        Command::ProcessSources { run, lock } => {
+        Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
+        Command::ProcessSources { run, lock, .. } => {
             let opts = run_options(cli, run, lock.wait()?, true)?;
             run::process_sources(cli, &config, registry, &opts)
         }
+        Command::Check => list::check(cli, &config, registry),
+        Command::Config => list::config(cli, &config),
         Command::SkipBackfill { run, lock } => {
             let opts = run_options(cli, run, lock.wait()?, false)?;
             run::skip_backfill(cli, &config, registry, &opts)
@@ -296,7 +336,7 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
             };
             run::retry(cli, &config, registry, &query, lock.wait()?)
         }
-        Command::ListHandlers => list::handlers(cli, &config),
+        Command::ListHandlers => list::handlers(cli, &config, registry),
         Command::ListSources => list::sources(cli, &config, registry),
         Command::MarkSeen { key, group } => admin::mark_seen(cli, &config, key, group.as_deref()),
         Command::Events {
@@ -383,7 +423,7 @@ fn date_arg(option: &str, text: &str) -> Result<String, Error> {
         .ok_or_else(|| Error::Usage(format!("{option} {text:?}: expected a date YYYY-MM-DD")))
 }
 
-fn run_options(
+pub(crate) fn run_options(
     cli: &Cli,
     run: &RunArgs,
     wait: Duration,

@@ -10,6 +10,8 @@ use serde_json::json;
 use super::Cli;
 use super::output::stdout_json;
 use crate::config::Config;
+use crate::error::Error;
+use crate::metrics;
 use crate::pipeline::{self, RunOptions, RunReport};
 use crate::registry::Registry;
 use crate::signals;
@@ -23,7 +25,48 @@ pub fn process_sources(
 ) -> anyhow::Result<ExitCode> {
     signals::install().context("installing signal handlers")?;
     let report = pipeline::process_sources(config, registry, opts)?;
-    print_run(cli, "process-sources", &report)
+    print_run(cli, "process-sources", &report).map(ExitCode::from)
+}
+
+fn unix_now() -> f64 {
+    jiff::Timestamp::now().as_millisecond() as f64 / 1000.0
+}
+
+/// process-sources with `--metrics-file`: the metrics are written however
+/// the run ends, an unusable config included (as a failed run).
+pub fn process_sources_with_metrics(
+    cli: &Cli,
+    registry: &Registry,
+    run: &super::RunArgs,
+    lock: &super::LockArgs,
+    path: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let started = unix_now();
+    let result = (|| -> anyhow::Result<(u8, RunReport)> {
+        let config = Config::load(&super::config_path(cli), registry).map_err(Error::from)?;
+        let opts = super::run_options(cli, run, lock.wait()?, true)?;
+        signals::install().context("installing signal handlers")?;
+        let report = pipeline::process_sources(&config, registry, &opts)?;
+        let code = print_run(cli, "process-sources", &report)?;
+        Ok((code, report))
+    })();
+    let (code, report) = match &result {
+        Ok((code, report)) => (*code, Some(report)),
+        Err(e) => (e.downcast_ref::<Error>().map_or(2, Error::exit_code), None),
+    };
+    let outcome = metrics::RunOutcome {
+        started,
+        ended: unix_now(),
+        exit_status: code,
+        report,
+    };
+    if let Err(e) = metrics::write(path, &outcome) {
+        eprintln!(
+            "warning: cannot write the metrics file {}: {e}",
+            path.display()
+        );
+    }
+    result.map(|(code, _)| ExitCode::from(code))
 }
 
 pub fn skip_backfill(
@@ -45,7 +88,7 @@ pub fn skip_backfill(
             report.seconds
         );
     }
-    finish(cli, &report)
+    finish(cli, &report).map(ExitCode::from)
 }
 
 pub fn retry(
@@ -57,7 +100,7 @@ pub fn retry(
 ) -> anyhow::Result<ExitCode> {
     signals::install().context("installing signal handlers")?;
     let report = pipeline::retry(config, registry, query, wait)?;
-    print_run(cli, "retry", &report)
+    print_run(cli, "retry", &report).map(ExitCode::from)
 }
 
 fn summary(command: &str, r: &RunReport) -> String {
@@ -123,7 +166,7 @@ pub fn report_json(command: &str, r: &RunReport) -> serde_json::Value {
     })
 }
 
-fn print_run(cli: &Cli, command: &str, r: &RunReport) -> anyhow::Result<ExitCode> {
+fn print_run(cli: &Cli, command: &str, r: &RunReport) -> anyhow::Result<u8> {
     if cli.json {
         stdout_json(&report_json(command, r))?;
     } else if !cli.quiet {
@@ -135,7 +178,7 @@ fn print_run(cli: &Cli, command: &str, r: &RunReport) -> anyhow::Result<ExitCode
 }
 
 /// Prints failures and a stop, and picks the exit status.
-fn finish(cli: &Cli, r: &RunReport) -> anyhow::Result<ExitCode> {
+fn finish(cli: &Cli, r: &RunReport) -> anyhow::Result<u8> {
     if !cli.json {
         for f in &r.failures {
             let next = if f.dead {
@@ -163,13 +206,9 @@ fn finish(cli: &Cli, r: &RunReport) -> anyhow::Result<ExitCode> {
                 r.waiting()
             );
         }
-        return Ok(ExitCode::from(stop.exit_code()));
+        return Ok(stop.exit_code());
     }
-    Ok(if r.has_failures() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(u8::from(r.has_failures()))
 }
 
 pub fn dry_run(

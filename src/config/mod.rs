@@ -6,6 +6,7 @@
 //! checked when the database is opened (`crate::database`).
 
 mod handlers;
+pub mod interpolate;
 mod raw;
 
 pub use handlers::{
@@ -17,6 +18,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::Deserialize as _;
 use toml::Spanned;
 
 use crate::records::{RecordSet, parse_date};
@@ -36,6 +38,9 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub sources: Vec<SourceConfig>,
     pub handlers: Vec<HandlerConfig>,
+    /// Values `${VAR}` put in whose names look secret (`*TOKEN*`,
+    /// `*PASSWORD*`, ...): masked wherever the config is printed.
+    pub secret_values: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +198,8 @@ pub enum Problem {
         variable: String,
         problem: String,
     },
+    #[error("${{{var}}}: the environment variable {var} is not set")]
+    UnsetVariable { var: String },
     #[error("{entry}: `{field}` names the environment variable {var}, which is not set")]
     MissingEnv {
         entry: String,
@@ -278,14 +285,29 @@ impl Config {
             dir: config_dir(path),
             problems: Vec::new(),
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let syntax = |v: &Validator<'_>, e: toml::de::Error| {
             let at = v.at(e.span().unwrap_or(0..0));
             ConfigError::Syntax {
                 at,
                 message: e.message().trim_end().to_owned(),
             }
-        })?;
-        let config = v.config(raw, registry);
+        };
+        let mut table = toml::de::DeTable::parse(text).map_err(|e| syntax(&v, e))?;
+        let lookup = |var: &str| std::env::var(var).ok();
+        let done = interpolate::interpolate(table.get_mut(), &lookup);
+        let secret_values: Vec<String> = done.secret_values.into_iter().map(|(v, _)| v).collect();
+        for unset in done.unset {
+            v.report(unset.span, Problem::UnsetVariable { var: unset.var });
+        }
+        if !v.problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                problems: v.problems,
+            });
+        }
+        let raw = RawConfig::deserialize(toml::de::Deserializer::from(table))
+            .map_err(|e| syntax(&v, e))?;
+        let mut config = v.config(raw, registry);
+        config.secret_values = secret_values;
         if v.problems.is_empty() {
             Ok(config)
         } else {
@@ -487,6 +509,7 @@ impl Validator<'_> {
             delivery,
             sources,
             handlers,
+            secret_values: Vec::new(),
         }
     }
 

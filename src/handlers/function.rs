@@ -3,8 +3,6 @@
 //!
 //! Also the built-in handler functions every `spark` binary offers.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
 use super::{DeliverEach, Dispatch};
 use crate::registry::{HandlerFunction, Registry};
 
@@ -30,17 +28,10 @@ impl DeliverEach for FunctionSink {
                 self.name
             ));
         };
-        match catch_unwind(AssertUnwindSafe(|| function.call(dispatch.event))) {
+        match crate::panics::catch(|| function.call(dispatch.event)) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned());
-                Err(format!("handler function `{}` panicked: {msg}", self.name))
-            }
+            Err(msg) => Err(format!("handler function `{}` panicked: {msg}", self.name)),
         }
     }
 }

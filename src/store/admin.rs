@@ -171,6 +171,22 @@ pub fn all_deliveries(conn: &Connection) -> rusqlite::Result<Vec<Delivery>> {
         .collect()
 }
 
+/// Deliveries not finished, counted in events: (handler, state, count).
+pub fn outstanding(conn: &Connection) -> rusqlite::Result<Vec<(String, String, u64)>> {
+    if !table_exists(conn, "spark_delivery")? {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT handler, state, sum(json_array_length(keys) - done) FROM spark_delivery \
+         GROUP BY handler, state ORDER BY handler, state",
+    )?;
+    stmt.query_map([], |r| {
+        let n: i64 = r.get(2)?;
+        Ok((r.get(0)?, r.get(1)?, u64::try_from(n).unwrap_or(0)))
+    })?
+    .collect()
+}
+
 /// The owed (event, handler) pairs that `query` selects, one line per key.
 pub fn list_deliveries(
     conn: &Connection,

@@ -1,0 +1,99 @@
+//! `spark check`: a config checked against its database without writing
+//! anything, every problem reported at once. Errors make the config
+//! unusable; warnings are allowed but probably mistakes (a handler whose
+//! regex matches no group any source emits would silently get nothing).
+//!
+//! Not here: what the config file alone can tell (TOML, regexes, templates,
+//! environment variables): `Config::load` reports those, all together.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::config::{Config, HandlerKind};
+use crate::database;
+use crate::registry::Registry;
+
+/// What `check` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// The groups the sources (enabled or not) may emit, and whether every
+/// source said which (a compiled-in function may not declare them).
+pub fn emitted_groups<'a>(config: &'a Config, registry: &'a Registry) -> (Vec<&'a str>, bool) {
+    let mut groups: Vec<&str> = Vec::new();
+    let mut complete = true;
+    for source in &config.sources {
+        let emits = source.kind.emits(registry);
+        if emits.is_empty() {
+            complete = false;
+        }
+        for g in emits {
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+    }
+    (groups, complete)
+}
+
+/// Whether `program` can be run: a path that exists, or a name on `$PATH`.
+fn runnable(program: &str) -> bool {
+    if program.contains('/') {
+        return Path::new(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// Checks `config` against its database; writes nothing.
+pub fn check(config: &Config, registry: &Registry) -> CheckReport {
+    let mut report = CheckReport::default();
+    match database::open_read_only(config) {
+        Err(e) => report.errors.push(e.to_string()),
+        Ok(conn) => {
+            for source in &config.sources {
+                match database::check_source(&conn, config, registry, source) {
+                    Ok(warnings) => report.warnings.extend(warnings),
+                    Err(e) if source.enabled => report.errors.push(e.to_string()),
+                    Err(e) => report
+                        .warnings
+                        .push(format!("{e} (the source is disabled)")),
+                }
+            }
+            if let Err(e) = database::check_seen_table(&conn, config) {
+                report.errors.push(e.to_string());
+            }
+        }
+    }
+
+    let (groups, complete) = emitted_groups(config, registry);
+    for handler in &config.handlers {
+        let matched = groups.iter().any(|g| handler.group.is_match(g));
+        if !matched && complete {
+            report.warnings.push(format!(
+                "handler `{}`: group regex `{}` matches no group a source emits ({}); it will receive nothing",
+                handler.name,
+                handler.group.as_str(),
+                if groups.is_empty() {
+                    "there are none".to_owned()
+                } else {
+                    groups.join(", ")
+                }
+            ));
+        }
+        if let HandlerKind::Command { argv, .. } = &handler.kind
+            && let Some(program) = argv.first()
+            && !runnable(program)
+        {
+            report.errors.push(format!(
+                "handler `{}`: command `{program}` is not a file that exists nor a program on $PATH",
+                handler.name
+            ));
+        }
+    }
+    report
+}

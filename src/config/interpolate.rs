@@ -1,0 +1,168 @@
+//! `${VAR}` in the config's string values: replaced by the environment
+//! variable's value before the config is read, so that secrets and
+//! per-host paths stay out of the file. `$${` stands for a literal `${`.
+//! A variable that is not set is a problem naming it, at its line.
+//!
+//! Not here: `*_env` keys (`header_env`, `signing_secret_env`,
+//! `smtp_password_env`), which name variables whose values are secrets and
+//! are read where they are used.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+/// A variable that was used but is not set, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unset {
+    pub var: String,
+    pub span: Range<usize>,
+}
+
+/// What interpolation did: the variables it could not find, and the values
+/// it put in whose names look secret (to mask when the config is printed).
+#[derive(Debug, Default)]
+pub struct Interpolation {
+    pub unset: Vec<Unset>,
+    pub secret_values: Vec<(String, String)>,
+}
+
+/// Whether a variable's name suggests its value is a secret.
+pub fn looks_secret(var: &str) -> bool {
+    let v = var.to_ascii_uppercase();
+    [
+        "SECRET",
+        "TOKEN",
+        "PASSWORD",
+        "PASSWD",
+        "KEY",
+        "AUTH",
+        "CREDENTIAL",
+    ]
+    .iter()
+    .any(|w| v.contains(w))
+}
+
+/// Expands `${VAR}` in `text` with `lookup`; `Err` lists the unset names.
+pub fn expand(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    secrets: &mut Vec<(String, String)>,
+) -> Result<Option<String>, Vec<String>> {
+    if !text.contains("${") {
+        return Ok(None);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut unset = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${")
+            && let Some(end) = after.find('}')
+        {
+            let var = &after[..end];
+            match lookup(var) {
+                Some(value) => {
+                    if looks_secret(var) && !value.is_empty() {
+                        secrets.push((value.clone(), var.to_owned()));
+                    }
+                    out.push_str(&value);
+                }
+                None => unset.push(var.to_owned()),
+            }
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    if unset.is_empty() {
+        Ok(Some(out))
+    } else {
+        Err(unset)
+    }
+}
+
+/// Expands every string value of a parsed config in place.
+pub fn interpolate(
+    table: &mut DeTable<'_>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Interpolation {
+    let mut done = Interpolation::default();
+    for (_, value) in table.iter_mut() {
+        walk(value, lookup, &mut done);
+    }
+    done
+}
+
+fn walk(
+    value: &mut Spanned<DeValue<'_>>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    done: &mut Interpolation,
+) {
+    let span = value.span();
+    match value.get_mut() {
+        DeValue::String(s) => match expand(s, lookup, &mut done.secret_values) {
+            Ok(Some(expanded)) => *s = Cow::Owned(expanded),
+            Ok(None) => {}
+            Err(unset) => done.unset.extend(unset.into_iter().map(|var| Unset {
+                var,
+                span: span.clone(),
+            })),
+        },
+        DeValue::Array(items) => {
+            for item in items.iter_mut() {
+                walk(item, lookup, done);
+            }
+        }
+        DeValue::Table(table) => {
+            for (_, v) in table.iter_mut() {
+                walk(v, lookup, done);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(var: &str) -> Option<String> {
+        match var {
+            "HOST" => Some("db.example.org".into()),
+            "API_TOKEN" => Some("t0k".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn variables_are_replaced_and_escapes_kept() {
+        let mut secrets = Vec::new();
+        assert_eq!(
+            expand("smtp://${HOST}:25/$${NOT}/$x", &env, &mut secrets),
+            Ok(Some("smtp://db.example.org:25/${NOT}/$x".into()))
+        );
+        assert_eq!(expand("plain", &env, &mut secrets), Ok(None));
+        assert!(secrets.is_empty());
+        assert_eq!(
+            expand("?token=${API_TOKEN}", &env, &mut secrets),
+            Ok(Some("?token=t0k".into()))
+        );
+        assert_eq!(secrets, [("t0k".to_owned(), "API_TOKEN".to_owned())]);
+        assert_eq!(
+            expand("${NOPE} and ${ALSO}", &env, &mut secrets),
+            Err(vec!["NOPE".into(), "ALSO".into()])
+        );
+        assert_eq!(
+            expand("${unclosed", &env, &mut secrets),
+            Ok(Some("${unclosed".into()))
+        );
+    }
+}

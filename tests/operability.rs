@@ -1,0 +1,478 @@
+//! Operating spark: `check`, the metrics file, completions and the man page,
+//! the scheduling examples, `${VAR}` in the config, `spark config`, and
+//! output without escape sequences.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command as Process;
+
+use common::{CHALLENGE_QUERY, CHALLENGE_SCHEMA, Case, challenge_config};
+
+fn challenges(extra: &str) -> Case {
+    Case::new()
+        .db(&format!(
+            "{CHALLENGE_SCHEMA}
+            INSERT INTO challenge VALUES
+              (1, 'a', 'a@x', 1, '2026-03-01', '2026-03-30'),
+              (2, 'b', 'b@x', 1, '2026-03-09', '2026-03-30');"
+        ))
+        .config(&challenge_config(extra))
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn check_passes_a_good_config_and_writes_nothing() {
+    let case = challenges("");
+    let (before, names) = (case.db_bytes(), files(case.dir.path()));
+    case.run(&["check"])
+        .success()
+        .stdout_has(&["0 errors, 0 warnings"]);
+    let json = case.run(&["check", "--json"]).success().json();
+    assert_eq!(json["ok"], true);
+    assert_eq!(case.db_bytes(), before);
+    assert_eq!(files(case.dir.path()), names);
+}
+
+#[test]
+fn check_reports_every_problem_at_once() {
+    let case = challenges(
+        r#"
+[[sources]]
+name = "orders"
+function = "challenge_events"
+table = "orders"
+
+[[sources]]
+name = "thin"
+function = "challenge_events"
+table = "challenge"
+
+[[sources]]
+name = "old"
+function = "challenge_events"
+table = "gone"
+enabled = false
+
+[[sources]]
+name = "typo-variable"
+table = "challenge"
+group = "g"
+conditions = [ { variable = "is_actve", op = "=", value = 1 } ]
+
+[[handlers]]
+name = "typo"
+group = "^chalenge"
+kind = "jsonl"
+path = "typo.jsonl"
+
+[[handlers]]
+name = "pager"
+group = "ended"
+kind = "command"
+command = ["./no-such-script.sh"]
+"#,
+    );
+    let before = case.db_bytes();
+    let run = case.run(&["check"]).status(2);
+    let err = run.stderr();
+    for expected in [
+        "error: source `orders`: table `orders` does not exist",
+        "error: source `thin`: column `donation_count`",
+        "warning: source `old`: table `gone` does not exist",
+        "(the source is disabled)",
+        "warning: source `typo-variable`: condition `is_actve = 1`",
+        "warning: handler `typo`: group regex `^chalenge` matches no group a source emits",
+        "error: handler `pager`: command `./no-such-script.sh`",
+    ] {
+        assert!(err.contains(expected), "stderr lacks {expected:?}:\n{err}");
+    }
+    run.stdout_has(&["3 errors, 3 warnings"]);
+    let json = case.run(&["check", "--json"]).status(2).json();
+    assert_eq!(json["errors"].as_array().unwrap().len(), 3);
+    assert_eq!(json["warnings"].as_array().unwrap().len(), 3);
+    assert_eq!(case.db_bytes(), before);
+}
+
+#[test]
+fn check_names_config_problems_with_their_lines() {
+    // Problems the file alone shows: exit 2 before the database is opened.
+    let case = challenges(
+        r#"
+[[handlers]]
+name = "mail"
+group = "ended"
+kind = "mail"
+outbox = "out"
+to = "{{ challenge.user_email"
+"#,
+    );
+    case.run(&["check"])
+        .status(2)
+        .stderr_has(&["spark.toml:", "handler `mail`", "template `to`"]);
+}
+
+#[test]
+fn list_handlers_shows_the_groups_each_receives() {
+    let case = challenges(
+        r#"
+[[handlers]]
+name = "reminders"
+group = "_2d$"
+kind = "jsonl"
+path = "r.jsonl"
+"#,
+    );
+    case.run(&["list-handlers"])
+        .success()
+        .stdout_has(&["RECEIVES", "challenge_inactivity_2d, challenge_ends_2d"]);
+    let json = case.run(&["list-handlers", "--json"]).success().json();
+    assert_eq!(json[0]["receives"].as_array().unwrap().len(), 4);
+}
+
+fn scrape(path: &Path) -> prometheus_parse::Scrape {
+    let text = std::fs::read_to_string(path).expect("metrics file");
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text")
+}
+
+fn gauge(scrape: &prometheus_parse::Scrape, metric: &str, label: Option<(&str, &str)>) -> f64 {
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .unwrap_or_else(|| panic!("no sample {metric} {label:?}"));
+    match sample.value {
+        prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("{metric}: not a gauge: {other:?}"),
+    }
+}
+
+#[test]
+fn the_metrics_file_parses_and_carries_the_run() {
+    let case = challenges(
+        r#"
+[[handlers]]
+name = "broken"
+group = "created"
+kind = "command"
+command = ["sh", "-c", "test \"$SPARK_EVENT_KEY\" != challenge_created_2"]
+"#,
+    );
+    let metrics = case.path("spark.prom");
+    case.run(&[
+        "process-sources",
+        "--as-of",
+        "2026-03-10",
+        "--metrics-file",
+        "spark.prom",
+    ])
+    .status(1);
+    let s = scrape(&metrics);
+    assert_eq!(gauge(&s, "spark_last_run_success", None), 0.0);
+    assert_eq!(gauge(&s, "spark_last_run_exit_status", None), 1.0);
+    assert_eq!(
+        gauge(&s, "spark_records_read", Some(("source", "challenges"))),
+        2.0
+    );
+    assert_eq!(
+        gauge(&s, "spark_events_new", Some(("source", "challenges"))),
+        3.0
+    );
+    assert_eq!(
+        gauge(&s, "spark_deliveries_done", Some(("handler", "log"))),
+        3.0
+    );
+    assert_eq!(
+        gauge(&s, "spark_deliveries_done", Some(("handler", "broken"))),
+        1.0
+    );
+    assert_eq!(
+        gauge(&s, "spark_deliveries_failed", Some(("handler", "broken"))),
+        1.0
+    );
+    assert_eq!(
+        gauge(
+            &s,
+            "spark_deliveries_outstanding",
+            Some(("state", "failed"))
+        ),
+        1.0
+    );
+    let started = gauge(&s, "spark_last_run_start_timestamp_seconds", None);
+    let ended = gauge(&s, "spark_last_run_end_timestamp_seconds", None);
+    assert!(started > 1.7e9 && ended >= started);
+    assert!(
+        !s.samples
+            .iter()
+            .any(|x| x.metric == "spark_last_success_timestamp_seconds"),
+        "never succeeded yet"
+    );
+
+    // The broken handler is fixed: success, and the success time appears.
+    let fixed = case.path("spark.toml");
+    let text = std::fs::read_to_string(&fixed).unwrap().replace(
+        "[\"sh\", \"-c\", \"test \\\"$SPARK_EVENT_KEY\\\" != challenge_created_2\"]",
+        "[\"true\"]",
+    );
+    std::fs::write(&fixed, text).unwrap();
+    case.run(&[
+        "process-sources",
+        "--as-of",
+        "2026-03-10",
+        "--metrics-file",
+        "spark.prom",
+    ])
+    .success();
+    let s = scrape(&metrics);
+    assert_eq!(gauge(&s, "spark_last_run_success", None), 1.0);
+    let success = gauge(&s, "spark_last_success_timestamp_seconds", None);
+
+    // A run with an unusable config still writes metrics, keeping the last success.
+    std::fs::write(&fixed, "this is not toml").unwrap();
+    case.run(&["process-sources", "--metrics-file", "spark.prom"])
+        .status(2);
+    let s = scrape(&metrics);
+    assert_eq!(gauge(&s, "spark_last_run_success", None), 0.0);
+    assert_eq!(gauge(&s, "spark_last_run_exit_status", None), 2.0);
+    assert_eq!(
+        gauge(&s, "spark_last_success_timestamp_seconds", None),
+        success
+    );
+    let leftovers: Vec<String> = files(case.dir.path())
+        .into_iter()
+        .filter(|f| f.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn bash_completions_are_valid_bash() {
+    let case = Case::new();
+    let run = case.run(&["completions", "bash"]).success();
+    let script = case.path("spark.bash");
+    std::fs::write(&script, run.stdout()).unwrap();
+    let status = Process::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(run.stdout().contains("process-sources"));
+}
+
+#[test]
+fn the_man_page_renders() {
+    let case = Case::new();
+    let run = case.run(&["man"]).success();
+    assert!(run.stdout().starts_with(".ie") || run.stdout().contains(".TH"));
+    let page = case.path("spark.1");
+    std::fs::write(&page, run.stdout()).unwrap();
+    if Process::new("groff").arg("--version").output().is_err() {
+        eprintln!("groff is not installed: only the roff source was checked");
+        return;
+    }
+    let out = Process::new("groff")
+        .args(["-man", "-Tutf8", "-ww"])
+        .arg(&page)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("process-sources"), "{text}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_systemd_units_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/systemd");
+    let bin = assert_cmd::cargo::cargo_bin("spark");
+    let service = std::fs::read_to_string(root.join("spark.service"))
+        .unwrap()
+        .replace("/usr/local/bin/spark", &bin.display().to_string());
+    let timer = std::fs::read_to_string(root.join("spark.timer")).unwrap();
+    assert!(timer.contains("Persistent=true"));
+    assert!(service.contains("Type=oneshot"));
+    std::fs::write(dir.path().join("spark.service"), &service).unwrap();
+    std::fs::write(dir.path().join("spark.timer"), &timer).unwrap();
+    let analyze = Process::new("systemd-analyze")
+        .args(["verify", "--man=no", "./spark.service", "./spark.timer"])
+        .current_dir(dir.path())
+        .output();
+    match analyze {
+        Ok(out) => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && err.trim().is_empty(), "{err}");
+        }
+        Err(_) => {
+            // No systemd here: check the shape at least.
+            for (text, sections) in [
+                (&service, ["[Unit]", "[Service]"]),
+                (&timer, ["[Unit]", "[Timer]"]),
+            ] {
+                for section in sections {
+                    assert!(text.contains(section), "{section}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_cron_line_is_well_formed() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/spark.cron");
+    let text = std::fs::read_to_string(path).unwrap();
+    let jobs: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#') && !l.contains('='))
+        .collect();
+    assert_eq!(jobs.len(), 1);
+    let fields: Vec<&str> = jobs[0].split_whitespace().collect();
+    let ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
+    for (field, (lo, hi)) in fields[..5].iter().zip(ranges) {
+        for part in field.split(',') {
+            let (range, step) = part.split_once('/').unwrap_or((part, "1"));
+            assert!(step.parse::<u32>().is_ok_and(|s| s > 0), "{field}");
+            if range != "*" {
+                for n in range.split('-') {
+                    let n: u32 = n.parse().unwrap_or_else(|_| panic!("{field}"));
+                    assert!((lo..=hi).contains(&n), "{field}");
+                }
+            }
+        }
+    }
+    assert_eq!(fields[5], "spark", "the /etc/cron.d user field");
+    let command = fields[6..].join(" ");
+    assert!(command.contains("-q process-sources"), "{command}");
+    // The command line itself is accepted by spark's parser.
+    let case = challenges("");
+    let metrics = case.path("spark.prom").display().to_string();
+    let args: Vec<&str> = fields[7..]
+        .iter()
+        .map(|a| {
+            if a.ends_with(".prom") {
+                metrics.as_str()
+            } else {
+                a
+            }
+        })
+        .collect();
+    let mut cmd = case.command();
+    cmd.args(&args).assert().success().stdout("").stderr("");
+    assert!(case.path("spark.prom").exists());
+}
+
+#[test]
+fn variables_in_the_config_come_from_the_environment() {
+    let case = challenges("").config(
+        &challenge_config("")
+            .replace(
+                "path = \"app.sqlite3\"",
+                "path = \"${APP_DIR}/app.sqlite3\"",
+            )
+            .replace(
+                "path = \"events.jsonl\"",
+                "path = \"${OUT}/events-$${literal}.jsonl\"",
+            ),
+    );
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = case.command();
+        cmd.env_remove("APP_DIR").env_remove("OUT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        common::Run {
+            output: cmd
+                .args(["process-sources", "--as-of", "2026-03-10"])
+                .output()
+                .unwrap(),
+        }
+    };
+    run(&[("OUT", "x")])
+        .status(2)
+        .stderr_has(&["spark.toml:3:", "${APP_DIR}", "not set"]);
+    std::fs::create_dir(case.path("out")).unwrap();
+    run(&[("APP_DIR", "."), ("OUT", "out")]).success();
+    assert_eq!(case.jsonl_keys("out/events-${literal}.jsonl").len(), 3);
+}
+
+#[test]
+fn spark_config_prints_the_effective_config_with_secrets_masked() {
+    let case = challenges(
+        r#"
+[[handlers]]
+name = "hook"
+group = "ended"
+kind = "webhook"
+url = "https://hooks.example.org/x?token=${API_TOKEN}"
+header_env = { "Authorization" = "HOOK_AUTH" }
+"#,
+    );
+    let output = case
+        .command()
+        .env("API_TOKEN", "t0p-s3cret")
+        .env("HOOK_AUTH", "Bearer abc123")
+        .args(["config"])
+        .output()
+        .unwrap();
+    let run = common::Run { output }.success();
+    let out = run.stdout();
+    assert!(
+        !out.contains("t0p-s3cret") && !out.contains("abc123"),
+        "{out}"
+    );
+    assert!(out.contains("token=***"), "{out}");
+    assert!(out.contains("${HOOK_AUTH} (hidden)"), "{out}");
+    assert!(out.contains(CHALLENGE_QUERY.split_whitespace().next().unwrap()));
+    // The TOML printed is itself a TOML document.
+    let parsed: toml::Table = toml::from_str(out.trim_start_matches(|c| c != '\n')).unwrap();
+    assert!(parsed.contains_key("handlers"));
+}
+
+#[test]
+fn output_has_no_escape_sequences_when_not_a_terminal() {
+    let case = challenges(
+        r#"
+[[handlers]]
+name = "broken"
+group = "created"
+kind = "command"
+command = ["false"]
+"#,
+    );
+    for args in [
+        vec!["process-sources", "--as-of", "2026-03-10", "-vv"],
+        vec!["deliveries"],
+        vec!["list-handlers"],
+        vec!["check"],
+        vec!["events"],
+    ] {
+        for no_color in [true, false] {
+            let mut cmd = case.command();
+            if !no_color {
+                cmd.env_remove("NO_COLOR");
+            }
+            let out = cmd.args(&args).output().unwrap();
+            for stream in [&out.stdout, &out.stderr] {
+                assert!(
+                    !stream.contains(&0x1b),
+                    "{args:?}: escape sequence in {}",
+                    String::from_utf8_lossy(stream)
+                );
+            }
+        }
+    }
+}
