@@ -406,11 +406,7 @@ pub fn process_sources(
 
     let _lock = RunLock::acquire(&config.database.path, opts.wait)?;
     database::create_if_missing(config)?;
-    let mut store = SqliteStore::open(
-        &config.database.path,
-        &config.database.seen_table,
-        config.database.busy_timeout,
-    )?;
+    let mut store = SqliteStore::open_for(&config.database)?;
     let mut engine = Engine::new(config, registry);
     let retried = if opts.dispatch {
         engine.retry_due(&mut store)? as u64
@@ -644,11 +640,7 @@ pub fn retry(
     }
     drop(conn);
     let _lock = RunLock::acquire(&config.database.path, wait)?;
-    let mut store = SqliteStore::open(
-        &config.database.path,
-        &config.database.seen_table,
-        config.database.busy_timeout,
-    )?;
+    let mut store = SqliteStore::open_for(&config.database)?;
     let mut engine = Engine::new(config, registry);
     store.reset_for_retry(query)?;
     // The selected deliveries are due now; so may be others, which are owed

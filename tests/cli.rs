@@ -4,15 +4,10 @@
 mod common;
 
 use assert_cmd::Command;
-use common::{CHALLENGE_SCHEMA, Case, challenge_config};
+use common::{Case, challenges_case};
 
 fn case(extra: &str) -> Case {
-    Case::new()
-        .db(&format!(
-            "{CHALLENGE_SCHEMA}
-            INSERT INTO challenge VALUES (1, 'a', 'a@x', 1, '2026-03-01', '2026-03-30');"
-        ))
-        .config(&challenge_config(extra))
+    challenges_case("(1, 'a', 'a@x', 1, '2026-03-01', '2026-03-30')", extra)
 }
 
 #[test]

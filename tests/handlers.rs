@@ -3,21 +3,18 @@
 
 mod common;
 
-use common::{CHALLENGE_SCHEMA, Case, challenge_config, sorted};
+use common::{Case, challenges_case, sorted};
 
 const AS_OF: &str = "2026-03-10";
 
 /// Three active challenges: six events (created + inactivity_2d each).
 fn three_challenges(extra: &str) -> Case {
-    Case::new()
-        .db(&format!(
-            "{CHALLENGE_SCHEMA}
-            INSERT INTO challenge VALUES
-              (1, 'a', 'a@x', 1, '2026-03-01', '2026-03-30'),
-              (2, 'b', 'b@x', 1, '2026-03-01', '2026-03-30'),
-              (3, 'c', 'c@x', 1, '2026-03-01', '2026-03-30');"
-        ))
-        .config(&challenge_config(extra))
+    challenges_case(
+        "(1, 'a', 'a@x', 1, '2026-03-01', '2026-03-30'), \
+         (2, 'b', 'b@x', 1, '2026-03-01', '2026-03-30'), \
+         (3, 'c', 'c@x', 1, '2026-03-01', '2026-03-30')",
+        extra,
+    )
 }
 
 /// A command handler that records every key it gets in `called.txt` and

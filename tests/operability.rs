@@ -7,17 +7,13 @@ mod common;
 use std::path::Path;
 use std::process::Command as Process;
 
-use common::{CHALLENGE_QUERY, CHALLENGE_SCHEMA, Case, challenge_config};
+use common::{CHALLENGE_QUERY, Case, challenge_config, challenges_case};
 
 fn challenges(extra: &str) -> Case {
-    Case::new()
-        .db(&format!(
-            "{CHALLENGE_SCHEMA}
-            INSERT INTO challenge VALUES
-              (1, 'a', 'a@x', 1, '2026-03-01', '2026-03-30'),
-              (2, 'b', 'b@x', 1, '2026-03-09', '2026-03-30');"
-        ))
-        .config(&challenge_config(extra))
+    challenges_case(
+        "(1, 'a', 'a@x', 1, '2026-03-01', '2026-03-30'), (2, 'b', 'b@x', 1, '2026-03-09', '2026-03-30')",
+        extra,
+    )
 }
 
 fn files(dir: &Path) -> Vec<String> {

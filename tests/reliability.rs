@@ -11,8 +11,8 @@ use std::process::Child;
 use std::time::Duration;
 
 use common::{
-    CHALLENGE_SCHEMA, Case, Lcg, challenge_config, many_challenges_keys, many_challenges_sql,
-    sorted, wait_until,
+    CHALLENGE_SCHEMA, Case, Lcg, challenge_config, challenges_case, many_challenges_keys,
+    many_challenges_sql, sorted, wait_until,
 };
 
 const AS_OF: &str = "2026-03-10";
@@ -39,14 +39,10 @@ fn with_batch_size(config: &str, n: usize) -> String {
 }
 
 fn two_challenges(extra: &str) -> Case {
-    Case::new()
-        .db(&format!(
-            "{CHALLENGE_SCHEMA}
-            INSERT INTO challenge VALUES
-              (1, 'a', 'a@x', 1, '2026-03-01', '2026-03-30'),
-              (2, 'b', 'b@x', 1, '2026-03-01', '2026-03-30');"
-        ))
-        .config(&challenge_config(extra))
+    challenges_case(
+        "(1, 'a', 'a@x', 1, '2026-03-01', '2026-03-30'), (2, 'b', 'b@x', 1, '2026-03-01', '2026-03-30')",
+        extra,
+    )
 }
 
 const FLAKY: &str = r#"

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use common::{CHALLENGE_SCHEMA, Case, challenge_config};
+use common::{Case, challenges_case};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -76,14 +76,9 @@ impl Hook {
 }
 
 fn case(hook_url: &str) -> Case {
-    Case::new()
-        .db(&format!(
-            "{CHALLENGE_SCHEMA}
-            INSERT INTO challenge VALUES
-              (1, 'a', 'a@x', 1, '2026-03-01', '2026-03-30'),
-              (2, 'b', 'b@x', 1, '2026-03-09', '2026-03-30');"
-        ))
-        .config(&challenge_config(&format!(
+    challenges_case(
+        "(1, 'a', 'a@x', 1, '2026-03-01', '2026-03-30'), (2, 'b', 'b@x', 1, '2026-03-09', '2026-03-30')",
+        &format!(
             r#"
 [[handlers]]
 name = "hook"
@@ -95,7 +90,8 @@ header_env = {{ "Authorization" = "HOOK_AUTH" }}
 signing_secret_env = "HOOK_SECRET"
 timeout = "5s"
 "#
-        )))
+        ),
+    )
 }
 
 fn run(case: &Case, args: &[&str]) -> common::Run {

@@ -25,14 +25,6 @@ fn check_database(config: &Config) -> Result<bool> {
     database::check_seen_table(&conn, config)
 }
 
-fn open_store(config: &Config) -> Result<SqliteStore> {
-    SqliteStore::open(
-        &config.database.path,
-        &config.database.seen_table,
-        config.database.busy_timeout,
-    )
-}
-
 fn read_err(config: &Config) -> impl Fn(rusqlite::Error) -> Error + '_ {
     |error| Error::OpenDatabase {
         path: config.database.path.clone(),
@@ -54,7 +46,7 @@ pub fn mark_seen(
         .unwrap_or_else(|| key.rsplit_once('_').map_or(key, |(g, _)| g).to_owned());
     check_database(config)?;
     database::create_if_missing(config)?;
-    let new = open_store(config)?.mark_seen(key, &group, "{}")?;
+    let new = SqliteStore::open_for(&config.database)?.mark_seen(key, &group, "{}")?;
     if cli.json {
         stdout_json(&json!({"key": key, "group": group, "new": new}))?;
     } else if !cli.quiet {
@@ -144,7 +136,7 @@ pub fn forget(
 ) -> anyhow::Result<ExitCode> {
     let report = if check_database(config)? {
         let _lock = RunLock::acquire(&config.database.path, wait)?;
-        open_store(config)?.forget(keys)?
+        SqliteStore::open_for(&config.database)?.forget(keys)?
     } else {
         admin::Forgotten {
             unknown: keys.to_vec(),
@@ -178,7 +170,7 @@ pub fn prune(
     let cutoff = clock::utc_text(clock::now_ms().saturating_sub(age_ms));
     let report = if check_database(config)? {
         let _lock = RunLock::acquire(&config.database.path, wait)?;
-        open_store(config)?.prune(&cutoff, group, dry_run)?
+        SqliteStore::open_for(&config.database)?.prune(&cutoff, group, dry_run)?
     } else {
         admin::Pruned::default()
     };

@@ -386,13 +386,18 @@ impl Validator<'_> {
         })
     }
 
-    fn command(&mut self, entry: &str, raw: RawHandler) -> Option<HandlerKind> {
-        let timeout = self.duration(
+    /// The handler's `timeout` (default 30 s).
+    fn timeout(&mut self, entry: &str, raw: &RawHandler) -> Duration {
+        self.duration(
             entry,
             "timeout",
             raw.timeout.as_ref(),
             Duration::from_secs(30),
-        );
+        )
+    }
+
+    fn command(&mut self, entry: &str, raw: RawHandler) -> Option<HandlerKind> {
+        let timeout = self.timeout(entry, &raw);
         let Some(argv) = raw.command else {
             self.missing(entry, "command", "command", raw.kind.span());
             return None;
@@ -451,12 +456,7 @@ impl Validator<'_> {
     }
 
     fn webhook(&mut self, entry: &str, raw: RawHandler) -> Option<HandlerKind> {
-        let timeout = self.duration(
-            entry,
-            "timeout",
-            raw.timeout.as_ref(),
-            Duration::from_secs(30),
-        );
+        let timeout = self.timeout(entry, &raw);
         let connect_timeout = self.duration(
             entry,
             "connect_timeout",
@@ -612,12 +612,7 @@ impl Validator<'_> {
                 return None;
             }
         };
-        let timeout = self.duration(
-            entry,
-            "timeout",
-            raw.timeout.as_ref(),
-            Duration::from_secs(30),
-        );
+        let timeout = self.timeout(entry, raw);
         match transport.as_str() {
             "outbox" => {
                 let Some(dir) = &raw.outbox else {

@@ -126,6 +126,11 @@ impl SqliteStore {
         }
     }
 
+    /// Opens the store of a config's database (see `open`).
+    pub fn open_for(database: &crate::config::DatabaseConfig) -> Result<SqliteStore> {
+        SqliteStore::open(&database.path, &database.seen_table, database.busy_timeout)
+    }
+
     /// The database this store writes to.
     pub fn path(&self) -> &Path {
         &self.path

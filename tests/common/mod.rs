@@ -49,6 +49,17 @@ path = "events.jsonl"
     )
 }
 
+/// A case whose database holds the challenges `rows` (SQL `VALUES` tuples:
+/// id, title, user_email, is_active, start_date, end_date) and whose config
+/// is `challenge_config(extra)`.
+pub fn challenges_case(rows: &str, extra: &str) -> Case {
+    Case::new()
+        .db(&format!(
+            "{CHALLENGE_SCHEMA}\nINSERT INTO challenge VALUES {rows};"
+        ))
+        .config(&challenge_config(extra))
+}
+
 pub struct Case {
     pub dir: TempDir,
     bin: PathBuf,
