@@ -163,6 +163,11 @@ pub fn report_json(command: &str, r: &RunReport) -> serde_json::Value {
         "handlers": r.handlers,
         "failures": r.failures,
         "record_errors": r.record_errors,
+        "outstanding": r
+            .outstanding
+            .iter()
+            .map(|(handler, state, events)| json!({"handler": handler, "state": state, "events": events}))
+            .collect::<Vec<_>>(),
     })
 }
 

@@ -334,12 +334,6 @@ fn failure_state(failure: &Failure) -> DeliveryState {
     }
 }
 
-impl Drop for SqliteStore {
-    fn drop(&mut self) {
-        self.checkpoint();
-    }
-}
-
 impl Store for SqliteStore {
     fn record_batch(
         &mut self,
