@@ -38,6 +38,17 @@ fn with_batch_size(config: &str, n: usize) -> String {
     config.replace("[delivery]\n", &format!("[delivery]\nbatch_size = {n}\n"))
 }
 
+/// `n` challenges (see `many_challenges_sql`) and a command handler `slow`
+/// for `group` that runs the shell `script`.
+fn with_command(n: usize, group: &str, script: &str) -> Case {
+    Case::new()
+        .db(&many_challenges_sql(n))
+        .config(&challenge_config(&format!(
+            "[[handlers]]\nname = \"slow\"\ngroup = \"{group}\"\nkind = \"command\"\ncommand = [\"./slow.sh\"]\n"
+        )))
+        .script("slow.sh", script)
+}
+
 fn two_challenges(extra: &str) -> Case {
     challenges_case(
         "(1, 'a', 'a@x', 1, '2026-03-01', '2026-03-30'), (2, 'b', 'b@x', 1, '2026-03-01', '2026-03-30')",
@@ -270,23 +281,13 @@ fn killed_runs_leave_the_jsonl_file_exactly_once() {
 #[test]
 fn overlapping_runs_dispatch_each_key_once() {
     const N: usize = 60;
-    let case = Case::new()
-        .db(&many_challenges_sql(N))
-        .config(&challenge_config(
-            r#"
-[[handlers]]
-name = "slow"
-group = "created"
-kind = "command"
-command = ["./slow.sh"]
-"#,
-        ))
-        .script(
-            "slow.sh",
-            r#"cat > /dev/null
+    let case = with_command(
+        N,
+        "created",
+        r#"cat > /dev/null
 echo "$SPARK_EVENT_KEY" >> called.txt
 sleep 0.01"#,
-        );
+    );
     let a = case.spawn(&["process-sources", "--as-of", AS_OF, "--wait", "60s"]);
     let b = case.spawn(&["process-sources", "--as-of", AS_OF, "--wait", "60s"]);
     for child in [a, b] {
@@ -422,23 +423,13 @@ fi"#,
 #[test]
 fn sigterm_finishes_the_call_in_progress_and_stops_cleanly() {
     const N: usize = 30;
-    let case = Case::new()
-        .db(&many_challenges_sql(N))
-        .config(&challenge_config(
-            r#"
-[[handlers]]
-name = "slow"
-group = "^challenge"
-kind = "command"
-command = ["./slow.sh"]
-"#,
-        ))
-        .script(
-            "slow.sh",
-            r#"cat > /dev/null
+    let case = with_command(
+        N,
+        "^challenge",
+        r#"cat > /dev/null
 sleep 0.05
 echo "$SPARK_EVENT_KEY" >> called.txt"#,
-        );
+    );
     let child = case.spawn(&["process-sources", "--as-of", AS_OF]);
     wait_until("a few calls", || case.lines("called.txt").len() >= 3);
     // SAFETY: kill(2) on our own child process, no memory involved.

@@ -17,14 +17,23 @@ use crate::registry::Registry;
 use crate::signals;
 use crate::store::admin::DeliveryQuery;
 
+/// Runs the pipeline with the signal handlers in place.
+fn run_pipeline(
+    config: &Config,
+    registry: &Registry,
+    opts: &RunOptions,
+) -> anyhow::Result<RunReport> {
+    signals::install().context("installing signal handlers")?;
+    Ok(pipeline::process_sources(config, registry, opts)?)
+}
+
 pub fn process_sources(
     cli: &Cli,
     config: &Config,
     registry: &Registry,
     opts: &RunOptions,
 ) -> anyhow::Result<ExitCode> {
-    signals::install().context("installing signal handlers")?;
-    let report = pipeline::process_sources(config, registry, opts)?;
+    let report = run_pipeline(config, registry, opts)?;
     print_run(cli, "process-sources", &report).map(ExitCode::from)
 }
 
@@ -45,8 +54,7 @@ pub fn process_sources_with_metrics(
     let result = (|| -> anyhow::Result<(u8, RunReport)> {
         let config = Config::load(&super::config_path(cli), registry).map_err(Error::from)?;
         let opts = super::run_options(cli, run, lock.wait()?, true)?;
-        signals::install().context("installing signal handlers")?;
-        let report = pipeline::process_sources(&config, registry, &opts)?;
+        let report = run_pipeline(&config, registry, &opts)?;
         let code = print_run(cli, "process-sources", &report)?;
         Ok((code, report))
     })();
@@ -75,8 +83,7 @@ pub fn skip_backfill(
     registry: &Registry,
     opts: &RunOptions,
 ) -> anyhow::Result<ExitCode> {
-    signals::install().context("installing signal handlers")?;
-    let report = pipeline::process_sources(config, registry, opts)?;
+    let report = run_pipeline(config, registry, opts)?;
     if cli.json {
         stdout_json(&report_json("skip-backfill", &report))?;
     } else if !cli.quiet {
