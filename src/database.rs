@@ -30,10 +30,7 @@ pub fn open_read_only(config: &Config) -> Result<Connection> {
                 config: config.path.clone(),
             });
         };
-        let conn = Connection::open_in_memory().map_err(|error| Error::OpenDatabase {
-            path: db.path.clone(),
-            error,
-        })?;
+        let conn = Connection::open_in_memory().map_err(Error::on_database(&db.path))?;
         run_script(&conn, script).map_err(|error| Error::CreateFrom {
             path: db.path.clone(),
             script: script.clone(),
@@ -43,15 +40,9 @@ pub fn open_read_only(config: &Config) -> Result<Connection> {
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn =
-        Connection::open_with_flags(&db.path, flags).map_err(|error| Error::OpenDatabase {
-            path: db.path.clone(),
-            error,
-        })?;
+        Connection::open_with_flags(&db.path, flags).map_err(Error::on_database(&db.path))?;
     conn.busy_timeout(db.busy_timeout)
-        .map_err(|error| Error::OpenDatabase {
-            path: db.path.clone(),
-            error,
-        })?;
+        .map_err(Error::on_database(&db.path))?;
     // Reading the schema is what tells a database from any other file.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
@@ -176,10 +167,7 @@ pub fn check_source(
                     [table],
                     |r| r.get(0),
                 )
-                .map_err(|error| Error::OpenDatabase {
-                    path: config.database.path.clone(),
-                    error,
-                })?;
+                .map_err(Error::on_database(&config.database.path))?;
             if !exists {
                 return Err(Error::MissingTable {
                     source_name: source.name.clone(),
@@ -293,10 +281,7 @@ pub fn seen_table_is_empty(conn: &Connection, config: &Config) -> Result<bool> {
         crate::records::quote_ident(&config.database.seen_table)
     );
     conn.query_row(&sql, [], |r| r.get(0))
-        .map_err(|error| Error::OpenDatabase {
-            path: config.database.path.clone(),
-            error,
-        })
+        .map_err(Error::on_database(&config.database.path))
 }
 
 /// SQLite's own message for an error, without rusqlite's wrapping.

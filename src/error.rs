@@ -4,7 +4,7 @@
 //! Not here: failed deliveries. A handler failing is not an error of the run;
 //! it is recorded with the delivery and retried.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::ConfigError;
 
@@ -126,6 +126,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// Turns an SQLite error on `path` into `OpenDatabase`, for `map_err`.
+    pub fn on_database(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        move |error| Error::OpenDatabase {
+            path: path.to_owned(),
+            error,
+        }
+    }
+
     /// `Ok` when `errors` is empty, the error itself when there is one,
     /// `Several` otherwise.
     pub fn all(mut errors: Vec<Error>) -> Result<()> {
@@ -141,7 +149,6 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Busy { .. } => 3,
-            Error::Interrupted { .. } => 130,
             _ => 2,
         }
     }

@@ -53,11 +53,6 @@ pub fn context_from_stored(text: &str) -> Map<String, Value> {
     }
 }
 
-/// An empty context, for events that carry no data.
-pub fn empty_context() -> Context {
-    Arc::new(Map::new())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -312,23 +312,6 @@ fn open_checked<'c>(
     Ok((conn, sources, seen_exists))
 }
 
-/// Opens a read-only connection for streaming records.
-fn open_reader(config: &Config) -> Result<Connection> {
-    let open_err = |error| Error::OpenDatabase {
-        path: config.database.path.clone(),
-        error,
-    };
-    let reader = Connection::open_with_flags(
-        &config.database.path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(open_err)?;
-    reader
-        .busy_timeout(config.database.busy_timeout)
-        .map_err(open_err)?;
-    Ok(reader)
-}
-
 /// A best-effort passive checkpoint on a connection of its own.
 fn checkpoint_now(config: &Config) {
     let done = Connection::open_with_flags(
@@ -418,12 +401,11 @@ pub fn process_sources(
 
     // Records are read on a connection of their own, so that the store can
     // commit batches while a source's query is still being stepped through.
-    let reader = open_reader(config)?;
+    let reader = database::open_read_only(config)?;
     let batch_size = config.delivery.batch_size;
     let mut writer = Batcher {
         config,
         routes: HashMap::default(),
-        route_table: Vec::new(),
         dispatch: opts.dispatch,
         new_per_source: vec![0u64; sources.len()],
         last_new: 0,
@@ -539,10 +521,8 @@ pub fn process_sources(
 /// to handlers.
 struct Batcher<'c> {
     config: &'c Config,
-    /// For each group seen, its entry in `route_table`.
-    routes: HashMap<String, usize, BuildHasherDefault<Fnv>>,
     /// The handlers (indices, config order) of each group seen.
-    route_table: Vec<Vec<usize>>,
+    routes: HashMap<String, Vec<usize>, BuildHasherDefault<Fnv>>,
     /// Plan deliveries (`false`: record the events as seen only).
     dispatch: bool,
     /// New events per source.
@@ -561,7 +541,6 @@ impl Batcher<'_> {
         // Each event's handlers, looked up once per event (and computed once
         // per group).
         let routes = &mut self.routes;
-        let route_table = &mut self.route_table;
         let config = self.config;
         let handlers = &self.config.handlers;
         let events = &batch.events;
@@ -576,15 +555,10 @@ impl Batcher<'_> {
                 if *is_new {
                     // Routed only when new: a run of seen events routes nothing.
                     let group = &events[i].group;
-                    let r = match routes.get(group.as_str()) {
-                        Some(&r) => r,
-                        None => {
-                            route_table.push(config.handlers_for(group).collect());
-                            routes.insert(group.clone(), route_table.len() - 1);
-                            route_table.len() - 1
-                        }
-                    };
-                    for &h in &route_table[r] {
+                    if !routes.contains_key(group.as_str()) {
+                        routes.insert(group.clone(), config.handlers_for(group).collect());
+                    }
+                    for &h in routes.get(group.as_str()).map_or(&[][..], Vec::as_slice) {
                         per_handler[h].push(i);
                     }
                 }
@@ -704,18 +678,12 @@ pub fn dry_run(
     let mut seen_stmt = if seen_exists {
         Some(
             conn.prepare(&seen_sql)
-                .map_err(|error| Error::OpenDatabase {
-                    path: config.database.path.clone(),
-                    error,
-                })?,
+                .map_err(Error::on_database(&config.database.path))?,
         )
     } else {
         None
     };
-    let read_err = |error| Error::OpenDatabase {
-        path: config.database.path.clone(),
-        error,
-    };
+    let read_err = Error::on_database(&config.database.path);
     let mut would: HashSet<String> = HashSet::new();
     let mut routes: HashMap<String, Vec<&str>> = HashMap::new();
     let mut scanner = Scanner::new(registry, &sources, opts);
@@ -753,29 +721,7 @@ pub fn dry_run(
         }
     }
     let mut report = scanner.finish(started);
-    report.retried = due_retries(&conn)?;
+    report.retried = crate::store::admin::count_due(&conn, crate::clock::now_ms())
+        .map_err(Error::on_database(&config.database.path))?;
     Ok(report)
-}
-
-/// How many deliveries a run would retry now (read-only).
-fn due_retries(conn: &Connection) -> Result<u64> {
-    let has_table: bool = conn
-        .query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'spark_delivery'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap_or(false);
-    if !has_table {
-        return Ok(0);
-    }
-    let n: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM spark_delivery WHERE state = 'pending' \
-             OR (state = 'failed' AND next_attempt_at <= ?1)",
-            [crate::clock::now_ms()],
-            |r| r.get(0),
-        )
-        .unwrap_or(0);
-    Ok(u64::try_from(n).unwrap_or(0))
 }

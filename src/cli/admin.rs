@@ -26,10 +26,7 @@ fn check_database(config: &Config) -> Result<bool> {
 }
 
 fn read_err(config: &Config) -> impl Fn(rusqlite::Error) -> Error + '_ {
-    |error| Error::OpenDatabase {
-        path: config.database.path.clone(),
-        error,
-    }
+    Error::on_database(&config.database.path)
 }
 
 pub fn mark_seen(

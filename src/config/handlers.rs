@@ -110,6 +110,18 @@ pub enum HandlerKind {
 pub const HANDLER_KINDS: &str = "jsonl, command, function, webhook, mail";
 
 impl HandlerKind {
+    /// The file or folder this handler writes, which no other handler may share.
+    pub fn output(&self) -> Option<&Path> {
+        match self {
+            HandlerKind::Jsonl { path } => Some(path),
+            HandlerKind::Mail(mail) => match &mail.transport {
+                MailTransport::Outbox { dir } => Some(dir),
+                MailTransport::Smtp { .. } => None,
+            },
+            _ => None,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             HandlerKind::Jsonl { .. } => "jsonl",

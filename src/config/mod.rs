@@ -468,38 +468,17 @@ impl Validator<'_> {
                     },
                 );
             }
-            if let HandlerKind::Mail(mail) = &handler.kind
-                && let MailTransport::Outbox { dir } = &mail.transport
+            if let Some(path) = handler.kind.output()
+                && let Some(other) = handlers.iter().find(|h| h.kind.output() == Some(path))
             {
-                let other = handlers.iter().find(|h| {
-                    matches!(&h.kind, HandlerKind::Mail(m)
-                        if matches!(&m.transport, MailTransport::Outbox { dir: d } if d == dir))
-                });
-                if let Some(other) = other {
-                    self.report(
-                        span.clone(),
-                        Problem::SharedOutput {
-                            handler: handler.name.clone(),
-                            other: other.name.clone(),
-                            path: dir.clone(),
-                        },
-                    );
-                }
-            }
-            if let HandlerKind::Jsonl { path } = &handler.kind {
-                let other = handlers
-                    .iter()
-                    .find(|h| matches!(&h.kind, HandlerKind::Jsonl { path: p } if p == path));
-                if let Some(other) = other {
-                    self.report(
-                        span,
-                        Problem::SharedOutput {
-                            handler: handler.name.clone(),
-                            other: other.name.clone(),
-                            path: path.clone(),
-                        },
-                    );
-                }
+                self.report(
+                    span,
+                    Problem::SharedOutput {
+                        handler: handler.name.clone(),
+                        other: other.name.clone(),
+                        path: path.to_owned(),
+                    },
+                );
             }
             handlers.push(handler);
         }

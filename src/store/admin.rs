@@ -14,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::schema::table_exists;
 use super::{Delivery, DeliveryState, SqliteStore};
 use crate::clock;
 use crate::error::Result;
@@ -41,14 +42,6 @@ pub struct SeenEvent {
     pub created_at: String,
     /// The context: JSON when spark wrote it, the stored text otherwise.
     pub context: Value,
-}
-
-fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        [name],
-        |r| r.get(0),
-    )
 }
 
 /// Lists seen events, newest first, calling `each` for each one.
@@ -169,6 +162,22 @@ pub fn all_deliveries(conn: &Connection) -> rusqlite::Result<Vec<Delivery>> {
     ))?;
     stmt.query_map([], super::sqlite::delivery_from_row)?
         .collect()
+}
+
+/// How many deliveries a run would work on at `now_ms` (read-only).
+pub fn count_due(conn: &Connection, now_ms: i64) -> rusqlite::Result<u64> {
+    if !table_exists(conn, "spark_delivery")? {
+        return Ok(0);
+    }
+    let n: i64 = conn.query_row(
+        &format!(
+            "SELECT count(*) FROM spark_delivery WHERE {}",
+            super::sqlite::DUE
+        ),
+        [now_ms],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Deliveries not finished, counted in events: (handler, state, count).

@@ -49,14 +49,18 @@ pub fn seen_table_ddl(table: &str) -> String {
     )
 }
 
+/// Whether the database has a table of that name.
+pub fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get(0),
+    )
+}
+
 /// The schema version spark last left in this database (0: none yet).
 pub fn version(conn: &Connection) -> rusqlite::Result<i64> {
-    let has_meta: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'spark_meta'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_meta {
+    if !table_exists(conn, "spark_meta")? {
         return Ok(0);
     }
     let v: Option<String> = conn

@@ -26,6 +26,10 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::records::quote_ident;
 
+/// The deliveries a run works on: pending ones, and failed ones whose next
+/// attempt (`?1`, Unix ms) is due.
+pub(super) const DUE: &str = "state = 'pending' OR (state = 'failed' AND next_attempt_at <= ?1)";
+
 pub(super) const DELIVERY_COLUMNS: &str = "id, handler, keys, done, state, attempts, next_attempt_at, \
                                 last_error, file_offset, created_at";
 
@@ -50,10 +54,7 @@ impl SqliteStore {
     /// creates or upgrades spark's tables.
     pub fn open(path: &Path, seen_table: &str, busy_timeout: Duration) -> Result<SqliteStore> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let open_err = |error| Error::OpenDatabase {
-            path: path.to_owned(),
-            error,
-        };
+        let open_err = Error::on_database(path);
         let mut conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
         let store_err = |action: &str| {
             let action = action.to_owned();
@@ -481,8 +482,7 @@ impl Store for SqliteStore {
     fn due_deliveries(&mut self, now_ms: i64) -> Result<Vec<Delivery>> {
         let query = |conn: &Connection| -> rusqlite::Result<Vec<Delivery>> {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {DELIVERY_COLUMNS} FROM spark_delivery \
-                 WHERE state = 'pending' OR (state = 'failed' AND next_attempt_at <= ?1) ORDER BY id"
+                "SELECT {DELIVERY_COLUMNS} FROM spark_delivery WHERE {DUE} ORDER BY id"
             ))?;
             stmt.query_map([now_ms], delivery_from_row)?.collect()
         };
