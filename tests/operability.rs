@@ -173,36 +173,22 @@ command = ["sh", "-c", "test \"$SPARK_EVENT_KEY\" != challenge_created_2"]
     ])
     .status(1);
     let s = scrape(&metrics);
-    assert_eq!(gauge(&s, "spark_last_run_success", None), 0.0);
-    assert_eq!(gauge(&s, "spark_last_run_exit_status", None), 1.0);
-    assert_eq!(
-        gauge(&s, "spark_records_read", Some(("source", "challenges"))),
-        2.0
-    );
-    assert_eq!(
-        gauge(&s, "spark_events_new", Some(("source", "challenges"))),
-        3.0
-    );
-    assert_eq!(
-        gauge(&s, "spark_deliveries_done", Some(("handler", "log"))),
-        3.0
-    );
-    assert_eq!(
-        gauge(&s, "spark_deliveries_done", Some(("handler", "broken"))),
-        1.0
-    );
-    assert_eq!(
-        gauge(&s, "spark_deliveries_failed", Some(("handler", "broken"))),
-        1.0
-    );
-    assert_eq!(
-        gauge(
-            &s,
+    for (metric, label, expected) in [
+        ("spark_last_run_success", None, 0.0),
+        ("spark_last_run_exit_status", None, 1.0),
+        ("spark_records_read", Some(("source", "challenges")), 2.0),
+        ("spark_events_new", Some(("source", "challenges")), 3.0),
+        ("spark_deliveries_done", Some(("handler", "log")), 3.0),
+        ("spark_deliveries_done", Some(("handler", "broken")), 1.0),
+        ("spark_deliveries_failed", Some(("handler", "broken")), 1.0),
+        (
             "spark_deliveries_outstanding",
-            Some(("state", "failed"))
+            Some(("state", "failed")),
+            1.0,
         ),
-        1.0
-    );
+    ] {
+        assert_eq!(gauge(&s, metric, label), expected, "{metric} {label:?}");
+    }
     let started = gauge(&s, "spark_last_run_start_timestamp_seconds", None);
     let ended = gauge(&s, "spark_last_run_end_timestamp_seconds", None);
     assert!(started > 1.7e9 && ended >= started);
