@@ -5,92 +5,11 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::atomic::Ordering;
 
+use common::servers::Smtp;
 use common::{CHALLENGE_SCHEMA, Case, challenge_config};
 use mail_parser::MessageParser;
-use mailin_embedded::{Handler, Response, Server, SslConfig, response};
-
-#[derive(Debug, Clone, Default)]
-struct Received {
-    from: String,
-    to: Vec<String>,
-    data: Vec<u8>,
-}
-
-#[derive(Clone)]
-struct Collector {
-    current: Arc<Mutex<Received>>,
-    received: Arc<Mutex<Vec<Received>>>,
-    refuse: Arc<AtomicBool>,
-}
-
-impl Handler for Collector {
-    fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, from: &str) -> Response {
-        *self.current.lock().unwrap() = Received {
-            from: from.to_owned(),
-            ..Received::default()
-        };
-        response::OK
-    }
-    fn rcpt(&mut self, to: &str) -> Response {
-        if self.refuse.load(Ordering::SeqCst) {
-            return response::NO_MAILBOX;
-        }
-        self.current.lock().unwrap().to.push(to.to_owned());
-        response::OK
-    }
-    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.current.lock().unwrap().data.extend_from_slice(buf);
-        Ok(())
-    }
-    fn data_end(&mut self) -> Response {
-        let mail = std::mem::take(&mut *self.current.lock().unwrap());
-        self.received.lock().unwrap().push(mail);
-        response::OK
-    }
-}
-
-/// A real SMTP server on a free loopback port.
-struct Smtp {
-    port: u16,
-    received: Arc<Mutex<Vec<Received>>>,
-    refuse: Arc<AtomicBool>,
-}
-
-impl Smtp {
-    fn start() -> Smtp {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let collector = Collector {
-            current: Arc::default(),
-            received: Arc::default(),
-            refuse: Arc::default(),
-        };
-        let (received, refuse) = (collector.received.clone(), collector.refuse.clone());
-        let mut server = Server::new(collector);
-        server
-            .with_name("smtp.test")
-            .with_ssl(SslConfig::None)
-            .unwrap()
-            .with_tcp_listener(listener);
-        thread::spawn(move || {
-            let _ = server.serve();
-        });
-        Smtp {
-            port,
-            received,
-            refuse,
-        }
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-}
 
 const TEMPLATES: &str = r#"
 [handlers.templates]
@@ -135,16 +54,10 @@ fn case(transport: &str) -> Case {
         .config(&mail_config(transport))
 }
 
-fn smtp_transport(port: u16) -> String {
-    format!(
-        "transport = \"smtp\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\nsmtp_security = \"none\"\ntimeout = \"5s\""
-    )
-}
-
 #[test]
 fn the_smtp_server_receives_exactly_the_expected_mails() {
     let smtp = Smtp::start();
-    let case = case(&smtp_transport(smtp.port));
+    let case = case(&smtp.transport());
     case.run(&["process-sources", "--as-of", "2026-03-10"])
         .success()
         .stdout_has(&["3 new", "6 delivered"]);
@@ -196,7 +109,7 @@ fn the_smtp_server_receives_exactly_the_expected_mails() {
 fn a_refusing_server_fails_the_delivery_and_a_later_run_sends_it() {
     let smtp = Smtp::start();
     smtp.refuse.store(true, Ordering::SeqCst);
-    let case = case(&smtp_transport(smtp.port));
+    let case = case(&smtp.transport());
     case.run(&["process-sources", "--as-of", "2026-03-10"])
         .status(1)
         .stderr_has(&["handler `owner-mail`", "SMTP 127.0.0.1:", "550"]);

@@ -4,76 +4,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::atomic::Ordering;
 
+use common::servers::Hook;
 use common::{Case, challenges_case};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-
-#[derive(Debug, Clone)]
-struct Request {
-    method: String,
-    url: String,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-/// A real HTTP server on a free loopback port, answering every request with
-/// `status` and recording it.
-struct Hook {
-    url: String,
-    requests: Arc<Mutex<Vec<Request>>>,
-    status: Arc<AtomicU16>,
-}
-
-impl Hook {
-    fn start() -> Hook {
-        let server = tiny_http::Server::http("127.0.0.1:0").expect("bind");
-        let port = server.server_addr().to_ip().expect("ip").port();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let status = Arc::new(AtomicU16::new(200));
-        let (r, s) = (requests.clone(), status.clone());
-        thread::spawn(move || {
-            for mut req in server.incoming_requests() {
-                let mut body = String::new();
-                let _ = req.as_reader().read_to_string(&mut body);
-                let headers = req
-                    .headers()
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.field.as_str().as_str().to_ascii_lowercase(),
-                            h.value.as_str().to_owned(),
-                        )
-                    })
-                    .collect();
-                r.lock().unwrap().push(Request {
-                    method: req.method().as_str().to_owned(),
-                    url: req.url().to_owned(),
-                    headers,
-                    body,
-                });
-                let code = s.load(Ordering::SeqCst);
-                let _ = req.respond(
-                    tiny_http::Response::from_string("mailbox full, try later")
-                        .with_status_code(code),
-                );
-            }
-        });
-        Hook {
-            url: format!("http://127.0.0.1:{port}/hooks/spark"),
-            requests,
-            status,
-        }
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.requests.lock().unwrap().clone()
-    }
-}
 
 fn case(hook_url: &str) -> Case {
     challenges_case(

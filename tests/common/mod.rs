@@ -3,6 +3,8 @@
 //! helpers to read back what it wrote.
 #![allow(dead_code)]
 
+pub mod servers;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
