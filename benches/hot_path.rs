@@ -118,7 +118,10 @@ fn record_batch(c: &mut Criterion) {
         vec![spark::store::PlannedDelivery {
             handler: "log".into(),
             events: (0..mask.len()).filter(|&i| mask[i]).collect(),
-            file_offset: Some(0),
+            file_mark: Some(spark::store::FileMark {
+                offset: 0,
+                file: None,
+            }),
         }]
     };
     group.bench_function("record a batch of new events (lookup first)", |b| {

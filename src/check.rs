@@ -19,6 +19,21 @@ use crate::registry::Registry;
 pub struct CheckReport {
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
+    /// Deliveries owed to handlers that are not in the config.
+    pub orphaned: Vec<crate::store::admin::Orphaned>,
+}
+
+impl CheckReport {
+    /// 2 with errors, 1 with orphaned deliveries (they need attention), else 0.
+    pub fn exit_code(&self) -> u8 {
+        if !self.errors.is_empty() {
+            2
+        } else if !self.orphaned.is_empty() {
+            1
+        } else {
+            0
+        }
+    }
 }
 
 /// The groups the sources (enabled or not) may emit, and whether every
@@ -66,6 +81,32 @@ pub fn check(config: &Config, registry: &Registry) -> CheckReport {
             }
             if let Err(e) = database::check_seen_table(&conn, config) {
                 report.errors.push(e.to_string());
+            }
+            match crate::store::admin::orphaned(&conn, &config.handler_names()) {
+                Ok(orphaned) => report.orphaned = orphaned,
+                Err(e) => report.errors.push(format!(
+                    "database {}: listing deliveries: {e}",
+                    config.database.path.display()
+                )),
+            }
+        }
+    }
+    report.errors.extend(
+        config
+            .missing_secrets
+            .iter()
+            .map(|m| m.problem().to_string()),
+    );
+
+    // Groups no handler receives: their events would be recorded as seen
+    // and never delivered.
+    for source in config.sources.iter().filter(|s| s.enabled) {
+        for group in source.kind.emits(registry) {
+            if !config.handlers.iter().any(|h| h.group.is_match(group)) {
+                report.warnings.push(format!(
+                    "source `{}`: group `{group}` has no handler: its events will be recorded as seen and delivered to no one",
+                    source.name
+                ));
             }
         }
     }

@@ -66,8 +66,9 @@ fn run_script(conn: &Connection, script: &Path) -> Result<(), String> {
 }
 
 /// Creates the database from its `create_from` script if it does not exist.
-/// The script runs into a temporary file that is moved into place only when
-/// it succeeded; a database that appeared meanwhile is kept.
+/// The script runs into a temporary file (an unpredictable name, created
+/// exclusively, readable by its owner only) that is moved into place only
+/// when it succeeded; a database that appeared meanwhile is kept.
 pub fn create_if_missing(config: &Config) -> Result<()> {
     let db = &config.database;
     let Some(script) = &db.create_from else {
@@ -81,25 +82,28 @@ pub fn create_if_missing(config: &Config) -> Result<()> {
         script: script.clone(),
         error,
     };
-    let mut tmp = db.path.as_os_str().to_owned();
-    tmp.push(format!(".creating-{}", std::process::id()));
-    let tmp = std::path::PathBuf::from(tmp);
-    if let Some(dir) = db.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-    }
-    let built = (|| {
-        let conn = Connection::open(&tmp).map_err(|e| e.to_string())?;
-        run_script(&conn, script)?;
-        conn.close().map_err(|(_, e)| e.to_string())?;
-        // No-clobber: another process may have created the database meanwhile.
-        match std::fs::hard_link(&tmp, &db.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(e.to_string()),
+    let dir = crate::files::parent(&db.path);
+    crate::files::create_dir_all(dir, crate::files::dir_mode(crate::files::PRIVATE))
+        .map_err(|e| fail(e.to_string()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".spark-creating-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(
+            crate::files::PRIVATE,
+        ))
+        .tempfile_in(dir)
+        .map_err(|e| fail(e.to_string()))?;
+    let conn = Connection::open(tmp.path()).map_err(|e| fail(e.to_string()))?;
+    run_script(&conn, script).map_err(fail)?;
+    conn.close().map_err(|(_, e)| fail(e.to_string()))?;
+    // No-clobber: another process may have created the database meanwhile.
+    match tmp.persist_noclobber(&db.path) {
+        Ok(_) => {
+            crate::files::sync_dir(dir);
+            Ok(())
         }
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    built.map_err(fail)
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(fail(e.error.to_string())),
+    }
 }
 
 /// The sources a run works on: all enabled ones, or those named (`--source`).
@@ -274,6 +278,98 @@ pub fn check_seen_table(conn: &Connection, config: &Config) -> Result<bool> {
     })
 }
 
+/// The longest key and group (in characters) the seen table takes: the
+/// lengths its `key` and `group` columns declare (`varchar(100)` and
+/// `varchar(50)` in django-spark's schema, which spark creates). SQLite
+/// does not enforce them, PostgreSQL does; spark holds every database to
+/// them, so that a config behaves the same on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLimits {
+    pub key: Option<usize>,
+    pub group: Option<usize>,
+}
+
+impl KeyLimits {
+    /// django-spark's columns: `key varchar(100)`, `group varchar(50)`.
+    pub const DJANGO: KeyLimits = KeyLimits {
+        key: Some(100),
+        group: Some(50),
+    };
+
+    /// Why an event cannot be recorded as seen, if it cannot: a key or a
+    /// group longer than the columns take, or holding a NUL character
+    /// (which PostgreSQL's text cannot store).
+    pub fn check(&self, key: &str, group: &str) -> Result<(), String> {
+        for (what, value, limit) in [("key", key, self.key), ("group", group, self.group)] {
+            if value.contains('\0') {
+                return Err(format!(
+                    "event {what} {:?} contains a NUL character, which no seen table can store",
+                    crate::escape::escape(&clipped(value))
+                ));
+            }
+            if let Some(limit) = limit {
+                let n = value.chars().count();
+                if n > limit {
+                    return Err(format!(
+                        "event {what} {:?} is {n} characters, longer than the seen table's `{what}` column takes ({limit}); \
+                         use a shorter id, or a seen table with a wider column",
+                        crate::escape::escape(&clipped(value))
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn clipped(text: &str) -> String {
+    if text.chars().count() <= 40 {
+        text.to_owned()
+    } else {
+        let mut s: String = text.chars().take(39).collect();
+        s.push('…');
+        s
+    }
+}
+
+/// The length a declared column type allows: `varchar(100)` -> 100;
+/// `text` and the like -> no limit.
+pub fn declared_length(declared: &str) -> Option<usize> {
+    let lower = declared.to_ascii_lowercase();
+    if !(lower.contains("char")) {
+        return None;
+    }
+    let open = lower.find('(')?;
+    let close = lower[open..].find(')')? + open;
+    lower[open + 1..close].trim().parse().ok()
+}
+
+/// The limits of the seen table (django-spark's when it does not exist yet).
+pub fn key_limits(conn: &Connection, config: &Config) -> Result<KeyLimits> {
+    let mut stmt = conn
+        .prepare("SELECT name, type FROM pragma_table_info(?1)")
+        .map_err(Error::on_database(&config.database.path))?;
+    let columns: Vec<(String, String)> = stmt
+        .query_map([&config.database.seen_table], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(Error::on_database(&config.database.path))?;
+    if columns.is_empty() {
+        return Ok(KeyLimits::DJANGO);
+    }
+    let of = |name: &str| {
+        columns
+            .iter()
+            .find(|(c, _)| c == name)
+            .and_then(|(_, t)| declared_length(t))
+    };
+    Ok(KeyLimits {
+        key: of("key"),
+        group: of("group"),
+    })
+}
+
 /// Whether the (existing) seen table has no rows.
 pub fn seen_table_is_empty(conn: &Connection, config: &Config) -> Result<bool> {
     let sql = format!(
@@ -289,5 +385,34 @@ pub fn sql_message(e: &rusqlite::Error) -> String {
     match e {
         rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_lengths_and_limits() {
+        assert_eq!(declared_length("varchar(100)"), Some(100));
+        assert_eq!(declared_length("character varying( 50 )"), Some(50));
+        assert_eq!(declared_length("text"), None);
+        assert_eq!(declared_length("decimal(10,2)"), None);
+        let limits = KeyLimits::DJANGO;
+        assert!(limits.check("g_1", "g").is_ok());
+        assert!(
+            limits
+                .check(&"k".repeat(101), "g")
+                .unwrap_err()
+                .contains("101 characters")
+        );
+        assert!(limits.check(&"漢".repeat(100), "g").is_ok());
+        assert!(limits.check("a\0b", "g").unwrap_err().contains("NUL"));
+        assert!(
+            limits
+                .check("k", &"g".repeat(51))
+                .unwrap_err()
+                .contains("`group`")
+        );
     }
 }

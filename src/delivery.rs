@@ -26,10 +26,10 @@ use crate::clock;
 use crate::config::{Config, Guarantee, RetryPolicy};
 use crate::crashpoint;
 use crate::error::Result;
-use crate::handlers::{self, Dispatch, Sink};
+use crate::handlers::{self, CutError, Dispatch, Sink};
 use crate::registry::Registry;
 use crate::signals;
-use crate::store::{Delivery, DeliveryState, Failure, Store, StoredEvent};
+use crate::store::{Delivery, DeliveryState, Failure, FileMark, Store, StoredEvent};
 
 /// What happened to one handler's deliveries during a run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -96,7 +96,7 @@ impl Engine {
                 name: h.name.clone(),
                 guarantee: h.guarantee,
                 retry: h.retry,
-                sink: handlers::build(h, registry),
+                sink: handlers::build(h, registry, &config.withheld_env),
                 stopped: None,
             })
             .collect();
@@ -150,16 +150,16 @@ impl Engine {
         self.buried
     }
 
-    /// The file offset to record with a new delivery for handler `h`: the
-    /// file's length for a file sink that is still taking deliveries.
-    pub fn planned_offset(&mut self, h: usize) -> Option<u64> {
+    /// The file position to record with a new delivery for handler `h`: the
+    /// file's length and identity, for a file sink still taking deliveries.
+    pub fn planned_mark(&mut self, h: usize) -> Option<FileMark> {
         let slot = self.slots.get_mut(h)?;
         if slot.stopped.is_some() {
             return None;
         }
         match &mut slot.sink {
-            Sink::File(sink) => match sink.file_len() {
-                Ok(len) => Some(len),
+            Sink::File(sink) => match sink.position() {
+                Ok(mark) => Some(mark),
                 Err(e) => {
                     slot.stopped = Some(e.to_string());
                     None
@@ -183,18 +183,21 @@ impl Engine {
         self.buried += buried as u64;
         let now = (self.now)();
         let due = store.due_deliveries(now)?;
-        // A delivery that holds a file offset was being written when a run
-        // died: settle it first, before anything else writes to that file.
+        // A delivery that holds a file mark was being written when a run
+        // died (or could not be cut back): settle it first, before anything
+        // else writes to that file. The store returns those whether due or
+        // not; one not due yet is only cut back.
         let (settle, rest): (Vec<Delivery>, Vec<Delivery>) =
-            due.into_iter().partition(|d| d.file_offset.is_some());
-        let count = settle.len() + rest.len();
+            due.into_iter().partition(|d| d.file_mark.is_some());
+        let mut count = 0;
         for mut delivery in settle.into_iter().chain(rest) {
             let is_due = delivery.state == DeliveryState::Pending
                 || (delivery.state == DeliveryState::Failed && delivery.next_attempt_at <= now);
             if !is_due {
-                self.release_offset(store, &mut delivery)?;
+                self.release_mark(store, &mut delivery)?;
                 continue;
             }
+            count += 1;
             self.deliver_stored(store, &mut delivery)?;
         }
         Ok(count)
@@ -208,16 +211,17 @@ impl Engine {
         self.deliver(store, delivery, &dispatches)
     }
 
-    /// Cuts a file sink back to the offset a not-yet-due delivery holds.
-    fn release_offset(&mut self, store: &mut dyn Store, delivery: &mut Delivery) -> Result<()> {
-        let (Some(offset), Some(&h)) = (delivery.file_offset, self.by_name.get(&delivery.handler))
+    /// Cuts a file sink back to the mark a not-yet-due delivery holds (a
+    /// file that is not the one it wrote to holds nothing of it).
+    fn release_mark(&mut self, store: &mut dyn Store, delivery: &mut Delivery) -> Result<()> {
+        let (Some(mark), Some(&h)) = (delivery.file_mark, self.by_name.get(&delivery.handler))
         else {
             return Ok(());
         };
         if let Sink::File(sink) = &mut self.slots[h].sink {
-            match sink.truncate_to(offset) {
-                Ok(()) => store.set_file_offset(delivery, None)?,
-                Err(e) => self.slots[h].stopped = Some(e.to_string()),
+            match sink.truncate_to(&mark) {
+                Ok(()) | Err(CutError::OtherFile(_)) => store.set_file_mark(delivery, None)?,
+                Err(CutError::Io(e)) => self.slots[h].stopped = Some(e.to_string()),
             }
         }
         Ok(())
@@ -266,17 +270,20 @@ impl Engine {
             .flatten()
             .copied()
             .collect();
-        let offset = match delivery.file_offset {
-            Some(offset) => sink.truncate_to(offset).map(|()| offset),
-            None => sink.file_len(),
+        let mark = match delivery.file_mark {
+            Some(mark) => sink.truncate_to(&mark).map(|()| mark),
+            None => sink.position().map_err(CutError::Io),
         };
-        let offset = match offset {
-            Ok(offset) => offset,
+        let mark = match mark {
+            Ok(mark) => mark,
+            // Another file (nothing of this delivery in it) or an I/O error:
+            // the mark is dropped, so the next attempt writes from the end
+            // of the file that is there then.
             Err(e) => return self.file_failed(store, h, delivery, e.to_string(), None),
         };
-        if delivery.file_offset.is_none() {
+        if delivery.file_mark.is_none() {
             // Recorded before anything is written, so a crash can cut back.
-            store.set_file_offset(delivery, Some(offset))?;
+            store.set_file_mark(delivery, Some(mark))?;
         }
         let Sink::File(sink) = &mut self.slots[h].sink else {
             return Ok(());
@@ -296,27 +303,27 @@ impl Engine {
                 Ok(())
             }
             Err(e) => {
-                let cut = sink.truncate_to(offset).is_ok();
-                self.file_failed(store, h, delivery, e.to_string(), (!cut).then_some(offset))
+                let cut = sink.truncate_to(&mark).is_ok();
+                self.file_failed(store, h, delivery, e.to_string(), (!cut).then_some(mark))
             }
         }
     }
 
     /// Records a failed file delivery and stops the handler for this run.
-    /// `keep_offset`: the file could not be cut back, so the delivery keeps
-    /// its offset and the next run cuts it.
+    /// `keep_mark`: the file could not be cut back, so the delivery keeps
+    /// its mark and the next run cuts it.
     fn file_failed(
         &mut self,
         store: &mut dyn Store,
         h: usize,
         delivery: &mut Delivery,
         error: String,
-        keep_offset: Option<u64>,
+        keep_mark: Option<FileMark>,
     ) -> Result<()> {
         let failure = self.failure(h, delivery, error.clone());
         store.fail_rest(delivery, &failure)?;
-        if keep_offset.is_some() {
-            store.set_file_offset(delivery, keep_offset)?;
+        if keep_mark.is_some() {
+            store.set_file_mark(delivery, keep_mark)?;
         }
         let key = delivery.remaining().first().cloned().unwrap_or_default();
         self.note_failure(h, &key, &failure, delivery.remaining().len() as u64);
@@ -395,8 +402,10 @@ impl Engine {
         Ok(())
     }
 
-    /// The failure to record for the next attempt of `delivery`.
+    /// The failure to record for the next attempt of `delivery`. Its error
+    /// is kept without secrets (it is stored and printed).
     fn failure(&self, h: usize, delivery: &Delivery, error: String) -> Failure {
+        let error = crate::redact::redact_owned(error);
         let attempts = delivery.attempts.saturating_add(1);
         let policy = &self.slots[h].retry;
         let next_attempt_at = (attempts < policy.max_attempts).then(|| {

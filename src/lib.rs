@@ -33,13 +33,18 @@ pub mod crashpoint;
 pub mod database;
 pub mod delivery;
 pub mod error;
+pub mod escape;
 pub mod event;
+pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handlers;
 pub mod lock;
 pub mod metrics;
 pub mod panics;
 pub mod pipeline;
 pub mod records;
+pub mod redact;
 pub mod registry;
 pub mod signals;
 pub mod sources;

@@ -1,7 +1,8 @@
 //! `--metrics-file`: the run's figures in the Prometheus text exposition
 //! format, for node_exporter's textfile collector (the convention for batch
 //! jobs). The file is written whole to a temporary name and renamed, so the
-//! collector never reads half of it. `spark_last_success_timestamp_seconds`
+//! collector never reads half of it (and a link planted at a temporary name
+//! is never written through). `spark_last_success_timestamp_seconds`
 //! is carried over from the previous file when a run fails, so that an
 //! alert can ask how long ago spark last succeeded.
 
@@ -171,16 +172,16 @@ pub fn render(outcome: &RunOutcome<'_>, last_success: Option<f64>) -> String {
     w.out
 }
 
-/// Writes the metrics file atomically (temporary file, then rename).
+/// The metrics file holds counts and names, no event data: readable by
+/// the collector, which usually runs as another user.
+const MODE: u32 = 0o644;
+
+/// Writes the metrics file atomically (see `files::write_atomically`: an
+/// unpredictable temporary name, created exclusively, then renamed), with
+/// secrets masked.
 pub fn write(path: &Path, outcome: &RunOutcome<'_>) -> std::io::Result<()> {
-    let text = render(outcome, previous_success(path));
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    let text = crate::redact::redact_owned(render(outcome, previous_success(path)));
+    crate::files::write_atomically(path, text.as_bytes(), MODE)
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use crate::config::{Config, SourceConfig, SourceKind};
-use crate::database;
+use crate::database::{self, KeyLimits};
 use crate::delivery::{Engine, FailureReport, HandlerStats};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -86,6 +86,8 @@ pub struct RunReport {
     pub stopped: Option<String>,
     /// Deliveries not finished after the run: (handler, state, events).
     pub outstanding: Vec<(String, String, u64)>,
+    /// Deliveries owed to handlers no longer in the config.
+    pub orphaned: Vec<crate::store::admin::Orphaned>,
 }
 
 impl RunReport {
@@ -114,9 +116,13 @@ impl RunReport {
         self.handlers.iter().map(|h| h.waiting).sum()
     }
     /// True when something needs attention: failed deliveries, deliveries
-    /// left waiting, or records that could not be read.
+    /// left waiting or orphaned, or records that could not be read.
     pub fn has_failures(&self) -> bool {
-        self.failed() > 0 || self.waiting() > 0 || self.bad_records() > 0 || self.interrupted > 0
+        self.failed() > 0
+            || self.waiting() > 0
+            || self.bad_records() > 0
+            || self.interrupted > 0
+            || !self.orphaned.is_empty()
     }
 }
 
@@ -149,13 +155,20 @@ fn record_sets(sources: &[&SourceConfig]) -> Vec<Vec<usize>> {
 struct Scanner<'a> {
     registry: &'a Registry,
     ctx: SourceCtx,
+    /// What the seen table can store: an event beyond it makes its record bad.
+    limits: KeyLimits,
     stats: Vec<SourceStats>,
     record_errors: Vec<RecordErrorReport>,
     progress: Option<ProgressBar>,
 }
 
 impl<'a> Scanner<'a> {
-    fn new(registry: &'a Registry, sources: &[&SourceConfig], opts: &RunOptions) -> Self {
+    fn new(
+        registry: &'a Registry,
+        sources: &[&SourceConfig],
+        opts: &RunOptions,
+        limits: KeyLimits,
+    ) -> Self {
         let progress = opts.progress.then(|| {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
@@ -168,6 +181,7 @@ impl<'a> Scanner<'a> {
         Scanner {
             registry,
             ctx: SourceCtx { today: opts.today },
+            limits,
             stats: sources
                 .iter()
                 .map(|s| SourceStats {
@@ -202,13 +216,13 @@ impl<'a> Scanner<'a> {
 
     /// Reads the records of one record set once, handing each record to
     /// every source in `members` (indices into `sources`) and each event to
-    /// `sink` with its source's index.
+    /// `sink` with its source's index and the size of its record.
     fn scan_set(
         &mut self,
         conn: &Connection,
         members: &[usize],
         sources: &[&'a SourceConfig],
-        sink: &mut dyn FnMut(Event, usize, &mut SourceStats) -> ControlFlow<()>,
+        sink: &mut dyn FnMut(Event, usize, &mut SourceStats, usize) -> ControlFlow<()>,
     ) -> Result<()> {
         let first = sources[members[0]];
         let member_sources: Vec<&SourceConfig> = members.iter().map(|&m| sources[m]).collect();
@@ -235,18 +249,31 @@ impl<'a> Scanner<'a> {
             let mut context = None;
             for (&s, evaluator) in members.iter().zip(&evaluators) {
                 self.stats[s].records += 1;
+                if let Some(defect) = record.defect() {
+                    self.skipped(sources[s], s, record, defect);
+                    continue;
+                }
                 events.clear();
                 let produced = match evaluator {
                     Evaluator::Function(f) => f.call(record, &self.ctx).map(|e| events = e),
                     Evaluator::Generator(g) => {
                         g.evaluate(record, &mut context).map(|e| events.extend(e))
                     }
-                };
+                }
+                .and_then(|()| {
+                    // An event the seen table cannot hold makes the record bad
+                    // (all its events), never a failed batch.
+                    events.iter().try_for_each(|e| {
+                        self.limits
+                            .check(&e.key, &e.group)
+                            .map_err(|problem| RecordError::new("", problem))
+                    })
+                });
                 match produced {
                     Ok(()) => {
                         self.stats[s].events += events.len() as u64;
                         for event in events.drain(..) {
-                            if sink(event, s, &mut self.stats[s]).is_break() {
+                            if sink(event, s, &mut self.stats[s], record.bytes()).is_break() {
                                 return Ok(());
                             }
                         }
@@ -273,9 +300,13 @@ impl<'a> Scanner<'a> {
     fn skipped(&mut self, source: &SourceConfig, s: usize, record: &Record, error: &RecordError) {
         let stats = &mut self.stats[s];
         stats.bad_records += 1;
-        let id = record
-            .get("id")
-            .map_or_else(|| format!("#{}", stats.records), ToString::to_string);
+        let id = record.get("id").map_or_else(
+            || format!("#{}", stats.records),
+            |v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+        );
         tracing::warn!(source = %source.name, record = %id, %error, "record skipped");
         if self.record_errors.len() < RECORD_ERRORS_LISTED {
             self.record_errors.push(RecordErrorReport {
@@ -299,17 +330,31 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// What opening and checking the database found.
+struct Checked<'c> {
+    conn: Connection,
+    sources: Vec<&'c SourceConfig>,
+    seen_exists: bool,
+    limits: KeyLimits,
+}
+
 /// Opens the database read-only and checks the config against it.
 fn open_checked<'c>(
     config: &'c Config,
     registry: &Registry,
     only: &[String],
-) -> Result<(Connection, Vec<&'c SourceConfig>, bool)> {
+) -> Result<Checked<'c>> {
     let sources = database::select_sources(config, only)?;
     let conn = database::open_read_only(config)?;
     database::check_sources(&conn, config, registry, &sources)?;
     let seen_exists = database::check_seen_table(&conn, config)?;
-    Ok((conn, sources, seen_exists))
+    let limits = database::key_limits(&conn, config)?;
+    Ok(Checked {
+        conn,
+        sources,
+        seen_exists,
+        limits,
+    })
 }
 
 /// A best-effort passive checkpoint on a connection of its own.
@@ -324,6 +369,10 @@ fn checkpoint_now(config: &Config) {
     }
 }
 
+/// A batch is sent on once its records take about this many bytes, however
+/// few events it holds: rows of megabytes must not pile up in memory.
+pub const BATCH_BYTES: usize = 4 << 20;
+
 /// Events on their way from the scanner to the store, with the index of
 /// the source each came from, and (when the store expects them to be new)
 /// each event's context as JSON.
@@ -331,6 +380,8 @@ struct Batch {
     events: Vec<Event>,
     origin: Vec<usize>,
     contexts: Vec<Arc<str>>,
+    /// About how many bytes the records behind the events take.
+    bytes: usize,
 }
 
 impl Batch {
@@ -339,7 +390,24 @@ impl Batch {
             events: Vec::with_capacity(n),
             origin: Vec::with_capacity(n),
             contexts: Vec::new(),
+            bytes: 0,
         }
+    }
+
+    /// Adds an event whose record takes `record_bytes` (counted once per
+    /// shared context); true when the batch is full.
+    fn push(&mut self, event: Event, origin: usize, record_bytes: usize, max: usize) -> bool {
+        let shared = self
+            .events
+            .last()
+            .is_some_and(|last| Arc::ptr_eq(&last.context, &event.context));
+        self.bytes += event.key.len() + event.group.len() + 64;
+        if !shared {
+            self.bytes += record_bytes;
+        }
+        self.events.push(event);
+        self.origin.push(origin);
+        self.events.len() >= max || self.bytes >= BATCH_BYTES
     }
 
     /// Serializes each event's context (once per shared context).
@@ -367,6 +435,7 @@ impl Batch {
         self.events.clear();
         self.origin.clear();
         self.contexts.clear();
+        self.bytes = 0;
     }
 }
 
@@ -382,7 +451,15 @@ pub fn process_sources(
     opts: &RunOptions,
 ) -> Result<RunReport> {
     let started = Instant::now();
-    let (check_conn, sources, seen_exists) = open_checked(config, registry, &opts.only)?;
+    if opts.dispatch {
+        config.require_secrets()?;
+    }
+    let Checked {
+        conn: check_conn,
+        sources,
+        seen_exists,
+        limits,
+    } = open_checked(config, registry, &opts.only)?;
     // On a first run every event is new: prepare for that from the start.
     let first_run = !seen_exists || database::seen_table_is_empty(&check_conn, config)?;
     drop(check_conn);
@@ -421,7 +498,7 @@ pub fn process_sources(
         let sources = &sources;
         let expect_new = &expect_new;
         let scanning = scope.spawn(move || -> Result<Scanner<'_>> {
-            let mut scanner = Scanner::new(registry, sources, opts);
+            let mut scanner = Scanner::new(registry, sources, opts, limits);
             let fresh = || {
                 recycle_rx
                     .try_recv()
@@ -440,17 +517,20 @@ pub fn process_sources(
             let mut batch = fresh();
             for members in record_sets(sources) {
                 let mut outcome: Result<bool> = Ok(true);
-                scanner.scan_set(&reader, &members, sources, &mut |event, s, _stats| {
-                    batch.events.push(event);
-                    batch.origin.push(s);
-                    if batch.events.len() >= batch_size {
-                        outcome = send(std::mem::replace(&mut batch, fresh()));
-                        if !matches!(outcome, Ok(true)) {
-                            return ControlFlow::Break(());
+                scanner.scan_set(
+                    &reader,
+                    &members,
+                    sources,
+                    &mut |event, s, _stats, bytes| {
+                        if batch.push(event, s, bytes, batch_size) {
+                            outcome = send(std::mem::replace(&mut batch, fresh()));
+                            if !matches!(outcome, Ok(true)) {
+                                return ControlFlow::Break(());
+                            }
                         }
-                    }
-                    ControlFlow::Continue(())
-                })?;
+                        ControlFlow::Continue(())
+                    },
+                )?;
                 // Err: a context did not serialize; Ok(false): the writer stopped.
                 if !outcome? {
                     return Ok(scanner);
@@ -504,12 +584,14 @@ pub fn process_sources(
         stats.new = *new;
     }
     report.retried = retried;
-    report.outstanding =
-        crate::store::admin::outstanding(store.connection()).map_err(|error| Error::Store {
-            database: config.database.path.clone(),
-            action: "counting outstanding deliveries".into(),
-            error,
-        })?;
+    let counting = |error| Error::Store {
+        database: config.database.path.clone(),
+        action: "counting outstanding deliveries".into(),
+        error,
+    };
+    report.outstanding = crate::store::admin::outstanding(store.connection()).map_err(counting)?;
+    report.orphaned = crate::store::admin::orphaned(store.connection(), &config.handler_names())
+        .map_err(counting)?;
     report.interrupted = engine.buried();
     report.handlers = engine.stats().to_vec();
     report.failures = engine.failures().to_vec();
@@ -570,7 +652,7 @@ impl Batcher<'_> {
                 .map(|(h, events)| PlannedDelivery {
                     handler: handlers[h].name.clone(),
                     events,
-                    file_offset: engine.planned_offset(h),
+                    file_mark: engine.planned_mark(h),
                 })
                 .collect()
         })?;
@@ -607,6 +689,7 @@ pub fn retry(
     wait: Duration,
 ) -> Result<RunReport> {
     let started = Instant::now();
+    config.require_secrets()?;
     let conn = database::open_read_only(config)?;
     if !database::check_seen_table(&conn, config)? {
         // Nothing was ever recorded here, so nothing is owed.
@@ -620,7 +703,14 @@ pub fn retry(
     // The selected deliveries are due now; so may be others, which are owed
     // anyway (and a file offset a dead run left must be settled first).
     let retried = engine.retry_due(&mut store)?;
+    let orphaned = crate::store::admin::orphaned(store.connection(), &config.handler_names())
+        .map_err(|error| Error::Store {
+            database: config.database.path.clone(),
+            action: "listing orphaned deliveries".into(),
+            error,
+        })?;
     Ok(RunReport {
+        orphaned,
         handlers: engine.stats().to_vec(),
         failures: engine.failures().to_vec(),
         retried: retried as u64,
@@ -670,7 +760,12 @@ pub fn dry_run(
     on_event: &mut dyn FnMut(&WouldDispatch<'_>),
 ) -> Result<RunReport> {
     let started = Instant::now();
-    let (conn, sources, seen_exists) = open_checked(config, registry, &opts.only)?;
+    let Checked {
+        conn,
+        sources,
+        seen_exists,
+        limits,
+    } = open_checked(config, registry, &opts.only)?;
     let seen_sql = format!(
         "SELECT 1 FROM {} WHERE \"key\" = ?1",
         quote_ident(&config.database.seen_table)
@@ -686,36 +781,41 @@ pub fn dry_run(
     let read_err = Error::on_database(&config.database.path);
     let mut would: HashSet<String> = HashSet::new();
     let mut routes: HashMap<String, Vec<&str>> = HashMap::new();
-    let mut scanner = Scanner::new(registry, &sources, opts);
+    let mut scanner = Scanner::new(registry, &sources, opts, limits);
     for members in record_sets(&sources) {
         let mut failed: Option<Error> = None;
-        scanner.scan_set(&conn, &members, &sources, &mut |event, _s, stats| {
-            let seen = match seen_stmt.as_mut().map(|stmt| stmt.exists([&event.key])) {
-                Some(Ok(seen)) => seen,
-                Some(Err(e)) => {
-                    failed = Some(read_err(e));
-                    return ControlFlow::Break(());
+        scanner.scan_set(
+            &conn,
+            &members,
+            &sources,
+            &mut |event, _s, stats, _bytes| {
+                let seen = match seen_stmt.as_mut().map(|stmt| stmt.exists([&event.key])) {
+                    Some(Ok(seen)) => seen,
+                    Some(Err(e)) => {
+                        failed = Some(read_err(e));
+                        return ControlFlow::Break(());
+                    }
+                    None => false,
+                };
+                if seen || would.contains(&event.key) {
+                    return ControlFlow::Continue(());
                 }
-                None => false,
-            };
-            if seen || would.contains(&event.key) {
-                return ControlFlow::Continue(());
-            }
-            stats.new += 1;
-            let handlers = routes.entry(event.group.clone()).or_insert_with(|| {
-                config
-                    .handlers_for(&event.group)
-                    .map(|h| config.handlers[h].name.as_str())
-                    .collect()
-            });
-            on_event(&WouldDispatch {
-                key: &event.key,
-                group: &event.group,
-                handlers: handlers.clone(),
-            });
-            would.insert(event.key);
-            ControlFlow::Continue(())
-        })?;
+                stats.new += 1;
+                let handlers = routes.entry(event.group.clone()).or_insert_with(|| {
+                    config
+                        .handlers_for(&event.group)
+                        .map(|h| config.handlers[h].name.as_str())
+                        .collect()
+                });
+                on_event(&WouldDispatch {
+                    key: &event.key,
+                    group: &event.group,
+                    handlers: handlers.clone(),
+                });
+                would.insert(event.key);
+                ControlFlow::Continue(())
+            },
+        )?;
         if let Some(e) = failed {
             return Err(e);
         }

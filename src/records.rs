@@ -2,8 +2,11 @@
 //! column, in column order, read one row at a time.
 //!
 //! Decoding: INTEGER and REAL become JSON numbers (a non-finite REAL becomes
-//! null), TEXT a string (invalid UTF-8 is replaced), NULL null, and a BLOB a
-//! base64 string (standard alphabet, padded).
+//! null), TEXT a string, NULL null, and a BLOB a base64 string (standard
+//! alphabet, padded). TEXT that is not valid UTF-8 makes the record
+//! defective (`Record::defect`): replacing the bad bytes could make two
+//! different values one (two ids, one key), so such a record is skipped
+//! and named, never read approximately.
 //!
 //! Not here: what a record means (sources) or which records were seen (store).
 
@@ -22,6 +25,10 @@ use serde_json::{Map, Number, Value};
 pub struct Record {
     columns: Arc<[String]>,
     values: Vec<Value>,
+    /// About how many bytes its values take (to bound batches by size).
+    bytes: usize,
+    /// Why the record cannot be used as it is, if it cannot.
+    defect: Option<RecordError>,
 }
 
 /// A value of a record could not be read the way a source needs it.
@@ -46,16 +53,35 @@ impl Record {
     /// Builds a record from column names and values (they must be as many).
     pub fn new(columns: Arc<[String]>, values: Vec<Value>) -> Record {
         debug_assert_eq!(columns.len(), values.len());
-        Record { columns, values }
+        let bytes = values.iter().map(value_bytes).sum();
+        Record {
+            columns,
+            values,
+            bytes,
+            defect: None,
+        }
     }
 
     /// Builds a record from a JSON object (for tests and previews).
     pub fn from_map(map: Map<String, Value>) -> Record {
         let (columns, values): (Vec<String>, Vec<Value>) = map.into_iter().unzip();
-        Record {
-            columns: columns.into(),
-            values,
-        }
+        Record::new(columns.into(), values)
+    }
+
+    /// About how many bytes the record's values take.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Why the record cannot be used as it is (a value that could not be
+    /// read faithfully), if it cannot.
+    pub fn defect(&self) -> Option<&RecordError> {
+        self.defect.as_ref()
+    }
+
+    /// Marks the record defective (the first defect is kept).
+    pub fn set_defect(&mut self, defect: RecordError) {
+        self.defect.get_or_insert(defect);
     }
 
     pub fn columns(&self) -> &[String] {
@@ -238,33 +264,72 @@ impl<'stmt> RecordReader<'stmt> {
         let rows = statement.query([])?;
         Ok(RecordReader {
             rows,
-            record: Record { columns, values },
+            record: Record {
+                columns,
+                values,
+                bytes: 0,
+                defect: None,
+            },
         })
     }
 
-    /// The next record, or `None` at the end.
+    /// The next record, or `None` at the end. A record with a value that
+    /// could not be read faithfully carries its `defect`.
     pub fn next_record(&mut self) -> Result<Option<&Record>, rusqlite::Error> {
         let Some(row) = self.rows.next()? else {
             return Ok(None);
         };
-        let values = &mut self.record.values;
-        values.clear();
-        for i in 0..self.record.columns.len() {
-            values.push(decode(row.get_ref(i)?));
+        let record = &mut self.record;
+        record.values.clear();
+        record.bytes = 0;
+        record.defect = None;
+        for i in 0..record.columns.len() {
+            let value = match decode(row.get_ref(i)?) {
+                Ok(value) => value,
+                Err(lossy) => {
+                    let column = record.columns[i].clone();
+                    record.set_defect(RecordError::new(
+                        &column,
+                        "its text is not valid UTF-8, so it cannot be read faithfully",
+                    ));
+                    lossy
+                }
+            };
+            record.bytes += value_bytes(&value);
+            record.values.push(value);
         }
         Ok(Some(&self.record))
     }
 }
 
-/// One SQLite value as JSON.
-pub fn decode(value: ValueRef<'_>) -> Value {
+/// About how many bytes a value takes in memory.
+fn value_bytes(value: &Value) -> usize {
     match value {
+        Value::String(s) => s.len() + 24,
+        Value::Array(items) => items.iter().map(value_bytes).sum::<usize>() + 24,
+        Value::Object(map) => {
+            map.iter()
+                .map(|(k, v)| k.len() + value_bytes(v))
+                .sum::<usize>()
+                + 48
+        }
+        _ => 16,
+    }
+}
+
+/// One SQLite value as JSON; `Err` carries TEXT that is not valid UTF-8,
+/// decoded lossily (for messages only).
+pub fn decode(value: ValueRef<'_>) -> Result<Value, Value> {
+    Ok(match value {
         ValueRef::Null => Value::Null,
         ValueRef::Integer(i) => Value::Number(i.into()),
         ValueRef::Real(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
-        ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(text) => Value::String(text.to_owned()),
+            Err(_) => return Err(Value::String(String::from_utf8_lossy(t).into_owned())),
+        },
         ValueRef::Blob(b) => Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
-    }
+    })
 }
 
 /// The columns a statement yields: name and declared type (if the column
@@ -358,7 +423,20 @@ mod tests {
             serde_json::to_value(rec).unwrap(),
             json!({"i": 1, "r": 2.5, "t": "é", "n": null, "b": "AP8="})
         );
+        assert!(rec.defect().is_none());
         assert!(reader.next_record().unwrap().is_none());
+    }
+
+    #[test]
+    fn invalid_utf8_makes_the_record_defective() {
+        let conn = Connection::open_in_memory().unwrap();
+        let mut stmt = conn
+            .prepare("SELECT 7 AS id, CAST(X'61FF' AS TEXT) AS name")
+            .unwrap();
+        let mut reader = RecordReader::new(&mut stmt).unwrap();
+        let rec = reader.next_record().unwrap().unwrap();
+        assert_eq!(rec.defect().unwrap().column, "name");
+        assert_eq!(rec.get("id"), Some(&json!(7)));
     }
 
     #[test]

@@ -88,13 +88,14 @@ command = ["./no-such-script.sh"]
         "warning: source `typo-variable`: condition `is_actve = 1`",
         "warning: handler `typo`: group regex `^chalenge` matches no group a source emits",
         "error: handler `pager`: command `./no-such-script.sh`",
+        "warning: source `typo-variable`: group `g` has no handler",
     ] {
         assert!(err.contains(expected), "stderr lacks {expected:?}:\n{err}");
     }
-    run.stdout_has(&["3 errors, 3 warnings"]);
+    run.stdout_has(&["3 errors, 4 warnings"]);
     let json = case.run(&["check", "--json"]).status(2).json();
     assert_eq!(json["errors"].as_array().unwrap().len(), 3);
-    assert_eq!(json["warnings"].as_array().unwrap().len(), 3);
+    assert_eq!(json["warnings"].as_array().unwrap().len(), 4);
     assert_eq!(case.db_bytes(), before);
 }
 

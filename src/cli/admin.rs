@@ -8,7 +8,7 @@ use regex::Regex;
 use serde_json::json;
 
 use super::Cli;
-use super::output::{clip, print_table, stdout_json};
+use super::output::{clip, field, outln, print_table, stdout_json};
 use crate::clock;
 use crate::config::{Config, HandlerKind};
 use crate::database;
@@ -48,9 +48,13 @@ pub fn mark_seen(
         stdout_json(&json!({"key": key, "group": group, "new": new}))?;
     } else if !cli.quiet {
         if new {
-            println!("marked {key} as seen (group {group}); it will not be dispatched");
+            outln!(
+                "marked {} as seen (group {}); it will not be dispatched",
+                field(key),
+                field(&group)
+            )?;
         } else {
-            println!("{key} was already seen; nothing changed");
+            outln!("{} was already seen; nothing changed", field(key))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -82,7 +86,7 @@ pub fn events(cli: &Cli, config: &Config, query: &EventQuery) -> anyhow::Result<
                 ]
             })
             .collect();
-        print_table(&["KEY", "GROUP", "CREATED_AT", "CONTEXT"], &rows);
+        print_table(&["KEY", "GROUP", "CREATED_AT", "CONTEXT"], &rows)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -94,7 +98,7 @@ pub fn deliveries(cli: &Cli, config: &Config, query: &DeliveryQuery) -> anyhow::
         stdout_json(&json!(lines))?;
     } else if !cli.quiet {
         if lines.is_empty() {
-            println!("no deliveries pending, failed or dead");
+            outln!("no deliveries pending, failed or dead")?;
             return Ok(ExitCode::SUCCESS);
         }
         let rows: Vec<Vec<String>> = lines
@@ -120,7 +124,7 @@ pub fn deliveries(cli: &Cli, config: &Config, query: &DeliveryQuery) -> anyhow::
                 "ERROR",
             ],
             &rows,
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -143,13 +147,14 @@ pub fn forget(
     if cli.json {
         stdout_json(&json!(report))?;
     } else if !cli.quiet {
-        println!(
+        outln!(
             "forgot {} keys ({} owed deliveries dropped); they fire again when a source produces them",
             report.forgotten.len(),
             report.deliveries_dropped
-        );
+        )?;
         if !report.unknown.is_empty() {
-            println!("not seen, nothing to forget: {}", report.unknown.join(", "));
+            let unknown: Vec<String> = report.unknown.iter().map(|k| field(k)).collect();
+            outln!("not seen, nothing to forget: {}", unknown.join(", "))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -180,10 +185,11 @@ pub fn prune(
         }))?;
     } else if !cli.quiet {
         let verb = if dry_run { "would prune" } else { "pruned" };
-        println!(
+        outln!(
             "{verb} {} events recorded before {cutoff} UTC; kept {} with unfinished deliveries",
-            report.pruned, report.kept_undelivered
-        );
+            report.pruned,
+            report.kept_undelivered
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -252,11 +258,8 @@ pub fn preview_mail(
         }))?;
     } else {
         let message = renderer.message(&event, &rendered).map_err(Error::Usage)?;
-        let text = String::from_utf8_lossy(&message.formatted()).into_owned();
-        print!("{text}");
-        if !text.ends_with('\n') {
-            println!();
-        }
+        let text = String::from_utf8_lossy(&message.formatted()).replace("\r\n", "\n");
+        outln!("{}", text.trim_end_matches('\n'))?;
     }
     Ok(ExitCode::SUCCESS)
 }

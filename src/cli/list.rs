@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::Cli;
-use super::output::{clip, print_table, stdout_json};
+use super::output::{clip, errln, outln, print_table, stdout_json};
 use crate::config::{Config, HandlerKind, MailTransport, Secret, SmtpSecurity, SourceKind};
 use crate::records::RecordSet;
 use crate::registry::Registry;
@@ -13,7 +13,7 @@ use crate::sources::generator::CondValue;
 
 fn handler_target(kind: &HandlerKind) -> String {
     match kind {
-        HandlerKind::Jsonl { path } => path.display().to_string(),
+        HandlerKind::Jsonl { path, .. } => path.display().to_string(),
         HandlerKind::Command { argv, timeout, .. } => format!(
             "{} (timeout {})",
             argv.join(" "),
@@ -27,7 +27,7 @@ fn handler_target(kind: &HandlerKind) -> String {
             )
         }
         HandlerKind::Mail(mail) => match &mail.transport {
-            MailTransport::Outbox { dir } => format!("outbox {}", dir.display()),
+            MailTransport::Outbox { dir, .. } => format!("outbox {}", dir.display()),
             MailTransport::Smtp { host, port, .. } => format!("smtp {host}:{port}"),
         },
     }
@@ -71,7 +71,7 @@ pub fn handlers(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Resu
         print_table(
             &["NAME", "KIND", "GROUP", "DELIVERY", "TARGET", "RECEIVES"],
             &rows,
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -146,7 +146,7 @@ pub fn sources(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Resul
         print_table(
             &["NAME", "SOURCE", "ENABLED", "RECORDS", "EMITS", "WHEN"],
             &rows,
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -173,29 +173,38 @@ pub fn check(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Result<
             "ok": report.errors.is_empty(),
             "errors": report.errors,
             "warnings": report.warnings,
+            "orphaned": report.orphaned,
         }))?;
     } else {
         for e in &report.errors {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
         }
         for w in &report.warnings {
-            eprintln!("warning: {w}");
+            errln!("warning: {w}");
+        }
+        for o in &report.orphaned {
+            errln!(
+                "orphaned: {} deliveries wait for handler `{}`, which is not in the config ({})",
+                o.events,
+                super::output::field(&o.handler),
+                o.keys
+                    .iter()
+                    .map(|k| super::output::field(k))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         if !cli.quiet || !report.errors.is_empty() {
-            println!(
+            outln!(
                 "check: {} against {}: {} errors, {} warnings",
                 config.path.display(),
                 config.database.path.display(),
                 report.errors.len(),
                 report.warnings.len()
-            );
+            )?;
         }
     }
-    Ok(if report.errors.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 fn secret(s: &Secret) -> String {
@@ -270,10 +279,22 @@ fn config_view(config: &Config) -> ConfigView {
                 "backoff": duration(h.retry.backoff),
             });
             match &h.kind {
-                HandlerKind::Jsonl { path } => v["path"] = json!(path.display().to_string()),
-                HandlerKind::Command { argv, timeout, .. } => {
+                HandlerKind::Jsonl { path, mode } => {
+                    v["path"] = json!(path.display().to_string());
+                    v["mode"] = json!(format!("{mode:04o}"));
+                }
+                HandlerKind::Command {
+                    argv, timeout, env, ..
+                } => {
                     v["command"] = json!(argv);
                     v["timeout"] = json!(duration(*timeout));
+                    if !env.is_empty() {
+                        v["env"] = json!(
+                            env.iter()
+                                .cloned()
+                                .collect::<std::collections::BTreeMap<_, _>>()
+                        );
+                    }
                 }
                 HandlerKind::Function { function } => v["function"] = json!(function),
                 HandlerKind::Webhook {
@@ -323,9 +344,10 @@ fn config_view(config: &Config) -> ConfigView {
                         }
                     }
                     match &m.transport {
-                        MailTransport::Outbox { dir } => {
+                        MailTransport::Outbox { dir, mode } => {
                             v["transport"] = json!("outbox");
                             v["outbox"] = json!(dir.display().to_string());
+                            v["mode"] = json!(format!("{mode:04o}"));
                         }
                         MailTransport::Smtp {
                             host,
@@ -379,36 +401,17 @@ struct ConfigView {
     handlers: Vec<serde_json::Value>,
 }
 
-/// Replaces every secret value in every string of `v` with `***`.
-fn mask(v: &mut serde_json::Value, secrets: &[String]) {
-    match v {
-        serde_json::Value::String(s) => {
-            for secret in secrets {
-                if s.contains(secret.as_str()) {
-                    *s = s.replace(secret.as_str(), "***");
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| mask(i, secrets)),
-        serde_json::Value::Object(map) => map.values_mut().for_each(|i| mask(i, secrets)),
-        _ => {}
-    }
-}
-
 pub fn config(cli: &Cli, config: &Config) -> anyhow::Result<ExitCode> {
-    let mut view = config_view(config);
-    for part in [&mut view.database, &mut view.delivery]
-        .into_iter()
-        .chain(view.sources.iter_mut())
-        .chain(view.handlers.iter_mut())
-    {
-        mask(part, &config.secret_values);
-    }
+    // Secrets are masked on the way out, like everything printed.
+    let view = config_view(config);
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        stdout_json(&serde_json::to_value(&view)?)?;
     } else {
-        println!("# effective config from {}", config.path.display());
-        print!("{}", toml::to_string_pretty(&view)?);
+        outln!(
+            "# effective config from {}\n{}",
+            config.path.display(),
+            toml::to_string_pretty(&view)?.trim_end()
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -227,9 +227,15 @@ pub fn run_cli(registry: Registry) -> ExitCode {
     crate::panics::install_hook();
     match dispatch(&cli, &registry) {
         Ok(code) => code,
+        // A reader that stopped reading (`spark events | head`) is not an error.
+        Err(err) if output::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
             let code = err.downcast_ref::<Error>().map_or(2, Error::exit_code);
+            // Under -q, being locked out by another run is no news: cron
+            // would mail every overlap.
+            if !(cli.quiet && code == 3) {
+                output::errln!("error: {err:#}");
+            }
             ExitCode::from(code)
         }
     }
@@ -245,12 +251,14 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("spark={default}")));
+    // No colours: every log line is escaped (values from the database must
+    // not drive the terminal), which would escape colours too.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| output::LogWriter)
         .with_target(false)
         .without_time()
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_ansi(false)
         .try_init();
 }
 

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use serde_json::json;
 
 use super::Cli;
-use super::output::stdout_json;
+use super::output::{errln, field, outln, stdout_json};
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics;
@@ -69,7 +69,7 @@ pub fn process_sources_with_metrics(
         report,
     };
     if let Err(e) = metrics::write(path, &outcome) {
-        eprintln!(
+        errln!(
             "warning: cannot write the metrics file {}: {e}",
             path.display()
         );
@@ -87,13 +87,13 @@ pub fn skip_backfill(
     if cli.json {
         stdout_json(&report_json("skip-backfill", &report))?;
     } else if !cli.quiet {
-        println!(
+        outln!(
             "skip-backfill: {} records, {} events, {} new recorded as seen without dispatching, in {:.2}s",
             report.records(),
             report.events(),
             report.new_events(),
             report.seconds
-        );
+        )?;
     }
     finish(cli, &report).map(ExitCode::from)
 }
@@ -170,6 +170,7 @@ pub fn report_json(command: &str, r: &RunReport) -> serde_json::Value {
         "handlers": r.handlers,
         "failures": r.failures,
         "record_errors": r.record_errors,
+        "orphaned": r.orphaned,
         "outstanding": r
             .outstanding
             .iter()
@@ -179,12 +180,21 @@ pub fn report_json(command: &str, r: &RunReport) -> serde_json::Value {
 }
 
 fn print_run(cli: &Cli, command: &str, r: &RunReport) -> anyhow::Result<u8> {
-    if cli.json {
-        stdout_json(&report_json(command, r))?;
+    // The run is done whatever happens to its summary: a closed stdout
+    // does not change the exit status.
+    let printed = if cli.json {
+        stdout_json(&report_json(command, r))
     } else if !cli.quiet {
-        println!("{}", summary(command, r));
-    } else if r.has_failures() || r.stopped.is_some() {
-        eprintln!("{}", summary(command, r));
+        outln!("{}", summary(command, r))
+    } else {
+        if r.has_failures() || r.stopped.is_some() {
+            errln!("{}", summary(command, r));
+        }
+        Ok(())
+    };
+    match printed {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
     }
     finish(cli, r)
 }
@@ -198,21 +208,45 @@ fn finish(cli: &Cli, r: &RunReport) -> anyhow::Result<u8> {
             } else {
                 "will be retried"
             };
-            eprintln!(
+            errln!(
                 "failed: handler `{}`, event {} (attempt {}, {next}): {}",
-                f.handler, f.key, f.attempts, f.error
+                f.handler,
+                field(&f.key),
+                f.attempts,
+                field(&f.error)
             );
         }
         for e in &r.record_errors {
-            eprintln!(
+            errln!(
                 "skipped: source `{}`, record {}: {}",
-                e.source, e.record, e.error
+                e.source,
+                field(&e.record),
+                field(&e.error)
+            );
+        }
+        for o in &r.orphaned {
+            errln!(
+                "orphaned: {} deliveries wait for handler `{}`, which is not in the config ({}{}); \
+                 rename the handler back, or move or drop them (`spark deliveries --handler {}`)",
+                o.events,
+                field(&o.handler),
+                o.keys
+                    .iter()
+                    .map(|k| field(k))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if o.events as usize > o.keys.len() {
+                    ", ..."
+                } else {
+                    ""
+                },
+                field(&o.handler),
             );
         }
     }
     if let Some(stop) = signals::requested() {
         if !cli.json {
-            eprintln!(
+            errln!(
                 "stopped by {}: what was recorded is consistent; {} deliveries wait for the next run",
                 stop.name(),
                 r.waiting()
@@ -240,14 +274,18 @@ pub fn dry_run(
             let sep = if first { "\n  " } else { ",\n  " };
             serde_json::to_string(would)
                 .map_err(std::io::Error::other)
-                .and_then(|j| write!(out, "{sep}{j}"))
+                .and_then(|j| write!(out, "{sep}{}", crate::redact::redact(&j)))
         } else if !cli.quiet {
             let handlers = if would.handlers.is_empty() {
                 "(no handler)".to_owned()
             } else {
                 would.handlers.join(", ")
             };
-            writeln!(out, "{} -> {handlers}", would.key)
+            writeln!(
+                out,
+                "{} -> {handlers}",
+                field(&crate::redact::redact(would.key))
+            )
         } else {
             Ok(())
         };
@@ -266,16 +304,25 @@ pub fn dry_run(
         if let Some(obj) = summary.as_object_mut() {
             obj.remove("command");
         }
+        let summary = crate::redact::redact_owned(summary.to_string());
         writeln!(out, "\n], \"summary\": {summary}}}")?;
     } else if !cli.quiet {
-        writeln!(
-            out,
+        drop(out);
+        outln!(
             "dry-run: {} records, {} events, {} new, {} earlier deliveries due; nothing was written",
             report.records(),
             report.events(),
             report.new_events(),
             report.retried
         )?;
+        for e in &report.record_errors {
+            errln!(
+                "skipped: source `{}`, record {}: {}",
+                e.source,
+                field(&e.record),
+                field(&e.error)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

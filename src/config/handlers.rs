@@ -32,40 +32,59 @@ impl fmt::Display for Guarantee {
     }
 }
 
-/// A value read from the environment (a token, a password): never printed.
+/// A value read from the environment (a token, a password): never printed
+/// (it is registered with `crate::redact`). A variable that is not set
+/// leaves it empty; `Config::require_secrets` refuses to deliver then.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
-    value: String,
+    value: Option<String>,
     /// The environment variable it came from, for messages.
     pub var: String,
 }
 
 impl Secret {
     pub fn new(var: &str, value: String) -> Secret {
+        crate::redact::register(&value);
         Secret {
-            value,
+            value: Some(value),
             var: var.to_owned(),
+        }
+    }
+
+    /// The secret in environment variable `var` (unset: empty).
+    pub fn from_env(var: &str) -> Secret {
+        match std::env::var(var) {
+            Ok(value) => Secret::new(var, value),
+            Err(_) => Secret {
+                value: None,
+                var: var.to_owned(),
+            },
         }
     }
 
     /// A value given in the config itself (a literal header).
     pub fn literal(value: String) -> Secret {
         Secret {
-            value,
+            value: Some(value),
             var: String::new(),
         }
     }
 
+    /// Whether it has a value (its variable is set).
+    pub fn is_set(&self) -> bool {
+        self.value.is_some()
+    }
+
     /// The value, for the one place that sends it.
     pub fn expose(&self) -> &str {
-        &self.value
+        self.value.as_deref().unwrap_or_default()
     }
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.var.is_empty() {
-            write!(f, "{:?}", self.value)
+            write!(f, "{:?}", self.expose())
         } else {
             write!(f, "${{{}}} (hidden)", self.var)
         }
@@ -84,13 +103,15 @@ pub struct HandlerConfig {
 
 #[derive(Debug, Clone)]
 pub enum HandlerKind {
-    /// Appends one JSON line per event to `path`.
-    Jsonl { path: PathBuf },
-    /// Runs `argv` with the event JSON on stdin, in the config's folder.
+    /// Appends one JSON line per event to `path` (created with `mode`).
+    Jsonl { path: PathBuf, mode: u32 },
+    /// Runs `argv` with the event JSON on stdin, in the config's folder,
+    /// with `env` added to its environment.
     Command {
         argv: Vec<String>,
         timeout: Duration,
         workdir: PathBuf,
+        env: Vec<(String, String)>,
     },
     /// Calls a compiled-in handler function.
     Function { function: String },
@@ -113,9 +134,9 @@ impl HandlerKind {
     /// The file or folder this handler writes, which no other handler may share.
     pub fn output(&self) -> Option<&Path> {
         match self {
-            HandlerKind::Jsonl { path } => Some(path),
+            HandlerKind::Jsonl { path, .. } => Some(path),
             HandlerKind::Mail(mail) => match &mail.transport {
-                MailTransport::Outbox { dir } => Some(dir),
+                MailTransport::Outbox { dir, .. } => Some(dir),
                 MailTransport::Smtp { .. } => None,
             },
             _ => None,
@@ -152,8 +173,9 @@ pub struct MailConfig {
 
 #[derive(Debug, Clone)]
 pub enum MailTransport {
-    /// One `.eml` file per delivery, named by the event key.
-    Outbox { dir: PathBuf },
+    /// One `.eml` file per delivery, named by the event key, created with
+    /// `mode`.
+    Outbox { dir: PathBuf, mode: u32 },
     Smtp {
         host: String,
         port: u16,
@@ -241,9 +263,11 @@ impl Validator<'_> {
 
     /// Reports the fields given that `kind` does not take.
     fn unused_fields(&mut self, entry: &str, kind: &str, takes: &[&str], raw: &RawHandler) {
-        let fields: [(&'static str, Span); 22] = [
+        let fields: [(&'static str, Span); 24] = [
             ("path", span(&raw.path)),
             ("command", span(&raw.command)),
+            ("env", span(&raw.env)),
+            ("mode", span(&raw.mode)),
             ("function", span(&raw.function)),
             ("timeout", span(&raw.timeout)),
             ("url", span(&raw.url)),
@@ -296,20 +320,44 @@ impl Validator<'_> {
         );
     }
 
-    /// The value of environment variable `var`, named by `field`.
-    fn env(&mut self, entry: &str, field: &'static str, var: &Spanned<String>) -> Option<Secret> {
-        match std::env::var(var.get_ref()) {
-            Ok(value) => Some(Secret::new(var.get_ref(), value)),
-            Err(_) => {
-                self.report(
-                    var.span(),
-                    Problem::MissingEnv {
-                        entry: entry.to_owned(),
-                        field,
-                        var: var.get_ref().clone(),
-                    },
+    /// The secret in environment variable `var`, named by `field`. One
+    /// that is not set is noted, not reported: only delivering needs it.
+    fn env(&mut self, entry: &str, field: &'static str, var: &Spanned<String>) -> Secret {
+        let secret = Secret::from_env(var.get_ref());
+        if !secret.is_set() {
+            let at = self.at(var.span());
+            self.missing_secrets.push(super::MissingSecret {
+                at,
+                entry: entry.to_owned(),
+                field,
+                var: var.get_ref().clone(),
+            });
+        }
+        if !self.withheld_env.contains(&secret.var) {
+            self.withheld_env.push(secret.var.clone());
+        }
+        secret
+    }
+
+    /// A file mode written like `"0640"` (default 0600). The owner must be
+    /// able to read and write.
+    fn mode(&mut self, entry: &str, raw: &RawHandler) -> u32 {
+        let Some(mode) = &raw.mode else {
+            return crate::files::PRIVATE;
+        };
+        match u32::from_str_radix(mode.get_ref().trim(), 8) {
+            Ok(m) if m <= 0o777 && m & 0o600 == 0o600 => m,
+            _ => {
+                self.bad_value(
+                    entry,
+                    "mode",
+                    mode.span(),
+                    format!(
+                        "{:?} is not a file mode spark can use: write it in octal, like \"0640\", with read and write for the owner",
+                        mode.get_ref()
+                    ),
                 );
-                None
+                crate::files::PRIVATE
             }
         }
     }
@@ -335,8 +383,8 @@ impl Validator<'_> {
         let kind = raw.kind.get_ref().clone();
         let kind_span = raw.kind.span();
         let takes: &[&str] = match kind.as_str() {
-            "jsonl" => &["path"],
-            "command" => &["command", "timeout"],
+            "jsonl" => &["path", "mode"],
+            "command" => &["command", "timeout", "env"],
             "function" => &["function"],
             "webhook" => &[
                 "url",
@@ -363,6 +411,7 @@ impl Validator<'_> {
                 "smtp_user",
                 "smtp_password_env",
                 "timeout",
+                "mode",
             ],
             _ => {
                 self.report(
@@ -388,6 +437,7 @@ impl Validator<'_> {
     }
 
     fn jsonl(&mut self, entry: &str, raw: RawHandler) -> Option<HandlerKind> {
+        let mode = self.mode(entry, &raw);
         let Some(path) = raw.path else {
             self.missing(entry, "jsonl", "path", raw.kind.span());
             return None;
@@ -395,6 +445,7 @@ impl Validator<'_> {
         self.non_empty(entry, "path", &path);
         Some(HandlerKind::Jsonl {
             path: self.resolve(path.get_ref()),
+            mode,
         })
     }
 
@@ -410,6 +461,22 @@ impl Validator<'_> {
 
     fn command(&mut self, entry: &str, raw: RawHandler) -> Option<HandlerKind> {
         let timeout = self.timeout(entry, &raw);
+        let env: Vec<(String, String)> = match raw.env {
+            None => Vec::new(),
+            Some(env) => {
+                let span = env.span();
+                let env = env.into_inner();
+                if let Some(bad) = env.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
+                    self.bad_value(
+                        entry,
+                        "env",
+                        span,
+                        format!("{bad:?} is not an environment variable name"),
+                    );
+                }
+                env.into_iter().collect()
+            }
+        };
         let Some(argv) = raw.command else {
             self.missing(entry, "command", "command", raw.kind.span());
             return None;
@@ -437,6 +504,7 @@ impl Validator<'_> {
             } else {
                 self.dir.clone()
             },
+            env,
         })
     }
 
@@ -479,6 +547,7 @@ impl Validator<'_> {
             self.missing(entry, "webhook", "url", raw.kind.span());
             return None;
         };
+        crate::redact::register_url(url.get_ref());
         let lower = url.get_ref().to_ascii_lowercase();
         if !(lower.starts_with("http://") || lower.starts_with("https://")) {
             self.bad_value(
@@ -498,15 +567,14 @@ impl Validator<'_> {
             let span = from_env.span();
             for (name, var) in from_env.into_inner() {
                 let var = Spanned::new(span.clone(), var);
-                if let Some(secret) = self.env(entry, "header_env", &var) {
-                    headers.push((name, secret));
-                }
+                let secret = self.env(entry, "header_env", &var);
+                headers.push((name, secret));
             }
         }
         let signing_secret = raw
             .signing_secret_env
             .as_ref()
-            .and_then(|var| self.env(entry, "signing_secret_env", var));
+            .map(|var| self.env(entry, "signing_secret_env", var));
         Some(HandlerKind::Webhook {
             url: url.into_inner(),
             headers,
@@ -638,9 +706,20 @@ impl Validator<'_> {
                 };
                 Some(MailTransport::Outbox {
                     dir: self.resolve(dir.get_ref()),
+                    mode: self.mode(entry, raw),
                 })
             }
             "smtp" => {
+                if let Some(mode) = &raw.mode {
+                    self.report(
+                        mode.span(),
+                        Problem::UnusedField {
+                            entry: entry.to_owned(),
+                            field: "mode",
+                            why: "to transport smtp (it writes no files)".into(),
+                        },
+                    );
+                }
                 let Some(host) = &raw.smtp_host else {
                     self.missing(
                         entry,
@@ -685,7 +764,7 @@ impl Validator<'_> {
                 let password = raw
                     .smtp_password_env
                     .as_ref()
-                    .and_then(|var| self.env(entry, "smtp_password_env", var));
+                    .map(|var| self.env(entry, "smtp_password_env", var));
                 Some(MailTransport::Smtp {
                     host: host.get_ref().clone(),
                     port,

@@ -3,6 +3,10 @@
 //! per-host paths stay out of the file. `$${` stands for a literal `${`.
 //! A variable that is not set is a problem naming it, at its line.
 //!
+//! Every value put in is masked wherever spark prints, logs or stores text
+//! (`crate::redact`), and variables whose names look secret are withheld
+//! from command handlers.
+//!
 //! Not here: `*_env` keys (`header_env`, `signing_secret_env`,
 //! `smtp_password_env`), which name variables whose values are secrets and
 //! are read where they are used.
@@ -20,12 +24,13 @@ pub struct Unset {
     pub span: Range<usize>,
 }
 
-/// What interpolation did: the variables it could not find, and the values
-/// it put in whose names look secret (to mask when the config is printed).
+/// What interpolation did: the variables it could not find, and every
+/// value it put in, as (variable, value) pairs (all of them are masked in
+/// output; see `crate::redact`).
 #[derive(Debug, Default)]
 pub struct Interpolation {
     pub unset: Vec<Unset>,
-    pub secret_values: Vec<(String, String)>,
+    pub values: Vec<(String, String)>,
 }
 
 /// Whether a variable's name suggests its value is a secret.
@@ -44,11 +49,12 @@ pub fn looks_secret(var: &str) -> bool {
     .any(|w| v.contains(w))
 }
 
-/// Expands `${VAR}` in `text` with `lookup`; `Err` lists the unset names.
+/// Expands `${VAR}` in `text` with `lookup`, noting each (variable, value)
+/// put in; `Err` lists the unset names.
 pub fn expand(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
-    secrets: &mut Vec<(String, String)>,
+    values: &mut Vec<(String, String)>,
 ) -> Result<Option<String>, Vec<String>> {
     if !text.contains("${") {
         return Ok(None);
@@ -68,10 +74,8 @@ pub fn expand(
             let var = &after[..end];
             match lookup(var) {
                 Some(value) => {
-                    if looks_secret(var) && !value.is_empty() {
-                        secrets.push((value.clone(), var.to_owned()));
-                    }
                     out.push_str(&value);
+                    values.push((var.to_owned(), value));
                 }
                 None => unset.push(var.to_owned()),
             }
@@ -108,7 +112,7 @@ fn walk(
 ) {
     let span = value.span();
     match value.get_mut() {
-        DeValue::String(s) => match expand(s, lookup, &mut done.secret_values) {
+        DeValue::String(s) => match expand(s, lookup, &mut done.values) {
             Ok(Some(expanded)) => *s = Cow::Owned(expanded),
             Ok(None) => {}
             Err(unset) => done.unset.extend(unset.into_iter().map(|var| Unset {
@@ -144,24 +148,29 @@ mod tests {
 
     #[test]
     fn variables_are_replaced_and_escapes_kept() {
-        let mut secrets = Vec::new();
+        let mut values = Vec::new();
         assert_eq!(
-            expand("smtp://${HOST}:25/$${NOT}/$x", &env, &mut secrets),
+            expand("smtp://${HOST}:25/$${NOT}/$x", &env, &mut values),
             Ok(Some("smtp://db.example.org:25/${NOT}/$x".into()))
         );
-        assert_eq!(expand("plain", &env, &mut secrets), Ok(None));
-        assert!(secrets.is_empty());
+        assert_eq!(expand("plain", &env, &mut values), Ok(None));
         assert_eq!(
-            expand("?token=${API_TOKEN}", &env, &mut secrets),
+            expand("?token=${API_TOKEN}", &env, &mut values),
             Ok(Some("?token=t0k".into()))
         );
-        assert_eq!(secrets, [("t0k".to_owned(), "API_TOKEN".to_owned())]);
         assert_eq!(
-            expand("${NOPE} and ${ALSO}", &env, &mut secrets),
+            values,
+            [
+                ("HOST".to_owned(), "db.example.org".to_owned()),
+                ("API_TOKEN".to_owned(), "t0k".to_owned())
+            ]
+        );
+        assert_eq!(
+            expand("${NOPE} and ${ALSO}", &env, &mut values),
             Err(vec!["NOPE".into(), "ALSO".into()])
         );
         assert_eq!(
-            expand("${unclosed", &env, &mut secrets),
+            expand("${unclosed", &env, &mut values),
             Ok(Some("${unclosed".into()))
         );
     }

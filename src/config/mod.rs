@@ -38,9 +38,35 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub sources: Vec<SourceConfig>,
     pub handlers: Vec<HandlerConfig>,
-    /// Values `${VAR}` put in whose names look secret (`*TOKEN*`,
-    /// `*PASSWORD*`, ...): masked wherever the config is printed.
-    pub secret_values: Vec<String>,
+    /// Environment variables spark read for secrets (the `*_env` keys, and
+    /// `${VAR}`s whose names look secret): not handed to command handlers.
+    pub withheld_env: Vec<String>,
+    /// Secrets named by `*_env` keys whose variables are not set. Only
+    /// commands that deliver need them (see `require_secrets`).
+    pub missing_secrets: Vec<MissingSecret>,
+}
+
+/// A `*_env` key naming a variable that is not set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingSecret {
+    pub at: Location,
+    /// `handler `name``.
+    pub entry: String,
+    pub field: &'static str,
+    pub var: String,
+}
+
+impl MissingSecret {
+    pub fn problem(&self) -> Located {
+        Located {
+            at: self.at.clone(),
+            problem: Problem::MissingEnv {
+                entry: self.entry.clone(),
+                field: self.field,
+                var: self.var.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +250,15 @@ pub enum Problem {
         other: String,
         path: PathBuf,
     },
+    #[error(
+        "handler `{handler}`: {} is the database's own file ({}); a handler must write elsewhere",
+        path.display(), database.display()
+    )]
+    WritesDatabase {
+        handler: String,
+        path: PathBuf,
+        database: PathBuf,
+    },
 }
 
 /// A problem and where it is.
@@ -284,6 +319,8 @@ impl Config {
             path,
             dir: config_dir(path),
             problems: Vec::new(),
+            missing_secrets: Vec::new(),
+            withheld_env: Vec::new(),
         };
         let syntax = |v: &Validator<'_>, e: toml::de::Error| {
             let at = v.at(e.span().unwrap_or(0..0));
@@ -295,7 +332,12 @@ impl Config {
         let mut table = toml::de::DeTable::parse(text).map_err(|e| syntax(&v, e))?;
         let lookup = |var: &str| std::env::var(var).ok();
         let done = interpolate::interpolate(table.get_mut(), &lookup);
-        let secret_values: Vec<String> = done.secret_values.into_iter().map(|(v, _)| v).collect();
+        for (var, value) in &done.values {
+            crate::redact::register(value);
+            if interpolate::looks_secret(var) && !v.withheld_env.contains(var) {
+                v.withheld_env.push(var.clone());
+            }
+        }
         for unset in done.unset {
             v.report(unset.span, Problem::UnsetVariable { var: unset.var });
         }
@@ -307,7 +349,8 @@ impl Config {
         let raw = RawConfig::deserialize(toml::de::Deserializer::from(table))
             .map_err(|e| syntax(&v, e))?;
         let mut config = v.config(raw, registry);
-        config.secret_values = secret_values;
+        config.withheld_env = std::mem::take(&mut v.withheld_env);
+        config.missing_secrets = std::mem::take(&mut v.missing_secrets);
         if v.problems.is_empty() {
             Ok(config)
         } else {
@@ -315,6 +358,27 @@ impl Config {
                 problems: v.problems,
             })
         }
+    }
+
+    /// Fails, naming each, when a `*_env` key names a variable that is not
+    /// set. Commands that deliver call it before anything is written;
+    /// read-only and admin commands do not need delivery secrets.
+    pub fn require_secrets(&self) -> Result<(), ConfigError> {
+        if self.missing_secrets.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid {
+            problems: self
+                .missing_secrets
+                .iter()
+                .map(MissingSecret::problem)
+                .collect(),
+        })
+    }
+
+    /// The handlers' names, in config order.
+    pub fn handler_names(&self) -> Vec<&str> {
+        self.handlers.iter().map(|h| h.name.as_str()).collect()
     }
 
     /// The handlers whose group regex matches `group` (search semantics), in
@@ -347,6 +411,8 @@ struct Validator<'a> {
     path: &'a Path,
     dir: PathBuf,
     problems: Vec<Located>,
+    missing_secrets: Vec<MissingSecret>,
+    withheld_env: Vec<String>,
 }
 
 impl Validator<'_> {
@@ -453,6 +519,17 @@ impl Validator<'_> {
             sources.push(source);
         }
         let mut handlers: Vec<HandlerConfig> = Vec::new();
+        // Each handler's output resolved (through links, `.` and `..`), so
+        // that one file under two spellings is caught.
+        let mut outputs: Vec<(String, PathBuf)> = Vec::new();
+        let database_files: Vec<PathBuf> = ["", "-wal", "-shm", "-journal", "-spark.lock"]
+            .iter()
+            .map(|suffix| {
+                let mut name = database.path.as_os_str().to_owned();
+                name.push(suffix);
+                crate::files::resolved(Path::new(&name))
+            })
+            .collect();
         for handler in raw.handlers {
             let span = handler.span();
             let Some(handler) = self.handler(handler.into_inner(), &delivery.retry, registry)
@@ -468,17 +545,29 @@ impl Validator<'_> {
                     },
                 );
             }
-            if let Some(path) = handler.kind.output()
-                && let Some(other) = handlers.iter().find(|h| h.kind.output() == Some(path))
-            {
-                self.report(
-                    span,
-                    Problem::SharedOutput {
-                        handler: handler.name.clone(),
-                        other: other.name.clone(),
-                        path: path.to_owned(),
-                    },
-                );
+            if let Some(path) = handler.kind.output() {
+                let resolved = crate::files::resolved(path);
+                if let Some((other, _)) = outputs.iter().find(|(_, p)| *p == resolved) {
+                    self.report(
+                        span.clone(),
+                        Problem::SharedOutput {
+                            handler: handler.name.clone(),
+                            other: other.clone(),
+                            path: path.to_owned(),
+                        },
+                    );
+                }
+                if database_files.contains(&resolved) {
+                    self.report(
+                        span,
+                        Problem::WritesDatabase {
+                            handler: handler.name.clone(),
+                            path: path.to_owned(),
+                            database: database.path.clone(),
+                        },
+                    );
+                }
+                outputs.push((handler.name.clone(), resolved));
             }
             handlers.push(handler);
         }
@@ -488,7 +577,8 @@ impl Validator<'_> {
             delivery,
             sources,
             handlers,
-            secret_values: Vec::new(),
+            withheld_env: Vec::new(),
+            missing_secrets: Vec::new(),
         }
     }
 
@@ -776,7 +866,7 @@ path = "var/events.jsonl"
         assert_eq!(c.database.path, Path::new("/etc/spark/app.sqlite3"));
         assert_eq!(c.database.seen_table, "spark_event");
         assert_eq!(c.delivery.retry.max_attempts, 8);
-        let HandlerKind::Jsonl { path } = &c.handlers[0].kind else {
+        let HandlerKind::Jsonl { path, .. } = &c.handlers[0].kind else {
             panic!("expected jsonl")
         };
         assert_eq!(path, Path::new("/etc/spark/var/events.jsonl"));

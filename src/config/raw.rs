@@ -70,6 +70,10 @@ pub struct RawHandler {
     pub kind: Spanned<String>,
     pub path: Option<Spanned<String>>,
     pub command: Option<Spanned<Vec<String>>>,
+    /// A command's environment additions.
+    pub env: Option<Spanned<BTreeMap<String, String>>>,
+    /// The mode of the files a jsonl or outbox handler creates ("0600").
+    pub mode: Option<Spanned<String>>,
     pub function: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub delivery: Option<Spanned<String>>,

@@ -2,19 +2,26 @@
 //! JSON on stdin. Exit status 0 is success; any other status, a signal or the
 //! timeout is a failure whose error carries the end of the program's stderr.
 //!
-//! The program runs in the config file's folder, in a process group of its
-//! own (a timeout kills the whole group, and a Ctrl-C at the terminal reaches
-//! spark, which finishes the call, rather than the program). It also gets the
-//! event in the environment: `SPARK_EVENT_KEY` (use it as an idempotency
-//! key), `SPARK_EVENT_GROUP`, `SPARK_HANDLER` and `SPARK_ATTEMPT`.
+//! The timeout is a deadline for the whole call: writing the event to the
+//! program's stdin, waiting for it, reading its stderr. The program runs in
+//! the config file's folder, in a process group of its own: at the deadline
+//! the whole group is killed (a background child holding stdin open cannot
+//! hold spark), and a Ctrl-C at the terminal reaches spark, which finishes
+//! the call, rather than the program.
+//!
+//! Environment: spark's own, less the secrets spark read for the config
+//! (`*_env` variables, `${VAR}`s whose names look secret), plus the
+//! handler's `env` table, plus the event: `SPARK_EVENT_KEY` (use it as an
+//! idempotency key), `SPARK_EVENT_GROUP`, `SPARK_HANDLER`, `SPARK_ATTEMPT`.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wait_timeout::ChildExt;
 
@@ -28,15 +35,26 @@ pub struct CommandHandler {
     argv: Vec<String>,
     timeout: Duration,
     workdir: PathBuf,
+    env: Vec<(String, String)>,
+    withheld: Vec<String>,
 }
 
 impl CommandHandler {
-    pub fn new(name: &str, argv: Vec<String>, timeout: Duration, workdir: PathBuf) -> Self {
+    pub fn new(
+        name: &str,
+        argv: Vec<String>,
+        timeout: Duration,
+        workdir: PathBuf,
+        env: Vec<(String, String)>,
+        withheld: Vec<String>,
+    ) -> Self {
         CommandHandler {
             name: name.to_owned(),
             argv,
             timeout,
             workdir,
+            env,
+            withheld,
         }
     }
 
@@ -45,9 +63,14 @@ impl CommandHandler {
             .argv
             .split_first()
             .ok_or_else(|| "empty command".to_owned())?;
-        Command::new(program)
+        let mut command = Command::new(program);
+        for var in &self.withheld {
+            command.env_remove(var);
+        }
+        command
             .args(args)
             .current_dir(&self.workdir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("SPARK_EVENT_KEY", &dispatch.event.key)
             .env("SPARK_EVENT_GROUP", &dispatch.event.group)
             .env("SPARK_HANDLER", &self.name)
@@ -96,39 +119,104 @@ fn kill_group(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// How writing the event to the program's stdin ended.
+enum Written {
+    /// All of it, or the program closed its stdin (it wants no more).
+    Done,
+    /// The deadline came first.
+    TimedOut,
+}
+
+/// Writes `input` to `stdin` without blocking past `deadline`, then closes it.
+fn write_until(stdin: ChildStdin, input: &[u8], deadline: Instant) -> io::Result<Written> {
+    let fd = stdin.as_raw_fd();
+    // SAFETY: fcntl on a pipe descriptor this process owns (`stdin` keeps it
+    // open for the whole function); no memory is passed.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let mut pipe = &stdin;
+    let mut rest = input;
+    while !rest.is_empty() {
+        match pipe.write(rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(Written::Done),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(Written::TimedOut);
+                }
+                let mut poll = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+                // SAFETY: one valid pollfd on the stack, count 1.
+                unsafe {
+                    libc::poll(&mut poll, 1, ms);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Written::Done)
+}
+
 impl DeliverEach for CommandHandler {
     fn deliver(&mut self, dispatch: &Dispatch<'_>, attempt: u32) -> Result<(), String> {
+        let deadline = Instant::now() + self.timeout;
         let mut child = self.spawn(dispatch, attempt)?;
         let stderr = child.stderr.take().map(|p| drain(p, STDERR_KEEP));
-        // Write stdin from a thread: a program that does not read it must not
-        // block spark once the pipe is full.
-        let input = dispatch.to_json().into_bytes();
-        let writer = child.stdin.take().map(|mut stdin| {
-            thread::spawn(move || {
-                let _ = stdin.write_all(&input);
-                let _ = stdin.write_all(b"\n");
-            })
-        });
-        let status = match child.wait_timeout(self.timeout) {
-            Ok(Some(status)) => Ok(status),
-            Ok(None) => {
+        let mut input = dispatch.to_json().into_bytes();
+        input.push(b'\n');
+        let written = match child.stdin.take() {
+            Some(stdin) => write_until(stdin, &input, deadline),
+            None => Ok(Written::Done),
+        };
+        let timed_out = || {
+            format!(
+                "timed out after {}",
+                humantime::format_duration(self.timeout)
+            )
+        };
+        let status = match written {
+            Ok(Written::TimedOut) => {
                 kill_group(&mut child);
                 Err(format!(
-                    "timed out after {}",
-                    humantime::format_duration(self.timeout)
+                    "{} (the program did not read its input)",
+                    timed_out()
                 ))
             }
             Err(e) => {
                 kill_group(&mut child);
-                Err(format!("waiting for the program failed: {e}"))
+                Err(format!("writing the event to the program failed: {e}"))
+            }
+            Ok(Written::Done) => {
+                match child.wait_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(Some(status)) => Ok(status),
+                    Ok(None) => {
+                        kill_group(&mut child);
+                        Err(timed_out())
+                    }
+                    Err(e) => {
+                        kill_group(&mut child);
+                        Err(format!("waiting for the program failed: {e}"))
+                    }
+                }
             }
         };
-        if let Some(writer) = writer {
-            let _ = writer.join();
-        }
-        // A grandchild may hold stderr open: do not wait for it forever.
+        // A background child may hold stderr open: wait for it no longer
+        // than the deadline (and a second at most).
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
         let err_tail = stderr
-            .and_then(|rx| rx.recv_timeout(Duration::from_secs(1)).ok())
+            .and_then(|rx| rx.recv_timeout(wait).ok())
             .unwrap_or_default();
         let err_text = String::from_utf8_lossy(&err_tail).trim().to_owned();
         let with_stderr = |msg: String| {

@@ -1,55 +1,49 @@
 //! `jsonl`: appends one JSON object per event to a file, exactly once per key
 //! even across crashes (see `FileSink` and the delivery engine).
 //!
-//! The file and its folder are created on the first delivery. Each delivery
-//! is written with one `write` and made durable with `fdatasync` before the
-//! delivery is recorded as done.
+//! The file and its folder are created on the first delivery, readable by
+//! their owner only unless the handler sets `mode`; a symbolic link at the
+//! file's path is refused (spark never writes through a link it did not
+//! create). Each delivery is written with one `write` and made durable with
+//! `fdatasync` before the delivery is recorded as done. Cutting the file
+//! back after a crash happens only if it is still the same file (device and
+//! inode) the delivery wrote to.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use super::{Dispatch, FileSink};
+use super::{CutError, Dispatch, FileSink};
 use crate::crashpoint;
+use crate::files::{self, FileId};
+use crate::store::FileMark;
 
 pub struct JsonlSink {
     path: PathBuf,
-    file: Option<File>,
+    mode: u32,
+    file: Option<(File, FileId)>,
     buffer: String,
 }
 
 impl JsonlSink {
-    pub fn new(path: PathBuf) -> JsonlSink {
+    pub fn new(path: PathBuf, mode: u32) -> JsonlSink {
         JsonlSink {
             path,
+            mode,
             file: None,
             buffer: String::new(),
         }
     }
 
-    fn file(&mut self) -> io::Result<&mut File> {
+    fn file(&mut self) -> io::Result<(&mut File, FileId)> {
         if self.file.is_none() {
-            let parent = self.path.parent().filter(|p| !p.as_os_str().is_empty());
-            if let Some(dir) = parent {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| self.io_context("creating the folder of", e))?;
-            }
-            let existed = self.path.exists();
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
+            let file = files::open_append(&self.path, self.mode)
                 .map_err(|e| self.io_context("opening", e))?;
-            if !existed {
-                // Make the new file's name durable too.
-                if let Some(dir) = parent {
-                    let _ = File::open(dir).and_then(|d| d.sync_all());
-                }
-            }
-            self.file = Some(file);
+            let id = FileId::of(&file)?;
+            self.file = Some((file, id));
         }
         match self.file.as_mut() {
-            Some(f) => Ok(f),
+            Some((f, id)) => Ok((f, *id)),
             None => Err(io::Error::other("file not open")),
         }
     }
@@ -60,14 +54,29 @@ impl JsonlSink {
 }
 
 impl FileSink for JsonlSink {
-    fn file_len(&mut self) -> io::Result<u64> {
-        Ok(self.file()?.metadata()?.len())
+    fn position(&mut self) -> io::Result<FileMark> {
+        let (file, id) = self.file()?;
+        Ok(FileMark {
+            offset: file.metadata()?.len(),
+            file: Some(id),
+        })
     }
 
-    fn truncate_to(&mut self, len: u64) -> io::Result<()> {
-        let file = self.file()?;
-        if file.metadata()?.len() > len {
-            file.set_len(len)?;
+    fn truncate_to(&mut self, mark: &FileMark) -> Result<(), CutError> {
+        let path = self.path.clone();
+        let (file, id) = self.file()?;
+        if let Some(wrote) = mark.file
+            && wrote != id
+        {
+            return Err(CutError::OtherFile(format!(
+                "{} is not the file this delivery wrote to (device:inode {wrote} then, {id} now: \
+                 it was replaced, rotated or relinked since); nothing was cut. What the delivery \
+                 wrote before is in the earlier file; its events go to the current file on the next attempt",
+                path.display()
+            )));
+        }
+        if file.metadata()?.len() > mark.offset {
+            file.set_len(mark.offset)?;
             file.sync_data()?;
         }
         Ok(())
@@ -81,7 +90,7 @@ impl FileSink for JsonlSink {
             buffer.push('\n');
         }
         let result = (|| {
-            let file = self.file()?;
+            let (file, _) = self.file()?;
             if crashpoint::is_next("jsonl-partial") {
                 file.write_all(&buffer.as_bytes()[..buffer.len() / 2])?;
             }
@@ -92,7 +101,11 @@ impl FileSink for JsonlSink {
             crashpoint::hit("jsonl-synced");
             Ok(())
         })();
-        self.buffer = buffer;
+        // Keep the buffer's memory for the next delivery, unless a big one
+        // made it large.
+        if buffer.capacity() <= 4 << 20 {
+            self.buffer = buffer;
+        }
         result.map_err(|e| self.io_context("writing to", e))
     }
 }

@@ -11,19 +11,31 @@
 //!    trailing spaces removed per line) the body; each replaces the one from
 //!    above unless it came out empty.
 //!
-//! A mail without a recipient or a sender, an address that does not parse,
-//! or a template that fails to render is a failed delivery naming the
-//! template and the error (django-spark would mail anyway). Templates are
-//! minijinja (Jinja2 syntax); the event's context is their top level, and
-//! `spark_event.key` / `spark_event.group` name the event. The Message-ID is
-//! made from the event key, so a retry of the same delivery sends the same
-//! Message-ID, and the outbox file is named by the key, so a retry
-//! overwrites it rather than adding a second mail.
+//! Each entry of `from`, `to`, `cc`, `bcc` and `reply_to` (a string or a
+//! list in the config; a string or a JSON array in `spark_mail`) must render
+//! to exactly one mailbox, parsed by RFC 5322's rules (`"Doe, Jane"
+//! <jane@example.com>` is one). Rendered text is never split: a value from
+//! the database can never add a recipient. An entry that renders empty is
+//! left out.
+//!
+//! A mail without a recipient or a sender, an entry that is not exactly one
+//! mailbox, or a template that fails to render is a failed delivery naming
+//! the key, the template and the error (django-spark would mail anyway).
+//! Templates are minijinja (Jinja2 syntax); the event's context is their top
+//! level, and `spark_event.key` / `spark_event.group` name the event.
+//!
+//! The Message-ID is made from the event key, so a retry of the same
+//! delivery sends the same Message-ID; the key itself travels in an
+//! `X-Spark-Key` header. The outbox file is named by the key (percent-encoded,
+//! a long one cut to a readable prefix plus a hash, so that every key makes
+//! a valid file name), so a retry replaces it rather than adding a second
+//! mail; it is written whole, readable by its owner only unless the handler
+//! sets `mode`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, Message};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{SmtpTransport, Transport};
@@ -83,9 +95,60 @@ fn encode(text: &str) -> String {
     out
 }
 
+/// Encoded keys longer than this are cut to a prefix plus a hash.
+const NAME_MAX: usize = 120;
+
+/// A key made safe and bounded for a file name or a Message-ID: the key
+/// percent-encoded; when that is long, its first 80 bytes (never cutting
+/// an escape), `~`, and 32 hex digits of the key's SHA-256.
+pub fn key_name(key: &str) -> String {
+    let encoded = encode(key);
+    if encoded.len() <= NAME_MAX {
+        return encoded;
+    }
+    let bytes = encoded.as_bytes();
+    let mut cut: usize = 80;
+    while cut > 0 && bytes[cut.saturating_sub(2)..cut].contains(&b'%') {
+        cut -= 1;
+    }
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    format!("{}~{}", &encoded[..cut], hex::encode(&digest[..16]))
+}
+
 /// The outbox file of an event.
 pub fn outbox_file(dir: &Path, key: &str) -> PathBuf {
-    dir.join(format!("{}.eml", encode(key)))
+    dir.join(format!("{}.eml", key_name(key)))
+}
+
+/// The `X-Spark-Key` header: the event key, whole (encoded as RFC 2047
+/// says when it is not plain ASCII).
+#[derive(Debug, Clone)]
+struct SparkKey(String);
+
+impl Header for SparkKey {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("X-Spark-Key")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(SparkKey(s.to_owned()))
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
+/// One address entry as one mailbox, or a failure naming the key.
+fn mailbox(field: &str, text: &str, key: &str) -> Result<Mailbox, String> {
+    text.trim().parse::<Mailbox>().map_err(|_| {
+        format!(
+            "`{field}` for {key}: {:?} is not exactly one mailbox (one address, optionally with a name: \
+             Jane Doe <jane@example.com>); give several recipients as a list",
+            crate::escape::escape(text)
+        )
+    })
 }
 
 fn strings(value: &Value) -> Option<Vec<String>> {
@@ -148,15 +211,12 @@ impl MailHandler {
     ) -> Result<Vec<String>, String> {
         let mut out = Vec::new();
         for source in sources {
+            // One entry, one mailbox: rendered text is never split (see
+            // `message`), and an entry that renders empty is left out.
             let rendered = self.render_str(what, source, ctx)?;
-            // A template may render to several comma-separated addresses.
-            out.extend(
-                rendered
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned),
-            );
+            if !rendered.trim().is_empty() {
+                out.push(rendered.trim().to_owned());
+            }
         }
         Ok(out)
     }
@@ -231,10 +291,7 @@ impl MailHandler {
     /// The message for a rendered mail. Bcc is kept in the message only
     /// for the outbox (where a pickup service needs it).
     pub fn message(&self, event: &Event, mail: &RenderedMail) -> Result<Message, String> {
-        let parse = |field: &str, text: &str| -> Result<Mailbox, String> {
-            text.parse::<Mailbox>()
-                .map_err(|e| format!("`{field}` address {text:?} is not valid: {e}"))
-        };
+        let parse = |field: &str, text: &str| mailbox(field, text, &event.key);
         let from = parse("from", &mail.from)?;
         let domain = from.email.domain().to_owned();
         let mut builder = Message::builder()
@@ -242,11 +299,12 @@ impl MailHandler {
             .subject(mail.subject.clone())
             .message_id(Some(format!(
                 "<{}.{}@{domain}>",
-                encode(&event.key),
+                key_name(&event.key),
                 encode(&self.name)
             )))
             .date_now()
-            .user_agent(concat!("spark/", env!("CARGO_PKG_VERSION")).to_owned());
+            .user_agent(concat!("spark/", env!("CARGO_PKG_VERSION")).to_owned())
+            .header(SparkKey(event.key.clone()));
         for to in &mail.to {
             builder = builder.to(parse("to", to)?);
         }
@@ -301,29 +359,15 @@ impl MailHandler {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so that
-/// a reader never sees half a mail and a retry replaces the file whole.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 impl DeliverEach for MailHandler {
     fn deliver(&mut self, dispatch: &Dispatch<'_>, _attempt: u32) -> Result<(), String> {
         let event = dispatch.event;
         let mail = self.render(event)?;
         let message = self.message(event, &mail)?;
         match &self.config.transport {
-            MailTransport::Outbox { dir } => {
+            MailTransport::Outbox { dir, mode } => {
                 let path = outbox_file(dir, &event.key);
-                write_atomically(&path, &message.formatted())
+                crate::files::write_atomically(&path, &message.formatted(), *mode)
                     .map_err(|e| format!("cannot write {}: {e}", path.display()))
             }
             MailTransport::Smtp { host, port, .. } => {
@@ -374,6 +418,7 @@ mod tests {
                 reply_to: Vec::new(),
                 transport: MailTransport::Outbox {
                     dir: PathBuf::from("outbox"),
+                    mode: crate::files::PRIVATE,
                 },
             },
         )
@@ -421,7 +466,62 @@ mod tests {
         let e = event_with(serde_json::json!({"email": "not an address"}));
         let mail = h.render(&e).unwrap();
         let err = h.message(&e, &mail).unwrap_err();
-        assert!(err.contains("`to` address \"not an address\""), "{err}");
+        assert!(
+            err.contains("`to` for order_shipped_1: \"not an address\" is not exactly one mailbox"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_entry_is_one_mailbox_and_is_never_split() {
+        let h = handler(&[]);
+        for (email, ok) in [
+            ("\"Doe, Jane\" <jane@example.com>", true),
+            ("Jane Doe <jane@example.com>", true),
+            ("bob@example.org, evil@attacker.org", false),
+            ("bob@example.org <evil@attacker.org>", false),
+            ("bob@example.org\r\nBcc: evil@attacker.org", false),
+        ] {
+            let e = event_with(serde_json::json!({ "email": email }));
+            let mail = h.render(&e).unwrap();
+            assert_eq!(mail.to.len(), 1, "{email}");
+            assert_eq!(h.message(&e, &mail).is_ok(), ok, "{email}");
+        }
+    }
+
+    #[test]
+    fn spark_mail_lists_give_several_recipients_and_strings_one() {
+        let h = handler(&[]);
+        let e = event_with(serde_json::json!({
+            "email": "x@example.org",
+            "spark_mail": {"to": ["a@example.org", "\"B, Bee\" <b@example.org>"]}
+        }));
+        let mail = h.render(&e).unwrap();
+        let message = h.message(&e, &mail).unwrap();
+        let text = String::from_utf8(message.formatted()).unwrap();
+        assert!(text.contains("a@example.org"), "{text}");
+        assert!(text.contains("b@example.org"), "{text}");
+        let e = event_with(serde_json::json!({
+            "spark_mail": {"to": "a@example.org, evil@attacker.org"}
+        }));
+        let mail = h.render(&e).unwrap();
+        assert!(h.message(&e, &mail).is_err());
+    }
+
+    #[test]
+    fn long_keys_make_bounded_names() {
+        let key = "漢".repeat(27);
+        let name = key_name(&key);
+        assert!(name.len() <= NAME_MAX, "{name}");
+        assert_ne!(key_name(&format!("{key}x")), name);
+        assert_eq!(key_name("short_1"), "short_1");
+        let long = "a%".repeat(100);
+        let cut = key_name(&long);
+        let prefix = cut.split('~').next().unwrap();
+        assert!(
+            !prefix.ends_with('%') && !prefix[..prefix.len() - 1].ends_with('%'),
+            "{cut}"
+        );
     }
 
     #[test]

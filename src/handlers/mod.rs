@@ -2,9 +2,10 @@
 //! one place where kinds are listed.
 //!
 //! A handler is a `Sink`: either called once per event (`Each`: command,
-//! function), each success recorded as soon as the call returns, or a file
-//! that takes a whole delivery at once (`File`: jsonl), made exactly-once
-//! with the store through the file's length recorded with the delivery.
+//! function, webhook, mail), each success recorded as soon as the call
+//! returns, or a file that takes a whole delivery at once (`File`: jsonl),
+//! made exactly-once with the store through the file's length and identity
+//! recorded with the delivery.
 //!
 //! Not here: retries, recording outcomes (the delivery engine).
 
@@ -21,6 +22,7 @@ use serde::Serialize;
 use crate::config::{HandlerConfig, HandlerKind};
 use crate::event::Event;
 use crate::registry::Registry;
+use crate::store::FileMark;
 
 /// An event on its way to a handler: the event, its context already as JSON,
 /// and when it was recorded as seen.
@@ -78,12 +80,24 @@ pub trait DeliverEach: Send {
 
 /// A file that takes whole deliveries and can be cut back to a length.
 pub trait FileSink: Send {
-    /// The file's current length (0 if it does not exist yet).
-    fn file_len(&mut self) -> io::Result<u64>;
-    /// Cuts the file back to `len` bytes, if it is longer.
-    fn truncate_to(&mut self, len: u64) -> io::Result<()>;
+    /// The file's current length (0 if it is new) and identity.
+    fn position(&mut self) -> io::Result<FileMark>;
+    /// Cuts the file back to `mark.offset`, if it is longer and still the
+    /// file `mark` names; another file is an error, and nothing is cut.
+    fn truncate_to(&mut self, mark: &FileMark) -> Result<(), CutError>;
     /// Appends the events and makes them durable (fsync) before returning.
     fn append_all(&mut self, events: &[Dispatch<'_>]) -> io::Result<()>;
+}
+
+/// Why a file sink did not cut its file back.
+#[derive(Debug, thiserror::Error)]
+pub enum CutError {
+    /// The path names another file than the one the delivery wrote to:
+    /// nothing of the delivery is in it, and nothing was cut.
+    #[error("{0}")]
+    OtherFile(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
 }
 
 /// A configured handler, ready to deliver.
@@ -92,19 +106,26 @@ pub enum Sink {
     File(Box<dyn FileSink>),
 }
 
-/// Builds the sink for a configured handler.
-pub fn build(handler: &HandlerConfig, registry: &Registry) -> Sink {
+/// Builds the sink for a configured handler. `withheld` are the
+/// environment variables command handlers do not inherit (secrets spark
+/// read for the config).
+pub fn build(handler: &HandlerConfig, registry: &Registry, withheld: &[String]) -> Sink {
     match &handler.kind {
-        HandlerKind::Jsonl { path } => Sink::File(Box::new(jsonl::JsonlSink::new(path.clone()))),
+        HandlerKind::Jsonl { path, mode } => {
+            Sink::File(Box::new(jsonl::JsonlSink::new(path.clone(), *mode)))
+        }
         HandlerKind::Command {
             argv,
             timeout,
             workdir,
+            env,
         } => Sink::Each(Box::new(command::CommandHandler::new(
             &handler.name,
             argv.clone(),
             *timeout,
             workdir.clone(),
+            env.clone(),
+            withheld.to_vec(),
         ))),
         HandlerKind::Function { function } => Sink::Each(Box::new(function::FunctionSink::new(
             function,

@@ -12,7 +12,11 @@
 //!
 //! A 2xx response is success; any other status, a timeout or a refused
 //! connection is a failure whose error carries the status and the first
-//! bytes of the response body.
+//! bytes of the response body. Redirects are not followed (an HTTP client
+//! would re-send as GET without the body, and hand the signature and the
+//! headers to another address): a 3xx is a failure naming its `Location`.
+//! The response body is read to its end (up to a limit), so that the
+//! connection can be used again.
 
 use std::time::Duration;
 
@@ -25,6 +29,10 @@ use crate::config::Secret;
 
 /// How much of an error response's body a failure keeps.
 const BODY_KEEP: u64 = 300;
+
+/// How much of a successful response's body is read (and dropped) so that
+/// the connection can be reused.
+const BODY_DRAIN: u64 = 64 * 1024;
 
 /// The signature header's name.
 pub const SIGNATURE_HEADER: &str = "Spark-Signature";
@@ -48,6 +56,7 @@ impl WebhookHandler {
             .timeout_global(Some(timeout))
             .timeout_connect(Some(connect_timeout))
             .http_status_as_error(false)
+            .max_redirects(0)
             .user_agent(concat!("spark/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
@@ -99,7 +108,23 @@ impl DeliverEach for WebhookHandler {
             .map_err(|e| format!("POST {}: {e}", self.url))?;
         let status = response.status();
         if status.is_success() {
+            let _ = response
+                .body_mut()
+                .with_config()
+                .limit(BODY_DRAIN)
+                .read_to_vec();
             return Ok(());
+        }
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("(none)");
+            return Err(format!(
+                "POST {}: HTTP {status}, redirected to {location}; spark does not follow redirects (point `url` at the final address)",
+                self.url
+            ));
         }
         let text = response
             .body_mut()

@@ -196,6 +196,49 @@ pub fn outstanding(conn: &Connection) -> rusqlite::Result<Vec<(String, String, u
     .collect()
 }
 
+/// Deliveries owed to a handler that is not in the config (renamed or
+/// removed): they would wait forever.
+#[derive(Debug, Clone, Serialize)]
+pub struct Orphaned {
+    pub handler: String,
+    /// Events owed.
+    pub events: u64,
+    /// The first few keys.
+    pub keys: Vec<String>,
+}
+
+/// How many keys an orphan report names.
+const ORPHAN_KEYS_LISTED: usize = 5;
+
+/// Deliveries owed to handlers not among `known`, by handler.
+pub fn orphaned(conn: &Connection, known: &[&str]) -> rusqlite::Result<Vec<Orphaned>> {
+    let mut found: Vec<Orphaned> = Vec::new();
+    for d in all_deliveries(conn)? {
+        if known.contains(&d.handler.as_str()) {
+            continue;
+        }
+        let i = match found.iter().position(|o| o.handler == d.handler) {
+            Some(i) => i,
+            None => {
+                found.push(Orphaned {
+                    handler: d.handler.clone(),
+                    events: 0,
+                    keys: Vec::new(),
+                });
+                found.len() - 1
+            }
+        };
+        let o = &mut found[i];
+        o.events += d.remaining().len() as u64;
+        for key in d.remaining() {
+            if o.keys.len() < ORPHAN_KEYS_LISTED {
+                o.keys.push(key.clone());
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// The owed (event, handler) pairs that `query` selects, one line per key.
 pub fn list_deliveries(
     conn: &Connection,

@@ -77,9 +77,19 @@ pub struct Delivery {
     /// Unix milliseconds.
     pub next_attempt_at: i64,
     pub last_error: Option<String>,
-    /// For file sinks: the file's length before this delivery wrote to it.
-    pub file_offset: Option<u64>,
+    /// For file sinks: the file's length before this delivery wrote to it,
+    /// and which file it was.
+    pub file_mark: Option<FileMark>,
     pub created_at: String,
+}
+
+/// Where a file-sink delivery writes from: the file's length before it
+/// wrote, and the file's identity (device and inode; `None` in rows an
+/// earlier spark wrote), so that recovery cuts back only that same file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMark {
+    pub offset: u64,
+    pub file: Option<crate::files::FileId>,
 }
 
 impl Delivery {
@@ -95,7 +105,7 @@ pub struct PlannedDelivery {
     pub handler: String,
     /// Indices into the batch, in order.
     pub events: Vec<usize>,
-    pub file_offset: Option<u64>,
+    pub file_mark: Option<FileMark>,
 }
 
 /// What a batch left in the store.
@@ -159,13 +169,14 @@ pub trait Store {
     /// returns how many.
     fn bury_interrupted(&mut self, error: &str) -> Result<usize>;
 
-    /// Deliveries to work on now: pending ones, and failed ones whose next
-    /// attempt is due at `now_ms`; oldest first.
+    /// Deliveries to work on now: pending ones, failed ones whose next
+    /// attempt is due at `now_ms`, and any holding a file mark (due or not,
+    /// so that its file is cut back first); oldest first.
     fn due_deliveries(&mut self, now_ms: i64) -> Result<Vec<Delivery>>;
 
-    /// Records the file length a file-sink delivery writes from (`None`:
+    /// Records the file position a file-sink delivery writes from (`None`:
     /// nothing of it is in the file).
-    fn set_file_offset(&mut self, delivery: &mut Delivery, offset: Option<u64>) -> Result<()>;
+    fn set_file_mark(&mut self, delivery: &mut Delivery, mark: Option<FileMark>) -> Result<()>;
 
     /// Marks `delivery.keys[..done]` finished; a finished delivery is removed.
     fn advance(&mut self, delivery: &mut Delivery, done: usize) -> Result<()>;

@@ -30,6 +30,9 @@ pub const MIGRATIONS: &[&str] = &[
         updated_at TEXT NOT NULL
     );
     CREATE INDEX spark_delivery_state ON spark_delivery (state, next_attempt_at);",
+    // 2: the identity (device:inode) of the file a file-sink delivery
+    // writes to, so that recovery never cuts another file.
+    "ALTER TABLE spark_delivery ADD COLUMN file_id TEXT;",
 ];
 
 /// The seen table's DDL: exactly what Django emits for django-spark's `Event`

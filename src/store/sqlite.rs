@@ -19,7 +19,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde_json::{Map, Value};
 
 use super::{
-    Delivery, DeliveryState, Failure, PlannedDelivery, Recorded, Store, StoredEvent, schema,
+    Delivery, DeliveryState, Failure, FileMark, PlannedDelivery, Recorded, Store, StoredEvent,
+    schema,
 };
 use crate::clock;
 use crate::error::{Error, Result};
@@ -30,8 +31,13 @@ use crate::records::quote_ident;
 /// attempt (`?1`, Unix ms) is due.
 pub(super) const DUE: &str = "state = 'pending' OR (state = 'failed' AND next_attempt_at <= ?1)";
 
+/// What a run starts with: the due deliveries, and any holding a file mark
+/// (to cut back before anything else writes to that file).
+const DUE_OR_MARKED: &str = "state = 'pending' OR (state = 'failed' AND next_attempt_at <= ?1) \
+                             OR (file_offset IS NOT NULL AND state <> 'in_flight')";
+
 pub(super) const DELIVERY_COLUMNS: &str = "id, handler, keys, done, state, attempts, next_attempt_at, \
-                                last_error, file_offset, created_at";
+                                last_error, file_offset, created_at, file_id";
 
 /// The SQLite store over one records database.
 pub struct SqliteStore {
@@ -247,6 +253,7 @@ pub(super) fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
     let done: i64 = row.get(3)?;
     let attempts: i64 = row.get(5)?;
     let file_offset: Option<i64> = row.get(8)?;
+    let file_id: Option<String> = row.get(10)?;
     Ok(Delivery {
         id: row.get(0)?,
         handler: row.get(1)?,
@@ -256,7 +263,12 @@ pub(super) fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         next_attempt_at: row.get(6)?,
         last_error: row.get(7)?,
-        file_offset: file_offset.and_then(|o| u64::try_from(o).ok()),
+        file_mark: file_offset
+            .and_then(|o| u64::try_from(o).ok())
+            .map(|offset| FileMark {
+                offset,
+                file: file_id.as_deref().and_then(crate::files::FileId::parse),
+            }),
         created_at: row.get(9)?,
     })
 }
@@ -265,8 +277,15 @@ pub(super) fn keys_json(keys: &[String]) -> String {
     serde_json::to_string(keys).unwrap_or_else(|_| String::from("[]"))
 }
 
-fn offset_sql(offset: Option<u64>) -> Option<i64> {
-    offset.map(|o| i64::try_from(o).unwrap_or(i64::MAX))
+/// A file mark as the two columns that keep it.
+fn mark_sql(mark: Option<FileMark>) -> (Option<i64>, Option<String>) {
+    match mark {
+        None => (None, None),
+        Some(m) => (
+            Some(i64::try_from(m.offset).unwrap_or(i64::MAX)),
+            m.file.map(|f| f.to_string()),
+        ),
+    }
 }
 
 /// Inserts a one-key delivery split out of `from` and returns it.
@@ -308,7 +327,7 @@ fn insert_single(
         attempts,
         next_attempt_at: next,
         last_error: error,
-        file_offset: None,
+        file_mark: None,
         created_at: now.to_owned(),
     })
 }
@@ -389,16 +408,18 @@ impl Store for SqliteStore {
                 let mask: Vec<bool> = new.iter().map(Option::is_some).collect();
                 let mut deliveries = Vec::new();
                 let mut add = conn.prepare_cached(
-                    "INSERT INTO spark_delivery (handler, keys, file_offset, created_at, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?4)",
+                    "INSERT INTO spark_delivery (handler, keys, file_offset, file_id, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
                 )?;
                 for planned in plan(&mask) {
                     let keys: Vec<String> =
                         planned.events.iter().map(|&i| events[i].key.clone()).collect();
+                    let (offset, file_id) = mark_sql(planned.file_mark);
                     add.execute(params![
                         planned.handler,
                         keys_json(&keys),
-                        offset_sql(planned.file_offset),
+                        offset,
+                        file_id,
                         seen_at
                     ])?;
                     let delivery = Delivery {
@@ -410,7 +431,7 @@ impl Store for SqliteStore {
                         attempts: 0,
                         next_attempt_at: 0,
                         last_error: None,
-                        file_offset: planned.file_offset,
+                        file_mark: planned.file_mark,
                         created_at: seen_at.to_owned(),
                     };
                     deliveries.push((delivery, planned.events));
@@ -482,23 +503,24 @@ impl Store for SqliteStore {
     fn due_deliveries(&mut self, now_ms: i64) -> Result<Vec<Delivery>> {
         let query = |conn: &Connection| -> rusqlite::Result<Vec<Delivery>> {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {DELIVERY_COLUMNS} FROM spark_delivery WHERE {DUE} ORDER BY id"
+                "SELECT {DELIVERY_COLUMNS} FROM spark_delivery WHERE {DUE_OR_MARKED} ORDER BY id"
             ))?;
             stmt.query_map([now_ms], delivery_from_row)?.collect()
         };
         query(&self.conn).map_err(self.error("listing due deliveries"))
     }
 
-    fn set_file_offset(&mut self, delivery: &mut Delivery, offset: Option<u64>) -> Result<()> {
+    fn set_file_mark(&mut self, delivery: &mut Delivery, mark: Option<FileMark>) -> Result<()> {
         let now = clock::now_text();
         let id = delivery.id;
+        let (offset, file_id) = mark_sql(mark);
         self.write("recording a file offset", |conn| {
             conn.prepare_cached(
-                "UPDATE spark_delivery SET file_offset = ?2, updated_at = ?3 WHERE id = ?1",
+                "UPDATE spark_delivery SET file_offset = ?2, file_id = ?3, updated_at = ?4 WHERE id = ?1",
             )?
-            .execute(params![id, offset_sql(offset), now])
+            .execute(params![id, offset, file_id, now])
         })?;
-        delivery.file_offset = offset;
+        delivery.file_mark = mark;
         Ok(())
     }
 
@@ -539,7 +561,7 @@ impl Store for SqliteStore {
         self.write("recording a failed delivery", |conn| {
             conn.prepare_cached(
                 "UPDATE spark_delivery SET state = ?2, attempts = ?3, next_attempt_at = ?4, \
-                 last_error = ?5, file_offset = NULL, updated_at = ?6 WHERE id = ?1",
+                 last_error = ?5, file_offset = NULL, file_id = NULL, updated_at = ?6 WHERE id = ?1",
             )?
             .execute(params![
                 id,
@@ -554,7 +576,7 @@ impl Store for SqliteStore {
         delivery.attempts = failure.attempts;
         delivery.next_attempt_at = failure.next_attempt_at.unwrap_or(0);
         delivery.last_error = Some(failure.error.clone());
-        delivery.file_offset = None;
+        delivery.file_mark = None;
         Ok(())
     }
 

@@ -1,0 +1,120 @@
+//! One redactor for secrets. Every value that came from the environment
+//! (`${VAR}` in the config, the `*_env` keys, `PGPASSWORD` and friends),
+//! every password in a URL's userinfo and every value in a URL's query
+//! string is registered here when the config is read; `redact` replaces
+//! each with `***`. The boundaries apply it: what the CLI prints, every log
+//! line, a delivery's recorded error, the metrics file.
+//!
+//! Values shorter than `MIN_LEN` characters are not registered: masking
+//! them would mask ordinary text everywhere (a secret that short is no
+//! secret).
+//!
+//! Not here: keeping secrets out of child processes (`handlers::command`).
+
+use std::borrow::Cow;
+use std::sync::RwLock;
+
+/// The replacement for a secret.
+pub const MASK: &str = "***";
+
+/// Shorter values are not masked.
+pub const MIN_LEN: usize = 4;
+
+static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// Registers a value to mask from now on.
+pub fn register(value: &str) {
+    let value = value.trim();
+    if value.chars().count() < MIN_LEN {
+        return;
+    }
+    let mut secrets = SECRETS.write().unwrap_or_else(|e| e.into_inner());
+    if !secrets.iter().any(|s| s == value) {
+        secrets.push(value.to_owned());
+        // Longest first, so that a secret containing another is masked whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+}
+
+/// Registers the credentials a URL carries: the password of its userinfo
+/// (the whole userinfo when it has no `:`) and each value of its query.
+pub fn register_url(url: &str) {
+    for secret in url_secrets(url) {
+        register(secret);
+    }
+}
+
+/// The credentials in a URL (see `register_url`).
+pub fn url_secrets(url: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    if let Some((userinfo, _host)) = authority.rsplit_once('@') {
+        found.push(
+            userinfo
+                .split_once(':')
+                .map_or(userinfo, |(_, password)| password),
+        );
+    }
+    if let Some((_, query)) = rest.split_once('?') {
+        let query = query.split('#').next().unwrap_or_default();
+        for pair in query.split('&') {
+            if let Some((_, value)) = pair.split_once('=') {
+                found.push(value);
+            }
+        }
+    }
+    found.retain(|s| !s.is_empty());
+    found
+}
+
+/// `text` with every registered secret replaced by `***`.
+pub fn redact(text: &str) -> Cow<'_, str> {
+    let secrets = SECRETS.read().unwrap_or_else(|e| e.into_inner());
+    if !secrets.iter().any(|s| text.contains(s.as_str())) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = text.to_owned();
+    for secret in secrets.iter() {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), MASK);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `redact` for an owned string.
+pub fn redact_owned(text: String) -> String {
+    match redact(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(masked) => masked,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_credentials_are_found() {
+        assert_eq!(
+            url_secrets("https://user:pa55word@host:1/p?token=abcd&x=1#frag"),
+            ["pa55word", "abcd", "1"]
+        );
+        assert_eq!(url_secrets("postgresql://tokenonly@db/app"), ["tokenonly"]);
+        assert!(url_secrets("https://example.org/a@b").is_empty());
+    }
+
+    #[test]
+    fn registered_values_are_masked_longest_first() {
+        register("redact-test-secret");
+        register("redact-test-secret-longer");
+        register("abc");
+        assert_eq!(
+            redact("x redact-test-secret-longer y redact-test-secret abc"),
+            "x *** y *** abc"
+        );
+        assert!(matches!(redact("nothing here"), Cow::Borrowed(_)));
+    }
+}
