@@ -182,18 +182,7 @@ pub fn check(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Result<
         for w in &report.warnings {
             errln!("warning: {w}");
         }
-        for o in &report.orphaned {
-            errln!(
-                "orphaned: {} deliveries wait for handler `{}`, which is not in the config ({})",
-                o.events,
-                super::output::field(&o.handler),
-                o.keys
-                    .iter()
-                    .map(|k| super::output::field(k))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
+        super::run::print_orphaned(&report.orphaned);
         if !cli.quiet || !report.errors.is_empty() {
             outln!(
                 "check: {} against {}: {} errors, {} warnings",

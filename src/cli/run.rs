@@ -199,6 +199,39 @@ fn print_run(cli: &Cli, command: &str, r: &RunReport) -> anyhow::Result<u8> {
     finish(cli, r)
 }
 
+/// One `skipped:` line per record a source could not read.
+fn print_record_errors(r: &RunReport) {
+    for e in &r.record_errors {
+        errln!(
+            "skipped: source `{}`, record {}: {}",
+            e.source,
+            field(&e.record),
+            field(&e.error)
+        );
+    }
+}
+
+/// One `orphaned:` line per handler, no longer in the config, that is owed
+/// deliveries.
+pub(super) fn print_orphaned(orphaned: &[crate::store::admin::Orphaned]) {
+    for o in orphaned {
+        let keys: Vec<String> = o.keys.iter().map(|k| field(k)).collect();
+        let more = if o.events as usize > o.keys.len() {
+            ", ..."
+        } else {
+            ""
+        };
+        errln!(
+            "orphaned: {} deliveries wait for handler `{}`, which is not in the config ({}{more}); \
+             rename the handler back, or move or drop them (`spark deliveries --handler {}`)",
+            o.events,
+            field(&o.handler),
+            keys.join(", "),
+            field(&o.handler),
+        );
+    }
+}
+
 /// Prints failures and a stop, and picks the exit status.
 fn finish(cli: &Cli, r: &RunReport) -> anyhow::Result<u8> {
     if !cli.json {
@@ -216,33 +249,8 @@ fn finish(cli: &Cli, r: &RunReport) -> anyhow::Result<u8> {
                 field(&f.error)
             );
         }
-        for e in &r.record_errors {
-            errln!(
-                "skipped: source `{}`, record {}: {}",
-                e.source,
-                field(&e.record),
-                field(&e.error)
-            );
-        }
-        for o in &r.orphaned {
-            errln!(
-                "orphaned: {} deliveries wait for handler `{}`, which is not in the config ({}{}); \
-                 rename the handler back, or move or drop them (`spark deliveries --handler {}`)",
-                o.events,
-                field(&o.handler),
-                o.keys
-                    .iter()
-                    .map(|k| field(k))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                if o.events as usize > o.keys.len() {
-                    ", ..."
-                } else {
-                    ""
-                },
-                field(&o.handler),
-            );
-        }
+        print_record_errors(r);
+        print_orphaned(&r.orphaned);
     }
     if let Some(stop) = signals::requested() {
         if !cli.json {
@@ -315,14 +323,7 @@ pub fn dry_run(
             report.new_events(),
             report.retried
         )?;
-        for e in &report.record_errors {
-            errln!(
-                "skipped: source `{}`, record {}: {}",
-                e.source,
-                field(&e.record),
-                field(&e.error)
-            );
-        }
+        print_record_errors(&report);
     }
     Ok(ExitCode::SUCCESS)
 }
