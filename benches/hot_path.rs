@@ -13,10 +13,11 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use jiff::civil::Date;
 use rusqlite::Connection;
+use spark::backend::sqlite::SqliteStore;
+use spark::backend::sqlite::records::RecordReader;
 use spark::config::Config;
 use spark::handlers::Dispatch;
-use spark::records::RecordReader;
-use spark::store::{SqliteStore, Store};
+use spark::store::Store;
 use spark::{Event, Registry, SourceCtx};
 
 const QUERY: &str = "SELECT c.*, (SELECT count(*) FROM donation d WHERE d.challenge_id = c.id) AS donation_count FROM challenge c";

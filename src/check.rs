@@ -11,8 +11,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::config::{Config, HandlerKind};
-use crate::database;
 use crate::registry::Registry;
+use crate::{backend, database};
 
 /// What `check` found.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -67,11 +67,11 @@ fn runnable(program: &str) -> bool {
 /// Checks `config` against its database; writes nothing.
 pub fn check(config: &Config, registry: &Registry) -> CheckReport {
     let mut report = CheckReport::default();
-    match database::open_read_only(config) {
+    match backend::reader(config) {
         Err(e) => report.errors.push(e.to_string()),
-        Ok(conn) => {
+        Ok(mut reader) => {
             for source in &config.sources {
-                match database::check_source(&conn, config, registry, source) {
+                match database::check_source(&mut *reader, registry, source) {
                     Ok(warnings) => report.warnings.extend(warnings),
                     Err(e) if source.enabled => report.errors.push(e.to_string()),
                     Err(e) => report
@@ -79,15 +79,15 @@ pub fn check(config: &Config, registry: &Registry) -> CheckReport {
                         .push(format!("{e} (the source is disabled)")),
                 }
             }
-            if let Err(e) = database::check_seen_table(&conn, config) {
+            if let Err(e) = reader.seen_table() {
                 report.errors.push(e.to_string());
             }
-            match crate::store::admin::orphaned(&conn, &config.handler_names()) {
-                Ok(orphaned) => report.orphaned = orphaned,
-                Err(e) => report.errors.push(format!(
-                    "database {}: listing deliveries: {e}",
-                    config.database.path.display()
-                )),
+            match reader.deliveries() {
+                Ok(deliveries) => {
+                    report.orphaned =
+                        crate::store::admin::orphaned(&deliveries, &config.handler_names())
+                }
+                Err(e) => report.errors.push(e.to_string()),
             }
         }
     }

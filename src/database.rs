@@ -1,110 +1,16 @@
-//! Opening the records database and checking a config against it, without
-//! writing: the database must exist and be SQLite, every source's table and
-//! columns must be there, and an existing seen table must fit.
+//! Checking a config against its database, without writing, on any
+//! backend: every source's table and columns must be there (and for a
+//! generator, of types its conditions can match), and the events must fit
+//! the seen table (`KeyLimits`).
 //!
-//! The only way spark creates a database is `create_from` (demos and tests):
-//! a SQL script run into a new file that is moved into place when complete.
-//!
-//! Not here: spark's own tables and writes (`store`).
-
-use std::path::Path;
-
-use rusqlite::{Connection, OpenFlags};
+//! Not here: opening databases (`backend`) or writing (`store`).
 
 use crate::config::{Config, SourceConfig, SourceKind};
 use crate::error::{Error, Result};
 use crate::records::{Affinity, RecordSet};
 use crate::registry::Registry;
 use crate::sources::generator::CondValue;
-use crate::store::schema;
-
-/// Opens the records database read-only. A database that does not exist yet
-/// but has a `create_from` script is built in memory from it, so read-only
-/// commands see what the first run will see.
-pub fn open_read_only(config: &Config) -> Result<Connection> {
-    let db = &config.database;
-    if !db.path.exists() {
-        let Some(script) = &db.create_from else {
-            return Err(Error::MissingDatabase {
-                path: db.path.clone(),
-                config: config.path.clone(),
-            });
-        };
-        let conn = Connection::open_in_memory().map_err(Error::on_database(&db.path))?;
-        run_script(&conn, script).map_err(|error| Error::CreateFrom {
-            path: db.path.clone(),
-            script: script.clone(),
-            error,
-        })?;
-        return Ok(conn);
-    }
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn =
-        Connection::open_with_flags(&db.path, flags).map_err(Error::on_database(&db.path))?;
-    conn.busy_timeout(db.busy_timeout)
-        .map_err(Error::on_database(&db.path))?;
-    // Reading the schema is what tells a database from any other file.
-    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .map_err(|error| match error.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::NotADatabase) => Error::NotADatabase {
-            path: db.path.clone(),
-            reason: "file is not a database".into(),
-        },
-        _ => Error::OpenDatabase {
-            path: db.path.clone(),
-            error,
-        },
-    })?;
-    Ok(conn)
-}
-
-fn run_script(conn: &Connection, script: &Path) -> Result<(), String> {
-    let sql = std::fs::read_to_string(script).map_err(|e| e.to_string())?;
-    conn.execute_batch(&sql).map_err(|e| e.to_string())
-}
-
-/// Creates the database from its `create_from` script if it does not exist.
-/// The script runs into a temporary file (an unpredictable name, created
-/// exclusively, readable by its owner only) that is moved into place only
-/// when it succeeded; a database that appeared meanwhile is kept.
-pub fn create_if_missing(config: &Config) -> Result<()> {
-    let db = &config.database;
-    let Some(script) = &db.create_from else {
-        return Ok(());
-    };
-    if db.path.exists() {
-        return Ok(());
-    }
-    let fail = |error: String| Error::CreateFrom {
-        path: db.path.clone(),
-        script: script.clone(),
-        error,
-    };
-    let dir = crate::files::parent(&db.path);
-    crate::files::create_dir_all(dir, crate::files::dir_mode(crate::files::PRIVATE))
-        .map_err(|e| fail(e.to_string()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".spark-creating-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(
-            crate::files::PRIVATE,
-        ))
-        .tempfile_in(dir)
-        .map_err(|e| fail(e.to_string()))?;
-    let conn = Connection::open(tmp.path()).map_err(|e| fail(e.to_string()))?;
-    run_script(&conn, script).map_err(fail)?;
-    conn.close().map_err(|(_, e)| fail(e.to_string()))?;
-    // No-clobber: another process may have created the database meanwhile.
-    match tmp.persist_noclobber(&db.path) {
-        Ok(_) => {
-            crate::files::sync_dir(dir);
-            Ok(())
-        }
-        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(fail(e.error.to_string())),
-    }
-}
+use crate::store::Reader;
 
 /// The sources a run works on: all enabled ones, or those named (`--source`).
 pub fn select_sources<'c>(config: &'c Config, only: &[String]) -> Result<Vec<&'c SourceConfig>> {
@@ -135,14 +41,13 @@ pub fn select_sources<'c>(config: &'c Config, only: &[String]) -> Result<Vec<&'c
 /// needs. Every source is checked; all errors are returned together.
 /// Warnings (things that are allowed but probably wrong) are logged.
 pub fn check_sources(
-    conn: &Connection,
-    config: &Config,
+    reader: &mut dyn Reader,
     registry: &Registry,
     sources: &[&SourceConfig],
 ) -> Result<()> {
     let mut errors = Vec::new();
     for source in sources {
-        match check_source(conn, config, registry, source) {
+        match check_source(reader, registry, source) {
             Ok(warnings) => {
                 for w in warnings {
                     tracing::warn!("{w}");
@@ -156,27 +61,18 @@ pub fn check_sources(
 
 /// Checks one source against the database; `Ok` carries warnings.
 pub fn check_source(
-    conn: &Connection,
-    config: &Config,
+    reader: &mut dyn Reader,
     registry: &Registry,
     source: &SourceConfig,
 ) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     let what = match &source.records {
         RecordSet::Table { table, filter } => {
-            let exists: bool = conn
-                .query_row(
-                    "SELECT count(*) > 0 FROM sqlite_master \
-                     WHERE type IN ('table', 'view') AND name = ?1 COLLATE NOCASE",
-                    [table],
-                    |r| r.get(0),
-                )
-                .map_err(Error::on_database(&config.database.path))?;
-            if !exists {
+            if !reader.table_exists(table)? {
                 return Err(Error::MissingTable {
                     source_name: source.name.clone(),
                     table: table.clone(),
-                    database: config.database.path.clone(),
+                    database: reader.name().to_owned(),
                 });
             }
             if filter.is_some() {
@@ -187,20 +83,28 @@ pub fn check_source(
         }
         RecordSet::Query(_) => "its query",
     };
-    let columns =
-        crate::records::columns(conn, &source.records.sql()).map_err(|e| Error::BadQuery {
+    let columns = reader
+        .columns(&source.records.sql())
+        .map_err(|message| Error::BadQuery {
             source_name: source.name.clone(),
             what,
-            message: sql_message(&e),
+            message,
         })?;
+    if let Some(bad) = columns.iter().find(|c| c.affinity == Affinity::Unmappable) {
+        return Err(Error::UnmappableColumn {
+            source_name: source.name.clone(),
+            column: bad.name.clone(),
+            type_name: bad.declared.clone().unwrap_or_default(),
+        });
+    }
     let names = || {
         columns
             .iter()
-            .map(|(n, _)| n.as_str())
+            .map(|c| c.name.as_str())
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let has = |column: &str| columns.iter().any(|(n, _)| n == column);
+    let has = |column: &str| columns.iter().any(|c| c.name == column);
     match &source.kind {
         SourceKind::Function { function } => {
             let Some(func) = registry.source(function) else {
@@ -233,12 +137,10 @@ pub fn check_source(
                         names()
                     ));
                 }
-                let declared = columns
-                    .iter()
-                    .find(|(n, _)| *n == condition.variable)
-                    .and_then(|(_, t)| t.as_deref());
-                if let Some(declared) = declared
-                    && !comparable(&condition.value, Affinity::of(declared))
+                let column = columns.iter().find(|c| c.name == condition.variable);
+                if let Some(column) = column
+                    && let Some(declared) = &column.declared
+                    && !comparable(&condition.value, column.affinity)
                 {
                     return Err(Error::ConditionType {
                         source_name: source.name.clone(),
@@ -258,24 +160,17 @@ pub fn check_source(
 fn comparable(value: &CondValue, affinity: Affinity) -> bool {
     !matches!(
         (value, affinity),
-        (CondValue::Int(_) | CondValue::Float(_), Affinity::Text)
-            | (
-                CondValue::Text(_) | CondValue::Date(_),
-                Affinity::Integer | Affinity::Real
-            )
-            | (CondValue::Bool(_), Affinity::Text | Affinity::Real)
+        (
+            CondValue::Int(_) | CondValue::Float(_),
+            Affinity::Text | Affinity::Boolean | Affinity::Temporal
+        ) | (
+            CondValue::Text(_) | CondValue::Date(_),
+            Affinity::Integer | Affinity::Real | Affinity::Boolean
+        ) | (
+            CondValue::Bool(_),
+            Affinity::Text | Affinity::Real | Affinity::Temporal
+        )
     )
-}
-
-/// Checks an existing seen table; `Ok(false)` when it does not exist yet.
-pub fn check_seen_table(conn: &Connection, config: &Config) -> Result<bool> {
-    schema::check_seen_table(conn, &config.database.seen_table).map_err(|problem| {
-        Error::BadSeenTable {
-            table: config.database.seen_table.clone(),
-            database: config.database.path.clone(),
-            problem,
-        }
-    })
 }
 
 /// The longest key and group (in characters) the seen table takes: the
@@ -342,50 +237,6 @@ pub fn declared_length(declared: &str) -> Option<usize> {
     let open = lower.find('(')?;
     let close = lower[open..].find(')')? + open;
     lower[open + 1..close].trim().parse().ok()
-}
-
-/// The limits of the seen table (django-spark's when it does not exist yet).
-pub fn key_limits(conn: &Connection, config: &Config) -> Result<KeyLimits> {
-    let mut stmt = conn
-        .prepare("SELECT name, type FROM pragma_table_info(?1)")
-        .map_err(Error::on_database(&config.database.path))?;
-    let columns: Vec<(String, String)> = stmt
-        .query_map([&config.database.seen_table], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .and_then(|rows| rows.collect())
-        .map_err(Error::on_database(&config.database.path))?;
-    if columns.is_empty() {
-        return Ok(KeyLimits::DJANGO);
-    }
-    let of = |name: &str| {
-        columns
-            .iter()
-            .find(|(c, _)| c == name)
-            .and_then(|(_, t)| declared_length(t))
-    };
-    Ok(KeyLimits {
-        key: of("key"),
-        group: of("group"),
-    })
-}
-
-/// Whether the (existing) seen table has no rows.
-pub fn seen_table_is_empty(conn: &Connection, config: &Config) -> Result<bool> {
-    let sql = format!(
-        "SELECT NOT EXISTS (SELECT 1 FROM {})",
-        crate::records::quote_ident(&config.database.seen_table)
-    );
-    conn.query_row(&sql, [], |r| r.get(0))
-        .map_err(Error::on_database(&config.database.path))
-}
-
-/// SQLite's own message for an error, without rusqlite's wrapping.
-pub fn sql_message(e: &rusqlite::Error) -> String {
-    match e {
-        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
-        other => other.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -82,6 +82,9 @@ pub struct Engine {
     /// File deliveries written and fsynced, not yet recorded as done.
     finished: Vec<i64>,
     now: fn() -> i64,
+    /// When the run started (Unix ms): failed deliveries due before it are
+    /// retried in this run; one failing during it waits for a later run.
+    run_started: i64,
 }
 
 /// How many failures a run's report lists (the counts cover them all).
@@ -121,6 +124,7 @@ impl Engine {
             defer_file_completion: false,
             finished: Vec::new(),
             now: clock::now_ms,
+            run_started: clock::now_ms(),
         }
     }
 
@@ -169,10 +173,25 @@ impl Engine {
         }
     }
 
-    /// Works off what earlier runs left: buries at-most-once calls a dead run
-    /// left in flight, then delivers every due delivery. Returns how many
-    /// deliveries it worked on.
-    pub fn retry_due(&mut self, store: &mut dyn Store) -> Result<usize> {
+    /// The handlers still taking deliveries in this run (none once a stop
+    /// was asked for).
+    fn active_handlers(&self) -> Vec<&str> {
+        if signals::requested().is_some() {
+            return Vec::new();
+        }
+        self.slots
+            .iter()
+            .filter(|s| s.stopped.is_none())
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+
+    /// Works off what is owed: buries at-most-once calls a dead run left in
+    /// flight, settles deliveries holding a file mark, then claims and
+    /// delivers due deliveries until none is left. Deliveries failing
+    /// during this run wait for a later one. Returns how many deliveries it
+    /// worked on.
+    pub fn drain(&mut self, store: &mut dyn Store) -> Result<usize> {
         let buried = store.bury_interrupted(INTERRUPTED)?;
         if buried > 0 {
             tracing::warn!(
@@ -181,24 +200,45 @@ impl Engine {
             );
         }
         self.buried += buried as u64;
-        let now = (self.now)();
-        let due = store.due_deliveries(now)?;
+        let now = self.run_started;
         // A delivery that holds a file mark was being written when a run
         // died (or could not be cut back): settle it first, before anything
-        // else writes to that file. The store returns those whether due or
-        // not; one not due yet is only cut back.
-        let (settle, rest): (Vec<Delivery>, Vec<Delivery>) =
-            due.into_iter().partition(|d| d.file_mark.is_some());
+        // else writes to that file; one not due yet is only cut back.
         let mut count = 0;
-        for mut delivery in settle.into_iter().chain(rest) {
+        let handlers: Vec<String> = self
+            .active_handlers()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let names: Vec<&str> = handlers.iter().map(String::as_str).collect();
+        for mut delivery in store.marked(&names)? {
             let is_due = delivery.state == DeliveryState::Pending
-                || (delivery.state == DeliveryState::Failed && delivery.next_attempt_at <= now);
-            if !is_due {
+                || (delivery.state == DeliveryState::Failed && delivery.next_attempt_at < now);
+            if is_due {
+                count += 1;
+                self.deliver_stored(store, &mut delivery)?;
+            } else {
                 self.release_mark(store, &mut delivery)?;
-                continue;
             }
-            count += 1;
-            self.deliver_stored(store, &mut delivery)?;
+        }
+        loop {
+            let handlers: Vec<String> = self
+                .active_handlers()
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            if handlers.is_empty() {
+                break;
+            }
+            let names: Vec<&str> = handlers.iter().map(String::as_str).collect();
+            let claimed = store.claim_due(now, &names)?;
+            if claimed.is_empty() {
+                break;
+            }
+            for mut delivery in claimed {
+                count += 1;
+                self.deliver_stored(store, &mut delivery)?;
+            }
         }
         Ok(count)
     }

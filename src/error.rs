@@ -4,7 +4,7 @@
 //! Not here: failed deliveries. A handler failing is not an error of the run;
 //! it is recorded with the delivery and retried.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::config::ConfigError;
 
@@ -23,11 +23,11 @@ pub enum Error {
     #[error("{} is not a SQLite database ({reason})", path.display())]
     NotADatabase { path: PathBuf, reason: String },
 
-    #[error("cannot open database {}: {error}", path.display())]
-    OpenDatabase {
-        path: PathBuf,
-        error: rusqlite::Error,
-    },
+    #[error("cannot open database {database}: {error}")]
+    OpenDatabase { database: String, error: String },
+
+    #[error("cannot connect to PostgreSQL {target}: {error}")]
+    Connect { target: String, error: String },
 
     #[error("database {}: cannot create it from {}: {error}", path.display(), script.display())]
     CreateFrom {
@@ -36,11 +36,20 @@ pub enum Error {
         error: String,
     },
 
-    #[error("source `{source_name}`: table `{table}` does not exist in {}", database.display())]
+    #[error("source `{source_name}`: table `{table}` does not exist in {database}")]
     MissingTable {
         source_name: String,
         table: String,
-        database: PathBuf,
+        database: String,
+    },
+
+    #[error(
+        "source `{source_name}`: column `{column}` is of type {type_name}, which spark cannot turn into JSON; cast it in the query (e.g. `{column}::text`)"
+    )]
+    UnmappableColumn {
+        source_name: String,
+        column: String,
+        type_name: String,
     },
 
     #[error(
@@ -72,10 +81,10 @@ pub enum Error {
         message: String,
     },
 
-    #[error("seen table `{table}` in {}: {problem}", database.display())]
+    #[error("seen table `{table}` in {database}: {problem}")]
     BadSeenTable {
         table: String,
-        database: PathBuf,
+        database: String,
         problem: String,
     },
 
@@ -87,16 +96,13 @@ pub enum Error {
     },
 
     #[error("source `{source_name}`: reading its records failed: {error}")]
-    ReadRecords {
-        source_name: String,
-        error: rusqlite::Error,
-    },
+    ReadRecords { source_name: String, error: String },
 
-    #[error("database {}: {action}: {error}", database.display())]
+    #[error("database {database}: {action}: {error}")]
     Store {
-        database: PathBuf,
+        database: String,
         action: String,
-        error: rusqlite::Error,
+        error: String,
     },
 
     #[error(
@@ -126,11 +132,16 @@ pub enum Error {
 }
 
 impl Error {
-    /// Turns an SQLite error on `path` into `OpenDatabase`, for `map_err`.
-    pub fn on_database(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
-        move |error| Error::OpenDatabase {
-            path: path.to_owned(),
-            error,
+    /// A failed database operation, for `map_err`: `Error::Store` naming the
+    /// database and what spark was doing.
+    pub fn store<'a, E: std::fmt::Display>(
+        database: &'a str,
+        action: &'a str,
+    ) -> impl Fn(E) -> Error + 'a {
+        move |error| Error::Store {
+            database: database.to_owned(),
+            action: action.to_owned(),
+            error: error.to_string(),
         }
     }
 

@@ -25,6 +25,7 @@
 //! }
 //! ```
 
+pub mod backend;
 pub mod check;
 pub mod cli;
 pub mod clock;
@@ -39,7 +40,6 @@ pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handlers;
-pub mod lock;
 pub mod metrics;
 pub mod panics;
 pub mod pipeline;

@@ -19,21 +19,20 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use jiff::civil::Date;
-use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
+use crate::backend;
 use crate::config::{Config, SourceConfig, SourceKind};
 use crate::database::{self, KeyLimits};
 use crate::delivery::{Engine, FailureReport, HandlerStats};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handlers::Dispatch;
-use crate::lock::RunLock;
-use crate::records::{Record, RecordError, RecordReader, quote_ident};
+use crate::records::{Record, RecordError};
 use crate::registry::{Registry, SourceCtx, SourceFunction};
 use crate::signals;
 use crate::sources::generator::Generator;
-use crate::store::{PlannedDelivery, SqliteStore, Store};
+use crate::store::{PlannedDelivery, Reader, SeenTable, Store};
 
 /// What a run is asked to do.
 #[derive(Debug, Clone)]
@@ -115,6 +114,13 @@ impl RunReport {
     pub fn waiting(&self) -> u64 {
         self.handlers.iter().map(|h| h.waiting).sum()
     }
+    /// Notes what is still owed after the run, and to which handlers no
+    /// longer in the config.
+    pub fn owed(&mut self, deliveries: &[crate::store::Delivery], config: &Config) {
+        self.outstanding = crate::store::admin::outstanding(deliveries);
+        self.orphaned = crate::store::admin::orphaned(deliveries, &config.handler_names());
+    }
+
     /// True when something needs attention: failed deliveries, deliveries
     /// left waiting or orphaned, or records that could not be read.
     pub fn has_failures(&self) -> bool {
@@ -219,7 +225,7 @@ impl<'a> Scanner<'a> {
     /// `sink` with its source's index and the size of its record.
     fn scan_set(
         &mut self,
-        conn: &Connection,
+        reader: &mut dyn Reader,
         members: &[usize],
         sources: &[&'a SourceConfig],
         sink: &mut dyn FnMut(Event, usize, &mut SourceStats, usize) -> ControlFlow<()>,
@@ -227,73 +233,72 @@ impl<'a> Scanner<'a> {
         let first = sources[members[0]];
         let member_sources: Vec<&SourceConfig> = members.iter().map(|&m| sources[m]).collect();
         let evaluators = self.evaluators(&member_sources)?;
-        let read_err = |error| Error::ReadRecords {
-            source_name: first.name.clone(),
-            error,
-        };
         tracing::info!(
             records = %first.records.describe(),
             sources = %member_sources.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
             "reading records once for"
         );
-        let mut stmt = conn.prepare(&first.records.sql()).map_err(read_err)?;
-        let mut reader = RecordReader::new(&mut stmt).map_err(read_err)?;
         let mut events = Vec::new();
         let mut read = 0u64;
-        while let Some(record) = reader.next_record().map_err(read_err)? {
-            if signals::requested().is_some() {
-                return Ok(());
-            }
-            read += 1;
-            // Generators on this record share one context made from it.
-            let mut context = None;
-            for (&s, evaluator) in members.iter().zip(&evaluators) {
-                self.stats[s].records += 1;
-                if let Some(defect) = record.defect() {
-                    self.skipped(sources[s], s, record, defect);
-                    continue;
+        reader
+            .scan(&first.records.sql(), &mut |record| {
+                if signals::requested().is_some() {
+                    return ControlFlow::Break(());
                 }
-                events.clear();
-                let produced = match evaluator {
-                    Evaluator::Function(f) => f.call(record, &self.ctx).map(|e| events = e),
-                    Evaluator::Generator(g) => {
-                        g.evaluate(record, &mut context).map(|e| events.extend(e))
+                read += 1;
+                // Generators on this record share one context made from it.
+                let mut context = None;
+                for (&s, evaluator) in members.iter().zip(&evaluators) {
+                    self.stats[s].records += 1;
+                    if let Some(defect) = record.defect() {
+                        self.skipped(sources[s], s, record, defect);
+                        continue;
                     }
-                }
-                .and_then(|()| {
-                    // An event the seen table cannot hold makes the record bad
-                    // (all its events), never a failed batch.
-                    events.iter().try_for_each(|e| {
-                        self.limits
-                            .check(&e.key, &e.group)
-                            .map_err(|problem| RecordError::new("", problem))
-                    })
-                });
-                match produced {
-                    Ok(()) => {
-                        self.stats[s].events += events.len() as u64;
-                        for event in events.drain(..) {
-                            if sink(event, s, &mut self.stats[s], record.bytes()).is_break() {
-                                return Ok(());
-                            }
+                    events.clear();
+                    let produced = match evaluator {
+                        Evaluator::Function(f) => f.call(record, &self.ctx).map(|e| events = e),
+                        Evaluator::Generator(g) => {
+                            g.evaluate(record, &mut context).map(|e| events.extend(e))
                         }
                     }
-                    Err(error) => self.skipped(sources[s], s, record, &error),
+                    .and_then(|()| {
+                        // An event the seen table cannot hold makes the record
+                        // bad (all its events), never a failed batch.
+                        events.iter().try_for_each(|e| {
+                            self.limits
+                                .check(&e.key, &e.group)
+                                .map_err(|problem| RecordError::new("", problem))
+                        })
+                    });
+                    match produced {
+                        Ok(()) => {
+                            self.stats[s].events += events.len() as u64;
+                            for event in events.drain(..) {
+                                if sink(event, s, &mut self.stats[s], record.bytes()).is_break() {
+                                    return ControlFlow::Break(());
+                                }
+                            }
+                        }
+                        Err(error) => self.skipped(sources[s], s, record, &error),
+                    }
                 }
-            }
-            if read.is_multiple_of(4096)
-                && let Some(bar) = &self.progress
-            {
-                let (events, new) = members.iter().fold((0, 0), |(e, n), &s| {
-                    (e + self.stats[s].events, n + self.stats[s].new)
-                });
-                bar.set_message(format!(
-                    "{}: {read} records, {events} events, {new} new",
-                    first.records.describe()
-                ));
-            }
-        }
-        Ok(())
+                if read.is_multiple_of(4096)
+                    && let Some(bar) = &self.progress
+                {
+                    let (events, new) = members.iter().fold((0, 0), |(e, n), &s| {
+                        (e + self.stats[s].events, n + self.stats[s].new)
+                    });
+                    bar.set_message(format!(
+                        "{}: {read} records, {events} events, {new} new",
+                        first.records.describe()
+                    ));
+                }
+                ControlFlow::Continue(())
+            })
+            .map_err(|error| Error::ReadRecords {
+                source_name: first.name.clone(),
+                error,
+            })
     }
 
     /// Notes a record that a source could not read.
@@ -332,10 +337,9 @@ impl<'a> Scanner<'a> {
 
 /// What opening and checking the database found.
 struct Checked<'c> {
-    conn: Connection,
+    reader: Box<dyn Reader>,
     sources: Vec<&'c SourceConfig>,
-    seen_exists: bool,
-    limits: KeyLimits,
+    seen: SeenTable,
 }
 
 /// Opens the database read-only and checks the config against it.
@@ -345,28 +349,14 @@ fn open_checked<'c>(
     only: &[String],
 ) -> Result<Checked<'c>> {
     let sources = database::select_sources(config, only)?;
-    let conn = database::open_read_only(config)?;
-    database::check_sources(&conn, config, registry, &sources)?;
-    let seen_exists = database::check_seen_table(&conn, config)?;
-    let limits = database::key_limits(&conn, config)?;
+    let mut reader = backend::reader(config)?;
+    database::check_sources(&mut *reader, registry, &sources)?;
+    let seen = reader.seen_table()?;
     Ok(Checked {
-        conn,
+        reader,
         sources,
-        seen_exists,
-        limits,
+        seen,
     })
-}
-
-/// A best-effort passive checkpoint on a connection of its own.
-fn checkpoint_now(config: &Config) {
-    let done = Connection::open_with_flags(
-        &config.database.path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .and_then(|conn| conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)"));
-    if let Err(e) = done {
-        tracing::debug!(error = %e, "early checkpoint skipped");
-    }
 }
 
 /// A batch is sent on once its records take about this many bytes, however
@@ -455,21 +445,21 @@ pub fn process_sources(
         config.require_secrets()?;
     }
     let Checked {
-        conn: check_conn,
+        reader: mut check_reader,
         sources,
-        seen_exists,
-        limits,
+        seen,
     } = open_checked(config, registry, &opts.only)?;
+    let limits = seen.limits;
     // On a first run every event is new: prepare for that from the start.
-    let first_run = !seen_exists || database::seen_table_is_empty(&check_conn, config)?;
-    drop(check_conn);
+    let first_run = !seen.exists || check_reader.seen_is_empty()?;
+    drop(check_reader);
 
-    let _lock = RunLock::acquire(&config.database.path, opts.wait)?;
-    database::create_if_missing(config)?;
-    let mut store = SqliteStore::open_for(&config.database)?;
+    let _guard = backend::run_guard(config, opts.wait)?;
+    let mut store = backend::store(config)?;
+    let store = &mut *store;
     let mut engine = Engine::new(config, registry);
     let retried = if opts.dispatch {
-        engine.retry_due(&mut store)? as u64
+        engine.drain(store)? as u64
     } else {
         0
     };
@@ -478,7 +468,7 @@ pub fn process_sources(
 
     // Records are read on a connection of their own, so that the store can
     // commit batches while a source's query is still being stepped through.
-    let reader = database::open_read_only(config)?;
+    let mut reader = backend::reader(config)?;
     let batch_size = config.delivery.batch_size;
     let mut writer = Batcher {
         config,
@@ -518,7 +508,7 @@ pub fn process_sources(
             for members in record_sets(sources) {
                 let mut outcome: Result<bool> = Ok(true);
                 scanner.scan_set(
-                    &reader,
+                    &mut *reader,
                     &members,
                     sources,
                     &mut |event, s, _stats, bytes| {
@@ -538,11 +528,10 @@ pub fn process_sources(
             }
             // A stopped run leaves its last events unrecorded: the next run
             // finds them again.
-            // The reader's snapshot no longer holds the WAL back: copy what
-            // is committed so far into the database file now, alongside the
-            // last batches, rather than all of it after them.
-            drop(reader);
-            let checkpointing = scope.spawn(move || checkpoint_now(config));
+            // Reading is done (SQLite: the reader's snapshot no longer holds
+            // the WAL back, so what is committed so far is copied into the
+            // database file now, alongside the last batches).
+            let checkpointing = scope.spawn(move || reader.finish());
             if signals::requested().is_none() && !batch.events.is_empty() {
                 send(batch)?;
             }
@@ -556,7 +545,7 @@ pub fn process_sources(
             let rx = rx;
             let mut written = Ok(());
             for batch in rx.iter() {
-                written = writer.flush(&batch, &mut store, &mut engine);
+                written = writer.flush(&batch, store, &mut engine);
                 let new: u64 = writer.last_new;
                 expect_new.store(new * 2 > batch.events.len() as u64, Ordering::Relaxed);
                 let _ = recycle_tx.send(batch);
@@ -576,7 +565,12 @@ pub fn process_sources(
     written?;
     let scanner = scanned?;
     store.finish(&engine.take_finished())?;
-    store.checkpoint();
+    if opts.dispatch {
+        // What this run recorded but did not deliver at once (on a shared
+        // store: what any worker left for whoever claims it first).
+        engine.drain(store)?;
+    }
+    store.finish_run()?;
 
     let mut report = scanner.finish(started);
     report.stopped = signals::requested().map(|s| s.name().to_owned());
@@ -584,14 +578,7 @@ pub fn process_sources(
         stats.new = *new;
     }
     report.retried = retried;
-    let counting = |error| Error::Store {
-        database: config.database.path.clone(),
-        action: "counting outstanding deliveries".into(),
-        error,
-    };
-    report.outstanding = crate::store::admin::outstanding(store.connection()).map_err(counting)?;
-    report.orphaned = crate::store::admin::orphaned(store.connection(), &config.handler_names())
-        .map_err(counting)?;
+    report.owed(&store.deliveries()?, config);
     report.interrupted = engine.buried();
     report.handlers = engine.stats().to_vec();
     report.failures = engine.failures().to_vec();
@@ -681,7 +668,7 @@ impl Batcher<'_> {
 }
 
 /// Makes the deliveries `query` selects due now (with a fresh count of
-/// attempts) and delivers them, under the run lock.
+/// attempts) and delivers them, under the run guard.
 pub fn retry(
     config: &Config,
     registry: &Registry,
@@ -690,27 +677,20 @@ pub fn retry(
 ) -> Result<RunReport> {
     let started = Instant::now();
     config.require_secrets()?;
-    let conn = database::open_read_only(config)?;
-    if !database::check_seen_table(&conn, config)? {
+    if !backend::reader(config)?.seen_table()?.exists {
         // Nothing was ever recorded here, so nothing is owed.
         return Ok(RunReport::default());
     }
-    drop(conn);
-    let _lock = RunLock::acquire(&config.database.path, wait)?;
-    let mut store = SqliteStore::open_for(&config.database)?;
+    let _guard = backend::run_guard(config, wait)?;
+    let mut store = backend::store(config)?;
+    let store = &mut *store;
     let mut engine = Engine::new(config, registry);
     store.reset_for_retry(query)?;
     // The selected deliveries are due now; so may be others, which are owed
-    // anyway (and a file offset a dead run left must be settled first).
-    let retried = engine.retry_due(&mut store)?;
-    let orphaned = crate::store::admin::orphaned(store.connection(), &config.handler_names())
-        .map_err(|error| Error::Store {
-            database: config.database.path.clone(),
-            action: "listing orphaned deliveries".into(),
-            error,
-        })?;
-    Ok(RunReport {
-        orphaned,
+    // anyway (and a file mark a dead run left must be settled first).
+    let retried = engine.drain(store)?;
+    store.finish_run()?;
+    let mut report = RunReport {
         handlers: engine.stats().to_vec(),
         failures: engine.failures().to_vec(),
         retried: retried as u64,
@@ -718,7 +698,9 @@ pub fn retry(
         seconds: started.elapsed().as_secs_f64(),
         stopped: signals::requested().map(|s| s.name().to_owned()),
         ..RunReport::default()
-    })
+    };
+    report.owed(&store.deliveries()?, config);
+    Ok(report)
 }
 
 /// FNV-1a: a fast hash for the few short group names routed per event
@@ -761,67 +743,77 @@ pub fn dry_run(
 ) -> Result<RunReport> {
     let started = Instant::now();
     let Checked {
-        conn,
+        mut reader,
         sources,
-        seen_exists,
-        limits,
+        seen,
     } = open_checked(config, registry, &opts.only)?;
-    let seen_sql = format!(
-        "SELECT 1 FROM {} WHERE \"key\" = ?1",
-        quote_ident(&config.database.seen_table)
-    );
-    let mut seen_stmt = if seen_exists {
-        Some(
-            conn.prepare(&seen_sql)
-                .map_err(Error::on_database(&config.database.path))?,
-        )
+    // Seen keys are looked up on a connection of their own, a chunk at a
+    // time, while the other streams the records.
+    let mut lookup = if seen.exists {
+        Some(backend::reader(config)?)
     } else {
         None
     };
-    let read_err = Error::on_database(&config.database.path);
     let mut would: HashSet<String> = HashSet::new();
     let mut routes: HashMap<String, Vec<&str>> = HashMap::new();
-    let mut scanner = Scanner::new(registry, &sources, opts, limits);
+    let mut new_per_source = vec![0u64; sources.len()];
+    let mut pending: Vec<(Event, usize)> = Vec::new();
+    let mut failed: Option<Error> = None;
+    let mut flush = |pending: &mut Vec<(Event, usize)>| -> Result<()> {
+        let keys: Vec<String> = pending.iter().map(|(e, _)| e.key.clone()).collect();
+        let seen = match lookup.as_mut() {
+            Some(lookup) => lookup.seen_among(&keys)?,
+            None => HashSet::new(),
+        };
+        for (event, s) in pending.drain(..) {
+            if seen.contains(&event.key) || would.contains(&event.key) {
+                continue;
+            }
+            new_per_source[s] += 1;
+            let handlers = routes.entry(event.group.clone()).or_insert_with(|| {
+                config
+                    .handlers_for(&event.group)
+                    .map(|h| config.handlers[h].name.as_str())
+                    .collect()
+            });
+            on_event(&WouldDispatch {
+                key: &event.key,
+                group: &event.group,
+                handlers: handlers.clone(),
+            });
+            would.insert(event.key);
+        }
+        Ok(())
+    };
+    let mut scanner = Scanner::new(registry, &sources, opts, seen.limits);
     for members in record_sets(&sources) {
-        let mut failed: Option<Error> = None;
         scanner.scan_set(
-            &conn,
+            &mut *reader,
             &members,
             &sources,
-            &mut |event, _s, stats, _bytes| {
-                let seen = match seen_stmt.as_mut().map(|stmt| stmt.exists([&event.key])) {
-                    Some(Ok(seen)) => seen,
-                    Some(Err(e)) => {
-                        failed = Some(read_err(e));
-                        return ControlFlow::Break(());
-                    }
-                    None => false,
-                };
-                if seen || would.contains(&event.key) {
-                    return ControlFlow::Continue(());
+            &mut |event, s, _stats, _| {
+                pending.push((event, s));
+                if pending.len() >= DRY_RUN_CHUNK
+                    && let Err(e) = flush(&mut pending)
+                {
+                    failed = Some(e);
+                    return ControlFlow::Break(());
                 }
-                stats.new += 1;
-                let handlers = routes.entry(event.group.clone()).or_insert_with(|| {
-                    config
-                        .handlers_for(&event.group)
-                        .map(|h| config.handlers[h].name.as_str())
-                        .collect()
-                });
-                on_event(&WouldDispatch {
-                    key: &event.key,
-                    group: &event.group,
-                    handlers: handlers.clone(),
-                });
-                would.insert(event.key);
                 ControlFlow::Continue(())
             },
         )?;
-        if let Some(e) = failed {
+        if let Some(e) = failed.take() {
             return Err(e);
         }
     }
+    flush(&mut pending)?;
     let mut report = scanner.finish(started);
-    report.retried = crate::store::admin::count_due(&conn, crate::clock::now_ms())
-        .map_err(Error::on_database(&config.database.path))?;
+    for (stats, new) in report.sources.iter_mut().zip(&new_per_source) {
+        stats.new = *new;
+    }
+    report.retried = reader.count_due(crate::clock::now_ms())?;
     Ok(report)
 }
+
+/// How many events a dry run looks up in the seen table at once.
+const DRY_RUN_CHUNK: usize = 1000;

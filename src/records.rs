@@ -1,24 +1,21 @@
-//! Streaming rows from a table or a query as records: one JSON value per
-//! column, in column order, read one row at a time.
+//! Records: rows of a table or a query as JSON values, one per column, in
+//! column order; where they come from (`RecordSet`); and what their columns
+//! compare like (`Affinity`). Each backend decodes its own values into
+//! records (`backend::*::records`).
 //!
-//! Decoding: INTEGER and REAL become JSON numbers (a non-finite REAL becomes
-//! null), TEXT a string, NULL null, and a BLOB a base64 string (standard
-//! alphabet, padded). TEXT that is not valid UTF-8 makes the record
-//! defective (`Record::defect`): replacing the bad bytes could make two
-//! different values one (two ids, one key), so such a record is skipped
-//! and named, never read approximately.
+//! A value that cannot be read faithfully (text that is not valid UTF-8)
+//! makes the record defective (`Record::defect`): replacing the bad bytes
+//! could make two different values one (two ids, one key), so such a
+//! record is skipped and named, never read approximately.
 //!
 //! Not here: what a record means (sources) or which records were seen (store).
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use jiff::civil::Date;
-use rusqlite::types::ValueRef;
-use rusqlite::{Connection, Statement};
 use serde::ser::{Serialize, SerializeMap, Serializer};
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
 /// One row: column names (shared by all rows of a query) and their values.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +48,7 @@ impl RecordError {
 
 impl Record {
     /// Builds a record from column names and values (they must be as many).
+    /// A backend reusing one record per row uses `reset` and `push` instead.
     pub fn new(columns: Arc<[String]>, values: Vec<Value>) -> Record {
         debug_assert_eq!(columns.len(), values.len());
         let bytes = values.iter().map(value_bytes).sum();
@@ -82,6 +80,46 @@ impl Record {
     /// Marks the record defective (the first defect is kept).
     pub fn set_defect(&mut self, defect: RecordError) {
         self.defect.get_or_insert(defect);
+    }
+
+    /// An empty record with these columns, to fill row by row.
+    pub fn with_columns(columns: Arc<[String]>) -> Record {
+        let values = Vec::with_capacity(columns.len());
+        Record {
+            columns,
+            values,
+            bytes: 0,
+            defect: None,
+        }
+    }
+
+    /// Empties the values for the next row (the columns stay).
+    pub fn reset(&mut self) {
+        self.values.clear();
+        self.bytes = 0;
+        self.defect = None;
+    }
+
+    /// Appends the next column's value; `Err` carries a value that could not
+    /// be read faithfully (kept, for messages, and the record defective).
+    pub fn push(&mut self, value: Result<Value, Value>) {
+        let value = match value {
+            Ok(value) => value,
+            Err(lossy) => {
+                let column = self
+                    .columns
+                    .get(self.values.len())
+                    .cloned()
+                    .unwrap_or_default();
+                self.set_defect(RecordError::new(
+                    &column,
+                    "its text is not valid UTF-8, so it cannot be read faithfully",
+                ));
+                lossy
+            }
+        };
+        self.bytes += value_bytes(&value);
+        self.values.push(value);
     }
 
     pub fn columns(&self) -> &[String] {
@@ -242,66 +280,6 @@ impl RecordSet {
     }
 }
 
-/// Quotes an SQL identifier (`"name"`, inner quotes doubled).
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Reads the rows of a prepared statement one at a time, reusing one record.
-pub struct RecordReader<'stmt> {
-    rows: rusqlite::Rows<'stmt>,
-    record: Record,
-}
-
-impl<'stmt> RecordReader<'stmt> {
-    pub fn new(statement: &'stmt mut Statement<'_>) -> Result<Self, rusqlite::Error> {
-        let columns: Arc<[String]> = statement
-            .column_names()
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-            .into();
-        let values = Vec::with_capacity(columns.len());
-        let rows = statement.query([])?;
-        Ok(RecordReader {
-            rows,
-            record: Record {
-                columns,
-                values,
-                bytes: 0,
-                defect: None,
-            },
-        })
-    }
-
-    /// The next record, or `None` at the end. A record with a value that
-    /// could not be read faithfully carries its `defect`.
-    pub fn next_record(&mut self) -> Result<Option<&Record>, rusqlite::Error> {
-        let Some(row) = self.rows.next()? else {
-            return Ok(None);
-        };
-        let record = &mut self.record;
-        record.values.clear();
-        record.bytes = 0;
-        record.defect = None;
-        for i in 0..record.columns.len() {
-            let value = match decode(row.get_ref(i)?) {
-                Ok(value) => value,
-                Err(lossy) => {
-                    let column = record.columns[i].clone();
-                    record.set_defect(RecordError::new(
-                        &column,
-                        "its text is not valid UTF-8, so it cannot be read faithfully",
-                    ));
-                    lossy
-                }
-            };
-            record.bytes += value_bytes(&value);
-            record.values.push(value);
-        }
-        Ok(Some(&self.record))
-    }
-}
-
 /// About how many bytes a value takes in memory.
 fn value_bytes(value: &Value) -> usize {
     match value {
@@ -317,35 +295,14 @@ fn value_bytes(value: &Value) -> usize {
     }
 }
 
-/// One SQLite value as JSON; `Err` carries TEXT that is not valid UTF-8,
-/// decoded lossily (for messages only).
-pub fn decode(value: ValueRef<'_>) -> Result<Value, Value> {
-    Ok(match value {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::Number(i.into()),
-        ValueRef::Real(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
-        ValueRef::Text(t) => match std::str::from_utf8(t) {
-            Ok(text) => Value::String(text.to_owned()),
-            Err(_) => return Err(Value::String(String::from_utf8_lossy(t).into_owned())),
-        },
-        ValueRef::Blob(b) => Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
-    })
+/// Quotes an SQL identifier (`"name"`, inner quotes doubled).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The columns a statement yields: name and declared type (if the column
-/// comes straight from a table).
-pub fn columns(
-    conn: &Connection,
-    sql: &str,
-) -> Result<Vec<(String, Option<String>)>, rusqlite::Error> {
-    let stmt = conn.prepare(sql)?;
-    Ok(stmt
-        .columns()
-        .map(|c| (c.name().to_owned(), c.decl_type().map(str::to_owned)))
-        .collect())
-}
-
-/// SQLite's type affinity of a declared column type (its rules, in order).
+/// What a column's values compare like, from its declared type: SQLite's
+/// type affinity (its rules, in order), plus the kinds PostgreSQL's types
+/// add (booleans, dates and times, and types whose values can be anything).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Affinity {
     Integer,
@@ -353,9 +310,19 @@ pub enum Affinity {
     Blob,
     Real,
     Numeric,
+    /// PostgreSQL `boolean`: JSON true/false.
+    Boolean,
+    /// PostgreSQL `date`, `timestamp`, `timestamptz`, `time`: ISO text.
+    Temporal,
+    /// JSON, arrays: anything.
+    Any,
+    /// A type spark cannot turn into JSON (a PostgreSQL composite, range,
+    /// ...): an error naming the column when the config is checked.
+    Unmappable,
 }
 
 impl Affinity {
+    /// SQLite's affinity for a declared type.
     pub fn of(declared: &str) -> Affinity {
         let t = declared.to_ascii_uppercase();
         if t.contains("INT") {
@@ -409,34 +376,6 @@ mod tests {
         assert!(e.to_string().contains("\"nope\""), "{e}");
         assert_eq!(r.i64("missing").unwrap_err().column, "missing");
         assert!(r.i64("name").is_err());
-    }
-
-    #[test]
-    fn values_decode_to_json() {
-        let conn = Connection::open_in_memory().unwrap();
-        let mut stmt = conn
-            .prepare("SELECT 1 AS i, 2.5 AS r, 'é' AS t, NULL AS n, x'00ff' AS b")
-            .unwrap();
-        let mut reader = RecordReader::new(&mut stmt).unwrap();
-        let rec = reader.next_record().unwrap().unwrap();
-        assert_eq!(
-            serde_json::to_value(rec).unwrap(),
-            json!({"i": 1, "r": 2.5, "t": "é", "n": null, "b": "AP8="})
-        );
-        assert!(rec.defect().is_none());
-        assert!(reader.next_record().unwrap().is_none());
-    }
-
-    #[test]
-    fn invalid_utf8_makes_the_record_defective() {
-        let conn = Connection::open_in_memory().unwrap();
-        let mut stmt = conn
-            .prepare("SELECT 7 AS id, CAST(X'61FF' AS TEXT) AS name")
-            .unwrap();
-        let mut reader = RecordReader::new(&mut stmt).unwrap();
-        let rec = reader.next_record().unwrap().unwrap();
-        assert_eq!(rec.defect().unwrap().column, "name");
-        assert_eq!(rec.get("id"), Some(&json!(7)));
     }
 
     #[test]

@@ -9,24 +9,17 @@ use serde_json::json;
 
 use super::Cli;
 use super::output::{clip, field, outln, print_table, stdout_json};
+use crate::backend;
 use crate::clock;
 use crate::config::{Config, HandlerKind};
-use crate::database;
 use crate::error::{Error, Result};
 use crate::handlers::mail::MailHandler;
-use crate::lock::RunLock;
 use crate::store::admin::{self, DeliveryQuery, EventQuery};
-use crate::store::{SqliteStore, Store};
 
 /// Checks the database read-only (so that a bad one is left untouched) and
 /// tells whether the seen table exists yet.
 fn check_database(config: &Config) -> Result<bool> {
-    let conn = database::open_read_only(config)?;
-    database::check_seen_table(&conn, config)
-}
-
-fn read_err(config: &Config) -> impl Fn(rusqlite::Error) -> Error + '_ {
-    Error::on_database(&config.database.path)
+    Ok(backend::reader(config)?.seen_table()?.exists)
 }
 
 pub fn mark_seen(
@@ -42,8 +35,7 @@ pub fn mark_seen(
         .map(str::to_owned)
         .unwrap_or_else(|| key.rsplit_once('_').map_or(key, |(g, _)| g).to_owned());
     check_database(config)?;
-    database::create_if_missing(config)?;
-    let new = SqliteStore::open_for(&config.database)?.mark_seen(key, &group, "{}")?;
+    let new = backend::store(config)?.mark_seen(key, &group, "{}")?;
     if cli.json {
         stdout_json(&json!({"key": key, "group": group, "new": new}))?;
     } else if !cli.quiet {
@@ -61,13 +53,10 @@ pub fn mark_seen(
 }
 
 pub fn events(cli: &Cli, config: &Config, query: &EventQuery) -> anyhow::Result<ExitCode> {
-    let conn = database::open_read_only(config)?;
-    database::check_seen_table(&conn, config)?;
+    let mut reader = backend::reader(config)?;
+    reader.seen_table()?;
     let mut events = Vec::new();
-    admin::list_events(&conn, &config.database.seen_table, query, &mut |e| {
-        events.push(e)
-    })
-    .map_err(read_err(config))?;
+    reader.list_events(query, &mut |e| events.push(e))?;
     if cli.json {
         stdout_json(&json!(events))?;
     } else if !cli.quiet {
@@ -92,8 +81,7 @@ pub fn events(cli: &Cli, config: &Config, query: &EventQuery) -> anyhow::Result<
 }
 
 pub fn deliveries(cli: &Cli, config: &Config, query: &DeliveryQuery) -> anyhow::Result<ExitCode> {
-    let conn = database::open_read_only(config)?;
-    let lines = admin::list_deliveries(&conn, query).map_err(read_err(config))?;
+    let lines = admin::list_deliveries(&backend::reader(config)?.deliveries()?, query);
     if cli.json {
         stdout_json(&json!(lines))?;
     } else if !cli.quiet {
@@ -136,8 +124,8 @@ pub fn forget(
     wait: Duration,
 ) -> anyhow::Result<ExitCode> {
     let report = if check_database(config)? {
-        let _lock = RunLock::acquire(&config.database.path, wait)?;
-        SqliteStore::open_for(&config.database)?.forget(keys)?
+        let _guard = backend::run_guard(config, wait)?;
+        backend::store(config)?.forget(keys)?
     } else {
         admin::Forgotten {
             unknown: keys.to_vec(),
@@ -171,8 +159,8 @@ pub fn prune(
     let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
     let cutoff = clock::utc_text(clock::now_ms().saturating_sub(age_ms));
     let report = if check_database(config)? {
-        let _lock = RunLock::acquire(&config.database.path, wait)?;
-        SqliteStore::open_for(&config.database)?.prune(&cutoff, group, dry_run)?
+        let _guard = backend::run_guard(config, wait)?;
+        backend::store(config)?.prune(&cutoff, group, dry_run)?
     } else {
         admin::Pruned::default()
     };
@@ -218,13 +206,11 @@ pub fn preview_mail(
     };
     let event = match (key, context) {
         (Some(key), _) => {
-            let conn = database::open_read_only(config)?;
-            database::check_seen_table(&conn, config)?;
-            admin::seen_event(&conn, &config.database.seen_table, key)
-                .map_err(read_err(config))?
-                .ok_or_else(|| {
-                    Error::Usage(format!("preview-mail --key {key}: no such seen event"))
-                })?
+            let mut reader = backend::reader(config)?;
+            reader.seen_table()?;
+            reader.seen_event(key)?.ok_or_else(|| {
+                Error::Usage(format!("preview-mail --key {key}: no such seen event"))
+            })?
         }
         (None, Some(json)) => {
             let Ok(serde_json::Value::Object(map)) = serde_json::from_str(json) else {

@@ -6,7 +6,9 @@ use serde_json::json;
 
 use super::Cli;
 use super::output::{clip, errln, outln, print_table, stdout_json};
-use crate::config::{Config, HandlerKind, MailTransport, Secret, SmtpSecurity, SourceKind};
+use crate::config::{
+    BackendConfig, Config, HandlerKind, MailTransport, Secret, SmtpSecurity, SourceKind,
+};
 use crate::records::RecordSet;
 use crate::registry::Registry;
 use crate::sources::generator::CondValue;
@@ -187,7 +189,7 @@ pub fn check(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Result<
             outln!(
                 "check: {} against {}: {} errors, {} warnings",
                 config.path.display(),
-                config.database.path.display(),
+                config.database.describe(),
                 report.errors.len(),
                 report.warnings.len()
             )?;
@@ -206,14 +208,15 @@ fn duration(d: std::time::Duration) -> String {
 
 /// The effective config, in the config file's own terms.
 fn config_view(config: &Config) -> ConfigView {
-    let db = &config.database;
-    let mut database = json!({
-        "path": db.path.display().to_string(),
-        "seen_table": db.seen_table,
-        "busy_timeout": duration(db.busy_timeout),
-    });
-    if let Some(script) = &db.create_from {
-        database["create_from"] = json!(script.display().to_string());
+    let mut database = json!({ "seen_table": config.database.seen_table });
+    match &config.database.backend {
+        BackendConfig::Sqlite(db) => {
+            database["path"] = json!(db.path.display().to_string());
+            database["busy_timeout"] = json!(duration(db.busy_timeout));
+            if let Some(script) = &db.create_from {
+                database["create_from"] = json!(script.display().to_string());
+            }
+        }
     }
     let d = &config.delivery;
     let sources: Vec<_> = config

@@ -69,16 +69,45 @@ impl MissingSecret {
     }
 }
 
+/// `[database]`: which database holds the records and the store.
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
+    pub seen_table: String,
+    pub backend: BackendConfig,
+}
+
+/// The database itself, by kind.
+#[derive(Debug, Clone)]
+pub enum BackendConfig {
+    /// `path`: an SQLite file.
+    Sqlite(SqliteConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
     /// The records database (resolved against the config's folder).
     pub path: PathBuf,
-    pub seen_table: String,
     /// Demo and test convenience: when `path` does not exist, create it by
     /// running this SQL script. Never creates an empty database.
     pub create_from: Option<PathBuf>,
     /// How long to wait for a lock another connection holds.
     pub busy_timeout: Duration,
+}
+
+impl DatabaseConfig {
+    /// The database, for messages: its file, or `host:port/dbname`.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            BackendConfig::Sqlite(db) => db.path.display().to_string(),
+        }
+    }
+
+    /// The SQLite file, when the database is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match &self.backend {
+            BackendConfig::Sqlite(db) => Some(&db.path),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -251,13 +280,13 @@ pub enum Problem {
         path: PathBuf,
     },
     #[error(
-        "handler `{handler}`: {} is the database's own file ({}); a handler must write elsewhere",
-        path.display(), database.display()
+        "handler `{handler}`: {} is the database's own file ({database}); a handler must write elsewhere",
+        path.display()
     )]
     WritesDatabase {
         handler: String,
         path: PathBuf,
-        database: PathBuf,
+        database: String,
     },
 }
 
@@ -522,14 +551,17 @@ impl Validator<'_> {
         // Each handler's output resolved (through links, `.` and `..`), so
         // that one file under two spellings is caught.
         let mut outputs: Vec<(String, PathBuf)> = Vec::new();
-        let database_files: Vec<PathBuf> = ["", "-wal", "-shm", "-journal", "-spark.lock"]
-            .iter()
-            .map(|suffix| {
-                let mut name = database.path.as_os_str().to_owned();
-                name.push(suffix);
-                crate::files::resolved(Path::new(&name))
-            })
-            .collect();
+        let database_files: Vec<PathBuf> = match database.sqlite_path() {
+            None => Vec::new(),
+            Some(path) => ["", "-wal", "-shm", "-journal", "-spark.lock"]
+                .iter()
+                .map(|suffix| {
+                    let mut name = path.as_os_str().to_owned();
+                    name.push(suffix);
+                    crate::files::resolved(Path::new(&name))
+                })
+                .collect(),
+        };
         for handler in raw.handlers {
             let span = handler.span();
             let Some(handler) = self.handler(handler.into_inner(), &delivery.retry, registry)
@@ -563,7 +595,7 @@ impl Validator<'_> {
                         Problem::WritesDatabase {
                             handler: handler.name.clone(),
                             path: path.to_owned(),
-                            database: database.path.clone(),
+                            database: database.describe(),
                         },
                     );
                 }
@@ -600,10 +632,12 @@ impl Validator<'_> {
             Duration::from_secs(10),
         );
         DatabaseConfig {
-            path: self.resolve(raw.path.get_ref()),
             seen_table,
-            create_from: raw.create_from.map(|p| self.resolve(p.get_ref())),
-            busy_timeout,
+            backend: BackendConfig::Sqlite(SqliteConfig {
+                path: self.resolve(raw.path.get_ref()),
+                create_from: raw.create_from.map(|p| self.resolve(p.get_ref())),
+                busy_timeout,
+            }),
         }
     }
 
@@ -863,7 +897,10 @@ path = "var/events.jsonl"
     #[test]
     fn minimal_config_resolves_paths_against_its_folder() {
         let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.database.path, Path::new("/etc/spark/app.sqlite3"));
+        assert_eq!(
+            c.database.sqlite_path(),
+            Some(Path::new("/etc/spark/app.sqlite3"))
+        );
         assert_eq!(c.database.seen_table, "spark_event");
         assert_eq!(c.delivery.retry.max_attempts, 8);
         let HandlerKind::Jsonl { path, .. } = &c.handlers[0].kind else {

@@ -8,20 +8,28 @@
 //! that fails is split out into a delivery of its own, which carries the
 //! attempts, the last error and the time of the next attempt.
 //!
-//! Not here: retry policy (the delivery engine decides attempts and times) or
-//! calling handlers.
+//! Two traits, one per way of using a database, each implemented once per
+//! backend (`crate::backend`): `Reader`, read-only (checking a config,
+//! streaming records, the operator's listings), and `Store`, the seen keys
+//! and deliveries a run writes. On a store several processes share
+//! (PostgreSQL), the deliveries a process works on are *claimed* with a
+//! lease; on SQLite the run lock makes every claim trivially its own.
+//!
+//! Not here: retry policy (the delivery engine decides attempts and times),
+//! calling handlers, or SQL (the backends).
 
 pub mod admin;
-pub mod schema;
-pub mod sqlite;
 
+use std::collections::HashSet;
 use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use crate::error::Result;
 use crate::event::Event;
+use crate::records::{Affinity, Record};
 
-pub use sqlite::SqliteStore;
+pub use admin::{DeliveryQuery, EventQuery, Forgotten, Orphaned, Pruned, SeenEvent};
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,8 +145,80 @@ pub struct Failure {
     pub next_attempt_at: Option<i64>,
 }
 
+/// A column of a record set: its name, its type in the database's own words
+/// when known (SQLite's declared type, PostgreSQL's type name), and what
+/// that type compares like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub declared: Option<String>,
+    pub affinity: Affinity,
+}
+
+/// What the seen table is like, if it exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeenTable {
+    pub exists: bool,
+    /// The longest key and group it takes (django-spark's when it does not
+    /// exist yet: spark creates it so).
+    pub limits: crate::database::KeyLimits,
+}
+
+/// Read-only access to a database: checking a config against it, reading
+/// records, and the operator's listings. Never writes, not even spark's
+/// schema.
+pub trait Reader: Send {
+    /// The database, for messages: a file, or `host:port/dbname`.
+    fn name(&self) -> &str;
+
+    /// Whether a table or view of that name exists.
+    fn table_exists(&mut self, table: &str) -> Result<bool>;
+
+    /// The columns `sql` yields, without running it; `Err` is the
+    /// database's own message.
+    fn columns(&mut self, sql: &str) -> Result<Vec<Column>, String>;
+
+    /// Streams the rows of `sql` as records, in chunks, never all in
+    /// memory; `Err` is the database's own message.
+    fn scan(
+        &mut self,
+        sql: &str,
+        each: &mut dyn FnMut(&Record) -> ControlFlow<()>,
+    ) -> Result<(), String>;
+
+    /// Checks the seen table: `Err` names what makes it unusable.
+    fn seen_table(&mut self) -> Result<SeenTable>;
+
+    /// Whether the seen table is missing or has no rows.
+    fn seen_is_empty(&mut self) -> Result<bool>;
+
+    /// Which of `keys` are seen.
+    fn seen_among(&mut self, keys: &[String]) -> Result<HashSet<String>>;
+
+    /// Lists seen events, newest first, calling `each` for each one.
+    fn list_events(&mut self, query: &EventQuery, each: &mut dyn FnMut(SeenEvent))
+    -> Result<usize>;
+
+    /// One seen event by key (its context parsed; other text kept under
+    /// `"text"`).
+    fn seen_event(&mut self, key: &str) -> Result<Option<Event>>;
+
+    /// Every delivery not finished yet, oldest first.
+    fn deliveries(&mut self) -> Result<Vec<Delivery>>;
+
+    /// How many deliveries a run would work on at `now_ms`.
+    fn count_due(&mut self, now_ms: i64) -> Result<u64>;
+
+    /// Reading is done (SQLite: its snapshot no longer holds the WAL back,
+    /// so committed batches can be copied into the database file now).
+    fn finish(self: Box<Self>) {}
+}
+
 /// The seen keys and the deliveries.
-pub trait Store {
+pub trait Store: Send {
+    /// The database, for messages.
+    fn name(&self) -> &str;
+
     /// Records the new events of `events` as seen and, in the same
     /// transaction, the deliveries `plan` makes from the new-events mask.
     /// Keys already seen (or repeated within the batch) are not new.
@@ -169,10 +249,42 @@ pub trait Store {
     /// returns how many.
     fn bury_interrupted(&mut self, error: &str) -> Result<usize>;
 
-    /// Deliveries to work on now: pending ones, failed ones whose next
-    /// attempt is due at `now_ms`, and any holding a file mark (due or not,
-    /// so that its file is cut back first); oldest first.
-    fn due_deliveries(&mut self, now_ms: i64) -> Result<Vec<Delivery>>;
+    /// Deliveries holding a file mark (a run died writing them, or their
+    /// file could not be cut back), due or not, for `handlers`: settled
+    /// before anything else writes to their files. Claimed, on a shared
+    /// store.
+    fn marked(&mut self, handlers: &[&str]) -> Result<Vec<Delivery>>;
+
+    /// Some deliveries to work on now, for `handlers`: pending ones, and
+    /// failed ones whose next attempt came before `now_ms`; oldest first.
+    /// Empty when none is left. On a shared store they are claimed for this
+    /// process (a lease other processes respect until it runs out).
+    fn claim_due(&mut self, now_ms: i64, handlers: &[&str]) -> Result<Vec<Delivery>>;
+
+    /// Every delivery not finished yet, oldest first.
+    fn deliveries(&mut self) -> Result<Vec<Delivery>>;
+
+    /// The run is over: lets go of claims not worked on, and tidies up
+    /// (SQLite: a checkpoint).
+    fn finish_run(&mut self) -> Result<()>;
+
+    /// Makes the deliveries `query` selects due now, with a fresh count of
+    /// attempts (and no file mark: the operator decided), and returns them.
+    fn reset_for_retry(&mut self, query: &DeliveryQuery) -> Result<Vec<Delivery>>;
+
+    /// Removes `keys` from the seen table, so that they may fire again, and
+    /// drops what was still owed for them.
+    fn forget(&mut self, keys: &[String]) -> Result<Forgotten>;
+
+    /// Deletes seen events recorded before `cutoff` (UTC text), optionally
+    /// only those whose group matches, keeping any with an unfinished
+    /// delivery. With `dry_run`, only counts.
+    fn prune(
+        &mut self,
+        cutoff: &str,
+        group: Option<&regex::Regex>,
+        dry_run: bool,
+    ) -> Result<Pruned>;
 
     /// Records the file position a file-sink delivery writes from (`None`:
     /// nothing of it is in the file).

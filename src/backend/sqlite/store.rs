@@ -7,7 +7,7 @@
 //! Every write is one `BEGIN IMMEDIATE` transaction; statements are prepared
 //! once and reused.
 //!
-//! Not here: opening the database read-only to validate it (`database.rs`).
+//! Not here: opening the database read-only to validate it (`SqliteReader`).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -15,34 +15,38 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use regex::Regex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde_json::{Map, Value};
 
-use super::{
-    Delivery, DeliveryState, Failure, FileMark, PlannedDelivery, Recorded, Store, StoredEvent,
-    schema,
-};
+use super::{DELIVERY_COLUMNS, all_deliveries, schema};
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::records::quote_ident;
+use crate::store::admin::owed_keys;
+use crate::store::{
+    Delivery, DeliveryQuery, DeliveryState, Failure, FileMark, Forgotten, PlannedDelivery, Pruned,
+    Recorded, Store, StoredEvent,
+};
 
-/// The deliveries a run works on: pending ones, and failed ones whose next
-/// attempt (`?1`, Unix ms) is due.
-pub(super) const DUE: &str = "state = 'pending' OR (state = 'failed' AND next_attempt_at <= ?1)";
+/// The deliveries holding a file mark (settled first), in any state but in
+/// flight (file sinks are never at-most-once).
+const MARKED: &str = "file_offset IS NOT NULL AND state <> 'in_flight'";
 
-/// What a run starts with: the due deliveries, and any holding a file mark
-/// (to cut back before anything else writes to that file).
-const DUE_OR_MARKED: &str = "state = 'pending' OR (state = 'failed' AND next_attempt_at <= ?1) \
-                             OR (file_offset IS NOT NULL AND state <> 'in_flight')";
+/// The deliveries a drain works on: pending ones, and failed ones whose next
+/// attempt (`?1`, Unix ms) came before the drain started (a delivery failing
+/// during it waits for a later one, whatever its backoff).
+const CLAIMABLE: &str = "state = 'pending' OR (state = 'failed' AND next_attempt_at < ?1)";
 
-pub(super) const DELIVERY_COLUMNS: &str = "id, handler, keys, done, state, attempts, next_attempt_at, \
-                                last_error, file_offset, created_at, file_id";
+/// How many deliveries one claim returns at most.
+const CLAIM_LIMIT: i64 = 1000;
 
 /// The SQLite store over one records database.
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    name: String,
     seen_table: String,
     busy_timeout: Duration,
     sql: Statements,
@@ -60,14 +64,19 @@ impl SqliteStore {
     /// creates or upgrades spark's tables.
     pub fn open(path: &Path, seen_table: &str, busy_timeout: Duration) -> Result<SqliteStore> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let open_err = Error::on_database(path);
-        let mut conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+        let name = path.display().to_string();
+        let mut conn =
+            Connection::open_with_flags(path, flags).map_err(|error| Error::OpenDatabase {
+                database: name.clone(),
+                error: super::sql_message(&error),
+            })?;
         let store_err = |action: &str| {
             let action = action.to_owned();
-            move |error| Error::Store {
-                database: path.to_owned(),
+            let database = name.clone();
+            move |error: rusqlite::Error| Error::Store {
+                database,
                 action,
-                error,
+                error: super::sql_message(&error),
             }
         };
         conn.busy_timeout(busy_timeout)
@@ -79,9 +88,9 @@ impl SqliteStore {
         .map_err(store_err("switching to WAL mode"))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::Store {
-                database: path.to_owned(),
-                action: format!("switching to WAL mode (the journal mode stayed {mode})"),
-                error: rusqlite::Error::InvalidQuery,
+                database: name,
+                action: "switching to WAL mode".into(),
+                error: format!("the journal mode stayed {mode}"),
             });
         }
         conn.pragma_update(None, "synchronous", "FULL")
@@ -95,9 +104,9 @@ impl SqliteStore {
         retry_busy(busy_timeout, || schema::migrate(&mut conn, seen_table)).map_err(
             |e| match e {
                 schema::MigrateError::Sql(error) => Error::Store {
-                    database: path.to_owned(),
+                    database: name.clone(),
                     action: "creating spark's tables".into(),
-                    error,
+                    error: super::sql_message(&error),
                 },
                 too_new => Error::NotADatabase {
                     path: path.to_owned(),
@@ -109,6 +118,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn,
             path: path.to_owned(),
+            name,
             seen_table: seen_table.to_owned(),
             busy_timeout,
             sql: Statements {
@@ -133,22 +143,12 @@ impl SqliteStore {
         }
     }
 
-    /// Opens the store of a config's database (see `open`).
-    pub fn open_for(database: &crate::config::DatabaseConfig) -> Result<SqliteStore> {
-        SqliteStore::open(&database.path, &database.seen_table, database.busy_timeout)
-    }
-
     /// The database this store writes to.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The seen table's name.
-    pub fn seen_table(&self) -> &str {
-        &self.seen_table
-    }
-
-    /// The connection, for read-only operator queries.
+    /// The connection, for the SQLite-only queries of tests and benchmarks.
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
@@ -159,9 +159,9 @@ impl SqliteStore {
     ) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
         let action = action.into();
         move |error| Error::Store {
-            database: self.path.clone(),
+            database: self.name.clone(),
             action,
-            error,
+            error: super::sql_message(&error),
         }
     }
 
@@ -237,7 +237,7 @@ impl AsSqlError for schema::MigrateError {
     }
 }
 
-pub(super) fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
+pub(crate) fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
     let keys_json: String = row.get(2)?;
     let keys: Vec<String> = serde_json::from_str(&keys_json).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
@@ -271,6 +271,11 @@ pub(super) fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
             }),
         created_at: row.get(9)?,
     })
+}
+
+/// Handler names as a JSON array, for `IN (SELECT value FROM json_each(?))`.
+fn names_json(names: &[&str]) -> String {
+    serde_json::to_string(names).unwrap_or_else(|_| String::from("[]"))
 }
 
 pub(super) fn keys_json(keys: &[String]) -> String {
@@ -355,6 +360,10 @@ fn failure_state(failure: &Failure) -> DeliveryState {
 }
 
 impl Store for SqliteStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     fn record_batch(
         &mut self,
         events: &[Event],
@@ -500,14 +509,146 @@ impl Store for SqliteStore {
         })
     }
 
-    fn due_deliveries(&mut self, now_ms: i64) -> Result<Vec<Delivery>> {
+    fn marked(&mut self, handlers: &[&str]) -> Result<Vec<Delivery>> {
         let query = |conn: &Connection| -> rusqlite::Result<Vec<Delivery>> {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {DELIVERY_COLUMNS} FROM spark_delivery WHERE {DUE_OR_MARKED} ORDER BY id"
+                "SELECT {DELIVERY_COLUMNS} FROM spark_delivery WHERE {MARKED} \
+                 AND handler IN (SELECT value FROM json_each(?1)) ORDER BY id"
             ))?;
-            stmt.query_map([now_ms], delivery_from_row)?.collect()
+            stmt.query_map([names_json(handlers)], delivery_from_row)?
+                .collect()
+        };
+        query(&self.conn).map_err(self.error("listing deliveries to settle"))
+    }
+
+    fn claim_due(&mut self, now_ms: i64, handlers: &[&str]) -> Result<Vec<Delivery>> {
+        // One run at a time holds the database (the run lock): what it
+        // reads is its own, nothing to mark.
+        let query = |conn: &Connection| -> rusqlite::Result<Vec<Delivery>> {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM spark_delivery WHERE ({CLAIMABLE}) \
+                 AND handler IN (SELECT value FROM json_each(?2)) ORDER BY id LIMIT ?3"
+            ))?;
+            stmt.query_map(
+                params![now_ms, names_json(handlers), CLAIM_LIMIT],
+                delivery_from_row,
+            )?
+            .collect()
         };
         query(&self.conn).map_err(self.error("listing due deliveries"))
+    }
+
+    fn deliveries(&mut self) -> Result<Vec<Delivery>> {
+        all_deliveries(&self.conn).map_err(self.error("listing deliveries"))
+    }
+
+    fn finish_run(&mut self) -> Result<()> {
+        self.checkpoint();
+        Ok(())
+    }
+
+    fn reset_for_retry(&mut self, query: &DeliveryQuery) -> Result<Vec<Delivery>> {
+        let now = clock::now_text();
+        self.write("making deliveries due", |conn| {
+            let mut selected: Vec<Delivery> = all_deliveries(conn)?
+                .into_iter()
+                .filter(|d| query.matches(d))
+                .collect();
+            let mut reset = conn.prepare(
+                "UPDATE spark_delivery SET state = 'pending', attempts = 0, next_attempt_at = 0, \
+                 file_offset = NULL, file_id = NULL, updated_at = ?2 WHERE id = ?1",
+            )?;
+            for d in &mut selected {
+                reset.execute(params![d.id, now])?;
+                d.state = DeliveryState::Pending;
+                d.attempts = 0;
+                d.next_attempt_at = 0;
+                d.file_mark = None;
+            }
+            Ok(selected)
+        })
+    }
+
+    fn forget(&mut self, keys: &[String]) -> Result<Forgotten> {
+        let delete_sql = format!(
+            "DELETE FROM {} WHERE \"key\" = ?1",
+            quote_ident(&self.seen_table)
+        );
+        let now = clock::now_text();
+        self.write("forgetting keys", |conn| {
+            let mut report = Forgotten::default();
+            let mut delete = conn.prepare(&delete_sql)?;
+            for key in keys {
+                if delete.execute([key])? > 0 {
+                    report.forgotten.push(key.clone());
+                } else {
+                    report.unknown.push(key.clone());
+                }
+            }
+            for (id, kept) in report.plan(&all_deliveries(conn)?, keys) {
+                match kept {
+                    None => {
+                        conn.execute("DELETE FROM spark_delivery WHERE id = ?1", [id])?;
+                    }
+                    Some(keys) => {
+                        conn.execute(
+                            "UPDATE spark_delivery SET keys = ?2, updated_at = ?3 WHERE id = ?1",
+                            params![id, keys_json(&keys), now],
+                        )?;
+                    }
+                }
+            }
+            Ok(report)
+        })
+    }
+
+    fn prune(&mut self, cutoff: &str, group: Option<&Regex>, dry_run: bool) -> Result<Pruned> {
+        let table = quote_ident(&self.seen_table);
+        let page_sql = format!(
+            "SELECT \"key\", \"group\" FROM {table} WHERE \"created_at\" < ?1 AND \"key\" > ?2 \
+             ORDER BY \"key\" LIMIT 5000"
+        );
+        let delete_sql = format!("DELETE FROM {table} WHERE \"key\" = ?1");
+        let owed =
+            owed_keys(&all_deliveries(&self.conn).map_err(self.error("listing deliveries"))?);
+        let mut report = Pruned::default();
+        let mut after = String::new();
+        loop {
+            let page: Vec<(String, String)> = {
+                let mut stmt = self
+                    .conn
+                    .prepare_cached(&page_sql)
+                    .map_err(self.error("listing old events"))?;
+                stmt.query_map(params![cutoff, after], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .and_then(|rows| rows.collect())
+                    .map_err(self.error("listing old events"))?
+            };
+            let Some((last, _)) = page.last() else { break };
+            after = last.clone();
+            let doomed: Vec<&String> = page
+                .iter()
+                .filter(|(_, g)| group.is_none_or(|re| re.is_match(g)))
+                .filter_map(|(k, _)| {
+                    if owed.contains(k) {
+                        report.kept_undelivered += 1;
+                        None
+                    } else {
+                        Some(k)
+                    }
+                })
+                .collect();
+            report.pruned += doomed.len() as u64;
+            if !dry_run && !doomed.is_empty() {
+                self.write("pruning old events", |conn| {
+                    let mut delete = conn.prepare_cached(&delete_sql)?;
+                    for key in &doomed {
+                        delete.execute([key])?;
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+        Ok(report)
     }
 
     fn set_file_mark(&mut self, delivery: &mut Delivery, mark: Option<FileMark>) -> Result<()> {
