@@ -123,6 +123,7 @@ fn record_batch(c: &mut Criterion) {
                 offset: 0,
                 file: None,
             }),
+            file_sink: true,
         }]
     };
     group.bench_function("record a batch of new events (lookup first)", |b| {

@@ -25,7 +25,7 @@ use std::time::Duration;
 use crate::clock;
 use crate::config::{Config, Guarantee, RetryPolicy};
 use crate::crashpoint;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::handlers::{self, CutError, Dispatch, Sink};
 use crate::registry::Registry;
 use crate::signals;
@@ -66,6 +66,9 @@ struct Slot {
     sink: Sink,
     /// Why this handler takes no more deliveries in this run.
     stopped: Option<String>,
+    /// Another process on this host writes this handler's file: its
+    /// deliveries are that process's, not owed by this one.
+    elsewhere: bool,
 }
 
 /// Delivers and records, handler by handler.
@@ -101,6 +104,7 @@ impl Engine {
                 retry: h.retry,
                 sink: handlers::build(h, registry, &config.withheld_env),
                 stopped: None,
+                elsewhere: false,
             })
             .collect();
         let by_name = slots
@@ -126,6 +130,12 @@ impl Engine {
             now: clock::now_ms,
             run_started: clock::now_ms(),
         }
+    }
+
+    /// Starts a new round: failed deliveries whose retry time came since the
+    /// last `drain` are due again (for a long-lived `deliver`).
+    pub fn restart_clock(&mut self) {
+        self.run_started = (self.now)();
     }
 
     pub fn stats(&self) -> &[HandlerStats] {
@@ -165,6 +175,7 @@ impl Engine {
             Sink::File(sink) => match sink.position() {
                 Ok(mark) => Some(mark),
                 Err(e) => {
+                    slot.elsewhere = e.kind() == std::io::ErrorKind::WouldBlock;
                     slot.stopped = Some(e.to_string());
                     None
                 }
@@ -173,16 +184,39 @@ impl Engine {
         }
     }
 
+    /// Whether handler `h` writes a local file (its deliveries belong to
+    /// this host).
+    pub fn is_file_sink(&self, h: usize) -> bool {
+        self.slots
+            .get(h)
+            .is_some_and(|s| matches!(s.sink, Sink::File(_)))
+    }
+
     /// The handlers still taking deliveries in this run (none once a stop
-    /// was asked for).
-    fn active_handlers(&self) -> Vec<&str> {
+    /// was asked for). A file sink is opened (and locked) first: one whose
+    /// file another process writes is left to that process.
+    fn active_handlers(&mut self) -> Vec<String> {
         if signals::requested().is_some() {
             return Vec::new();
+        }
+        for slot in &mut self.slots {
+            if slot.stopped.is_some() {
+                continue;
+            }
+            // A file another process holds is that process's to write; any
+            // other trouble with it fails its deliveries, loudly.
+            if let Sink::File(sink) = &mut slot.sink
+                && let Err(e) = sink.position()
+                && e.kind() == std::io::ErrorKind::WouldBlock
+            {
+                slot.elsewhere = true;
+                slot.stopped = Some(e.to_string());
+            }
         }
         self.slots
             .iter()
             .filter(|s| s.stopped.is_none())
-            .map(|s| s.name.as_str())
+            .map(|s| s.name.clone())
             .collect()
     }
 
@@ -205,11 +239,7 @@ impl Engine {
         // died (or could not be cut back): settle it first, before anything
         // else writes to that file; one not due yet is only cut back.
         let mut count = 0;
-        let handlers: Vec<String> = self
-            .active_handlers()
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+        let handlers = self.active_handlers();
         let names: Vec<&str> = handlers.iter().map(String::as_str).collect();
         for mut delivery in store.marked(&names)? {
             let is_due = delivery.state == DeliveryState::Pending
@@ -222,11 +252,7 @@ impl Engine {
             }
         }
         loop {
-            let handlers: Vec<String> = self
-                .active_handlers()
-                .into_iter()
-                .map(str::to_owned)
-                .collect();
+            let handlers = self.active_handlers();
             if handlers.is_empty() {
                 break;
             }
@@ -284,12 +310,24 @@ impl Engine {
             return Ok(());
         };
         if self.slots[h].stopped.is_some() || signals::requested().is_some() {
-            self.stats[h].waiting += delivery.remaining().len() as u64;
+            if !self.slots[h].elsewhere {
+                self.stats[h].waiting += delivery.remaining().len() as u64;
+            }
             return Ok(());
         }
-        match self.slots[h].sink {
+        let delivered = match self.slots[h].sink {
             Sink::File(_) => self.deliver_file(store, h, delivery, events),
             Sink::Each(_) => self.deliver_each(store, h, delivery, events),
+        };
+        match delivered {
+            // Another worker took this delivery over (this one's lease ran
+            // out while it worked): it is theirs now.
+            Err(Error::LostClaim { .. }) => {
+                tracing::warn!(handler = %delivery.handler, delivery = delivery.id,
+                    "delivery taken over by another worker; leaving it to them");
+                Ok(())
+            }
+            other => other,
         }
     }
 

@@ -123,6 +123,11 @@ pub enum Error {
         summary: String,
     },
 
+    #[error(
+        "database {database}: delivery {delivery} was taken over by another worker (this one's lease ran out)"
+    )]
+    LostClaim { database: String, delivery: i64 },
+
     #[error("{0}")]
     Usage(String),
 

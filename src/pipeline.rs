@@ -640,6 +640,7 @@ impl Batcher<'_> {
                     handler: handlers[h].name.clone(),
                     events,
                     file_mark: engine.planned_mark(h),
+                    file_sink: engine.is_file_sink(h),
                 })
                 .collect()
         })?;
@@ -694,6 +695,47 @@ pub fn retry(
         handlers: engine.stats().to_vec(),
         failures: engine.failures().to_vec(),
         retried: retried as u64,
+        interrupted: engine.buried(),
+        seconds: started.elapsed().as_secs_f64(),
+        stopped: signals::requested().map(|s| s.name().to_owned()),
+        ..RunReport::default()
+    };
+    report.owed(&store.deliveries()?, config);
+    Ok(report)
+}
+
+/// Delivers what is due without reading the sources, under the run guard:
+/// drains, and with `linger`, keeps looking every second until nothing has
+/// come for that long (or a stop is asked for).
+pub fn deliver(
+    config: &Config,
+    registry: &Registry,
+    linger: Duration,
+    wait: Duration,
+) -> Result<RunReport> {
+    let started = Instant::now();
+    config.require_secrets()?;
+    let _guard = backend::run_guard(config, wait)?;
+    let mut store = backend::store(config)?;
+    let store = &mut *store;
+    let mut engine = Engine::new(config, registry);
+    let mut worked = engine.drain(store)?;
+    let mut idle_since = Instant::now();
+    while !linger.is_zero() && signals::requested().is_none() && idle_since.elapsed() < linger {
+        thread::sleep(Duration::from_millis(250).min(linger));
+        // A new drain: what failed meanwhile waits for its own time.
+        engine.restart_clock();
+        let n = engine.drain(store)?;
+        if n > 0 {
+            worked += n;
+            idle_since = Instant::now();
+        }
+    }
+    store.finish_run()?;
+    let mut report = RunReport {
+        handlers: engine.stats().to_vec(),
+        failures: engine.failures().to_vec(),
+        retried: worked as u64,
         interrupted: engine.buried(),
         seconds: started.elapsed().as_secs_f64(),
         stopped: signals::requested().map(|s| s.name().to_owned()),

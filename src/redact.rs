@@ -36,15 +36,23 @@ pub fn register(value: &str) {
     }
 }
 
-/// Registers the credentials a URL carries: the password of its userinfo
-/// (the whole userinfo when it has no `:`) and each value of its query.
+/// Registers the credentials a URL (a webhook's) carries: the password of
+/// its userinfo (the whole userinfo when it has no `:`: a token), and the
+/// query values that look like credentials (see `url_secrets`).
 pub fn register_url(url: &str) {
     for secret in url_secrets(url) {
         register(secret);
     }
 }
 
-/// The credentials in a URL (see `register_url`).
+/// Query values long enough to be a credential whatever their name.
+const LONG_QUERY_VALUE: usize = 16;
+
+/// The credentials in a URL (see `register_url`): the userinfo's password,
+/// and each query value whose name looks secret (`token`, `key`, `sig`,
+/// `secret`, `password`, `auth`, `code`, ...) or that is long (16
+/// characters or more). Short plain values (`format=json`) are not: masking
+/// them would mask ordinary words everywhere.
 pub fn url_secrets(url: &str) -> Vec<&str> {
     let mut found = Vec::new();
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
@@ -60,8 +68,15 @@ pub fn url_secrets(url: &str) -> Vec<&str> {
     if let Some((_, query)) = rest.split_once('?') {
         let query = query.split('#').next().unwrap_or_default();
         for pair in query.split('&') {
-            if let Some((_, value)) = pair.split_once('=') {
-                found.push(value);
+            if let Some((name, value)) = pair.split_once('=') {
+                let lower = name.to_ascii_lowercase();
+                let secret_name = crate::config::interpolate::looks_secret(name)
+                    || ["sig", "code", "pass", "hash"]
+                        .iter()
+                        .any(|w| lower.contains(w));
+                if secret_name || value.chars().count() >= LONG_QUERY_VALUE {
+                    found.push(value);
+                }
             }
         }
     }
@@ -99,8 +114,10 @@ mod tests {
     #[test]
     fn url_credentials_are_found() {
         assert_eq!(
-            url_secrets("https://user:pa55word@host:1/p?token=abcd&x=1#frag"),
-            ["pa55word", "abcd", "1"]
+            url_secrets(
+                "https://user:pa55word@host:1/p?token=abcd&x=1&format=json&id=0123456789abcdef0#frag"
+            ),
+            ["pa55word", "abcd", "0123456789abcdef0"]
         );
         assert_eq!(url_secrets("postgresql://tokenonly@db/app"), ["tokenonly"]);
         assert!(url_secrets("https://example.org/a@b").is_empty());

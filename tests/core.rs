@@ -3,14 +3,14 @@
 
 mod common;
 
-use common::{CHALLENGE_SCHEMA, Case, challenge_config, sorted};
+use common::{Backend, CHALLENGE_SCHEMA, Case, challenge_config, sorted};
 
 const AS_OF: &str = "2026-03-10";
 
 /// Hand-picked challenges covering every branch of `challenge_events` for
 /// today = 2026-03-10.
-fn seed_case(extra_config: &str) -> Case {
-    Case::new()
+fn seed_case(backend: Backend, extra_config: &str) -> Case {
+    Case::on(backend)
         .db(&format!(
             "{CHALLENGE_SCHEMA}
             INSERT INTO challenge VALUES
@@ -41,182 +41,6 @@ const SEED_KEYS: [&str; 12] = [
     "challenge_ends_2d_7",
 ];
 
-#[test]
-fn seed_scenario_dispatches_every_branch_exactly_once() {
-    let case = seed_case("");
-    case.run(&["process-sources", "--as-of", AS_OF])
-        .success()
-        .stdout_has(&[
-            "7 records",
-            "12 events",
-            "12 new",
-            "12 delivered",
-            "0 failed",
-        ]);
-    let keys = case.jsonl_keys("events.jsonl");
-    assert_eq!(sorted(&keys), sorted(&SEED_KEYS), "each key once, no other");
-
-    let seen = case.seen();
-    assert_eq!(seen.len(), 12);
-    for key in SEED_KEYS {
-        let group = key.rsplit_once('_').map(|(g, _)| g).unwrap();
-        assert_eq!(seen.get(key).map(String::as_str), Some(group), "{key}");
-    }
-    assert!(case.deliveries().is_empty(), "every delivery finished");
-
-    // A second run finds nothing new and writes nothing more.
-    let before = std::fs::read(case.path("events.jsonl")).unwrap();
-    case.run(&["process-sources", "--as-of", AS_OF])
-        .success()
-        .stdout_has(&["0 new", "0 delivered"]);
-    assert_eq!(std::fs::read(case.path("events.jsonl")).unwrap(), before);
-}
-
-#[test]
-fn jsonl_lines_carry_key_group_context_and_time() {
-    let case = seed_case("");
-    case.run(&["process-sources", "--as-of", AS_OF]).success();
-    let text = std::fs::read_to_string(case.path("events.jsonl")).unwrap();
-    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    assert_eq!(first["key"], "challenge_created_1");
-    assert_eq!(first["group"], "challenge_created");
-    assert_eq!(first["context"]["challenge"]["title"], "old, no donations");
-    assert_eq!(first["context"]["challenge"]["donation_count"], 0);
-    assert!(first["seen_at"].as_str().unwrap().starts_with("20"));
-}
-
-#[test]
-fn a_later_day_dispatches_only_the_new_branches() {
-    let case = seed_case("");
-    case.run(&["process-sources", "--as-of", AS_OF]).success();
-    // Three days later challenges 3 and 6 started more than two days ago
-    // with no donations, 6 ends today, and 3 and 7 have ended.
-    case.run(&["process-sources", "--as-of", "2026-03-13"])
-        .success()
-        .stdout_has(&["5 new"]);
-    let keys = case.jsonl_keys("events.jsonl");
-    assert_eq!(
-        sorted(&keys[12..]),
-        sorted(&[
-            "challenge_ended_3",
-            "challenge_inactivity_2d_3",
-            "challenge_inactivity_2d_6",
-            "challenge_ends_2d_6",
-            "challenge_ended_7"
-        ])
-    );
-}
-
-#[test]
-fn dry_run_writes_nothing_and_lists_what_would_be_dispatched() {
-    let case = seed_case("");
-    let before = case.db_bytes();
-    let run = case
-        .run(&["dry-run", "--as-of", AS_OF])
-        .success()
-        .stdout_has(&["challenge_ended_4 -> log", "12 new", "nothing was written"]);
-    assert_eq!(
-        run.stdout().lines().filter(|l| l.contains(" -> ")).count(),
-        12
-    );
-    assert_eq!(case.db_bytes(), before, "database byte-identical");
-    assert!(!case.path("events.jsonl").exists(), "no handler output");
-    assert_eq!(
-        case.tables(),
-        ["challenge", "donation"],
-        "not even the schema"
-    );
-
-    // After a real run, a dry run finds nothing new.
-    case.run(&["process-sources", "--as-of", AS_OF]).success();
-    let before = case.db_bytes();
-    case.run(&["dry-run", "--as-of", AS_OF])
-        .success()
-        .stdout_has(&["0 new"]);
-    assert_eq!(case.db_bytes(), before);
-}
-
-#[test]
-fn dry_run_json_is_one_document() {
-    let case = seed_case("");
-    let run = case.run(&["dry-run", "--as-of", AS_OF, "--json"]).success();
-    let doc = run.json();
-    assert_eq!(doc["events"].as_array().unwrap().len(), 12);
-    assert_eq!(doc["events"][0]["handlers"][0], "log");
-    assert_eq!(doc["summary"]["new"], 12);
-}
-
-#[test]
-fn handler_groups_use_search_semantics() {
-    let case = seed_case(
-        r#"
-[[handlers]]
-name = "ended"
-group = "ended"
-kind = "jsonl"
-path = "ended.jsonl"
-
-[[handlers]]
-name = "anchored"
-group = "^ended"
-kind = "jsonl"
-path = "anchored.jsonl"
-
-[[handlers]]
-name = "reminders"
-group = "_2d$"
-kind = "jsonl"
-path = "reminders.jsonl"
-"#,
-    );
-    case.run(&["process-sources", "--as-of", AS_OF]).success();
-    assert_eq!(case.jsonl_keys("ended.jsonl"), ["challenge_ended_4"]);
-    assert!(case.jsonl_keys("anchored.jsonl").is_empty());
-    assert_eq!(
-        sorted(&case.jsonl_keys("reminders.jsonl")),
-        sorted(&[
-            "challenge_inactivity_2d_1",
-            "challenge_ends_2d_3",
-            "challenge_inactivity_2d_4",
-            "challenge_ends_2d_4",
-            "challenge_ends_2d_7"
-        ])
-    );
-    // Every matching handler got the event, the first handler included.
-    assert_eq!(case.jsonl_keys("events.jsonl").len(), 12);
-}
-
-#[test]
-fn mark_seen_suppresses_a_key() {
-    let case = seed_case("");
-    case.run(&["mark-seen", "challenge_ended_4"])
-        .success()
-        .stdout_has(&["marked challenge_ended_4 as seen"]);
-    assert_eq!(
-        case.seen().get("challenge_ended_4").map(String::as_str),
-        Some("challenge_ended")
-    );
-    case.run(&["mark-seen", "challenge_ended_4", "--group", "other"])
-        .success()
-        .stdout_has(&["already seen"]);
-    case.run(&["process-sources", "--as-of", AS_OF])
-        .success()
-        .stdout_has(&["11 new"]);
-    let keys = case.jsonl_keys("events.jsonl");
-    assert_eq!(keys.len(), 11);
-    assert!(!keys.contains(&"challenge_ended_4".to_owned()));
-}
-
-#[test]
-fn mark_seen_json_and_explicit_group() {
-    let case = seed_case("");
-    let run = case
-        .run(&["mark-seen", "weird-key", "--group", "g", "--json"])
-        .success();
-    assert_eq!(run.json()["new"], true);
-    assert_eq!(case.seen().get("weird-key").map(String::as_str), Some("g"));
-}
-
 /// Exactly the DDL Django 3.2 emits for django-spark 0.3.0's Event.
 const DJANGO_DDL: &str = r#"
 CREATE TABLE "spark_event" ("key" varchar(100) NOT NULL PRIMARY KEY, "group" varchar(50) NOT NULL, "created_at" datetime NOT NULL, "context" text NOT NULL);
@@ -228,7 +52,7 @@ INSERT INTO spark_event VALUES
 
 #[test]
 fn django_spark_history_stays_seen_and_untouched() {
-    let case = seed_case("");
+    let case = seed_case(Backend::Sqlite, "");
     case.sql(DJANGO_DDL);
     case.run(&["process-sources", "--as-of", AS_OF])
         .success()
@@ -283,9 +107,179 @@ fn django_spark_history_stays_seen_and_untouched() {
     assert_eq!(indexes, 1);
 }
 
-#[test]
-fn source_option_restricts_the_run() {
+on_every_backend! {
+fn seed_scenario_dispatches_every_branch_exactly_once(backend: Backend) {
+    let case = seed_case(backend, "");
+    case.run(&["process-sources", "--as-of", AS_OF])
+        .success()
+        .stdout_has(&[
+            "7 records",
+            "12 events",
+            "12 new",
+            "12 delivered",
+            "0 failed",
+        ]);
+    let keys = case.jsonl_keys("events.jsonl");
+    assert_eq!(sorted(&keys), sorted(&SEED_KEYS), "each key once, no other");
+
+    let seen = case.seen();
+    assert_eq!(seen.len(), 12);
+    for key in SEED_KEYS {
+        let group = key.rsplit_once('_').map(|(g, _)| g).unwrap();
+        assert_eq!(seen.get(key).map(String::as_str), Some(group), "{key}");
+    }
+    assert!(case.deliveries().is_empty(), "every delivery finished");
+
+    // A second run finds nothing new and writes nothing more.
+    let before = std::fs::read(case.path("events.jsonl")).unwrap();
+    case.run(&["process-sources", "--as-of", AS_OF])
+        .success()
+        .stdout_has(&["0 new", "0 delivered"]);
+    assert_eq!(std::fs::read(case.path("events.jsonl")).unwrap(), before);
+}
+
+fn jsonl_lines_carry_key_group_context_and_time(backend: Backend) {
+    let case = seed_case(backend, "");
+    case.run(&["process-sources", "--as-of", AS_OF]).success();
+    let text = std::fs::read_to_string(case.path("events.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["key"], "challenge_created_1");
+    assert_eq!(first["group"], "challenge_created");
+    assert_eq!(first["context"]["challenge"]["title"], "old, no donations");
+    assert_eq!(first["context"]["challenge"]["donation_count"], 0);
+    assert!(first["seen_at"].as_str().unwrap().starts_with("20"));
+}
+
+fn a_later_day_dispatches_only_the_new_branches(backend: Backend) {
+    let case = seed_case(backend, "");
+    case.run(&["process-sources", "--as-of", AS_OF]).success();
+    // Three days later challenges 3 and 6 started more than two days ago
+    // with no donations, 6 ends today, and 3 and 7 have ended.
+    case.run(&["process-sources", "--as-of", "2026-03-13"])
+        .success()
+        .stdout_has(&["5 new"]);
+    let keys = case.jsonl_keys("events.jsonl");
+    assert_eq!(
+        sorted(&keys[12..]),
+        sorted(&[
+            "challenge_ended_3",
+            "challenge_inactivity_2d_3",
+            "challenge_inactivity_2d_6",
+            "challenge_ends_2d_6",
+            "challenge_ended_7"
+        ])
+    );
+}
+
+fn dry_run_writes_nothing_and_lists_what_would_be_dispatched(backend: Backend) {
+    let case = seed_case(backend, "");
+    let before = case.db_bytes();
+    let run = case
+        .run(&["dry-run", "--as-of", AS_OF])
+        .success()
+        .stdout_has(&["challenge_ended_4 -> log", "12 new", "nothing was written"]);
+    assert_eq!(
+        run.stdout().lines().filter(|l| l.contains(" -> ")).count(),
+        12
+    );
+    assert_eq!(case.db_bytes(), before, "database byte-identical");
+    assert!(!case.path("events.jsonl").exists(), "no handler output");
+    assert_eq!(
+        case.tables(),
+        ["challenge", "donation"],
+        "not even the schema"
+    );
+
+    // After a real run, a dry run finds nothing new.
+    case.run(&["process-sources", "--as-of", AS_OF]).success();
+    let before = case.db_bytes();
+    case.run(&["dry-run", "--as-of", AS_OF])
+        .success()
+        .stdout_has(&["0 new"]);
+    assert_eq!(case.db_bytes(), before);
+}
+
+fn dry_run_json_is_one_document(backend: Backend) {
+    let case = seed_case(backend, "");
+    let run = case.run(&["dry-run", "--as-of", AS_OF, "--json"]).success();
+    let doc = run.json();
+    assert_eq!(doc["events"].as_array().unwrap().len(), 12);
+    assert_eq!(doc["events"][0]["handlers"][0], "log");
+    assert_eq!(doc["summary"]["new"], 12);
+}
+
+fn handler_groups_use_search_semantics(backend: Backend) {
     let case = seed_case(
+        backend,
+        r#"
+[[handlers]]
+name = "ended"
+group = "ended"
+kind = "jsonl"
+path = "ended.jsonl"
+
+[[handlers]]
+name = "anchored"
+group = "^ended"
+kind = "jsonl"
+path = "anchored.jsonl"
+
+[[handlers]]
+name = "reminders"
+group = "_2d$"
+kind = "jsonl"
+path = "reminders.jsonl"
+"#,
+    );
+    case.run(&["process-sources", "--as-of", AS_OF]).success();
+    assert_eq!(case.jsonl_keys("ended.jsonl"), ["challenge_ended_4"]);
+    assert!(case.jsonl_keys("anchored.jsonl").is_empty());
+    assert_eq!(
+        sorted(&case.jsonl_keys("reminders.jsonl")),
+        sorted(&[
+            "challenge_inactivity_2d_1",
+            "challenge_ends_2d_3",
+            "challenge_inactivity_2d_4",
+            "challenge_ends_2d_4",
+            "challenge_ends_2d_7"
+        ])
+    );
+    // Every matching handler got the event, the first handler included.
+    assert_eq!(case.jsonl_keys("events.jsonl").len(), 12);
+}
+
+fn mark_seen_suppresses_a_key(backend: Backend) {
+    let case = seed_case(backend, "");
+    case.run(&["mark-seen", "challenge_ended_4"])
+        .success()
+        .stdout_has(&["marked challenge_ended_4 as seen"]);
+    assert_eq!(
+        case.seen().get("challenge_ended_4").map(String::as_str),
+        Some("challenge_ended")
+    );
+    case.run(&["mark-seen", "challenge_ended_4", "--group", "other"])
+        .success()
+        .stdout_has(&["already seen"]);
+    case.run(&["process-sources", "--as-of", AS_OF])
+        .success()
+        .stdout_has(&["11 new"]);
+    let keys = case.jsonl_keys("events.jsonl");
+    assert_eq!(keys.len(), 11);
+    assert!(!keys.contains(&"challenge_ended_4".to_owned()));
+}
+
+fn mark_seen_json_and_explicit_group(backend: Backend) {
+    let case = seed_case(backend, "");
+    let run = case
+        .run(&["mark-seen", "weird-key", "--group", "g", "--json"])
+        .success();
+    assert_eq!(run.json()["new"], true);
+    assert_eq!(case.seen().get("weird-key").map(String::as_str), Some("g"));
+}
+
+fn source_option_restricts_the_run(backend: Backend) {
+    let case = seed_case(
+        backend,
         r#"
 [[sources]]
 name = "active-only"
@@ -308,9 +302,8 @@ query = "SELECT c.*, 0 AS donation_count FROM challenge c WHERE id = 6"
         .stderr_has(&["--source nope", "active-only", "challenges"]);
 }
 
-#[test]
-fn table_and_where_read_records() {
-    let case = Case::new()
+fn table_and_where_read_records(backend: Backend) {
+    let case = Case::on(backend)
         .db(&format!(
             "{CHALLENGE_SCHEMA}
             CREATE VIEW challenge_with_count AS SELECT c.*, 0 AS donation_count FROM challenge c;
@@ -338,4 +331,5 @@ path = "out/events.jsonl"
         );
     case.run(&["process-sources", "--as-of", AS_OF]).success();
     assert_eq!(case.jsonl_keys("out/events.jsonl"), ["challenge_created_2"]);
+}
 }

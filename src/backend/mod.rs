@@ -8,6 +8,7 @@
 //! - PostgreSQL (`url`): any number of processes share one backlog; each
 //!   claims the deliveries it works on with a lease.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -20,6 +21,10 @@ use crate::store::{Reader, Store};
 pub fn reader(config: &Config) -> Result<Box<dyn Reader>> {
     match &config.database.backend {
         BackendConfig::Sqlite(db) => Ok(Box::new(sqlite::SqliteReader::open(config, db)?)),
+        BackendConfig::Postgres(pg) => Ok(Box::new(postgres::PgReader::open(
+            pg,
+            &config.database.seen_table,
+        )?)),
     }
 }
 
@@ -35,11 +40,48 @@ pub fn store(config: &Config) -> Result<Box<dyn Store>> {
                 db.busy_timeout,
             )?))
         }
+        BackendConfig::Postgres(pg) => Ok(Box::new(postgres::PgStore::open(
+            pg,
+            &config.database.seen_table,
+        )?)),
+    }
+}
+
+/// The SQL that would bring the database's schema (the seen table, spark's
+/// own tables) up to date now: empty of statements when it is.
+pub fn pending_sql(config: &Config) -> Result<String> {
+    let table = &config.database.seen_table;
+    match &config.database.backend {
+        BackendConfig::Sqlite(db) => {
+            let reader = sqlite::SqliteReader::open(config, db)?;
+            let conn = reader.connection();
+            let found = sqlite::schema::version(conn).map_err(|e| crate::error::Error::Store {
+                database: db.path.display().to_string(),
+                action: "reading spark's schema version".into(),
+                error: e.to_string(),
+            })?;
+            let seen = sqlite::schema::table_exists(conn, table).map_err(|e| {
+                crate::error::Error::Store {
+                    database: db.path.display().to_string(),
+                    action: "looking up the seen table".into(),
+                    error: e.to_string(),
+                }
+            })?;
+            Ok(sqlite::schema::pending_sql(table, seen, found))
+        }
+        BackendConfig::Postgres(pg) => {
+            let mut client = postgres::connect(pg)?;
+            let fail = postgres::store_err(&pg.describe(), "reading spark's schema version");
+            let found = postgres::schema::version(&mut client).map_err(&fail)?;
+            let seen = postgres::schema::table_exists(&mut client, table).map_err(&fail)?;
+            Ok(postgres::schema::pending_sql(table, seen, found))
+        }
     }
 }
 
 /// What keeps other runs out while this one works: SQLite's run lock
-/// (waiting up to `wait` for another run). Dropping it lets go.
+/// (waiting up to `wait` for another run); nothing on PostgreSQL, where
+/// processes share the work by claims. Dropping it lets go.
 pub struct RunGuard {
     _lock: Option<sqlite::lock::RunLock>,
 }
@@ -50,5 +92,6 @@ pub fn run_guard(config: &Config, wait: Duration) -> Result<RunGuard> {
         BackendConfig::Sqlite(db) => Ok(RunGuard {
             _lock: Some(sqlite::lock::RunLock::acquire(&db.path, wait)?),
         }),
+        BackendConfig::Postgres(_) => Ok(RunGuard { _lock: None }),
     }
 }

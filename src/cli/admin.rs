@@ -22,6 +22,49 @@ fn check_database(config: &Config) -> Result<bool> {
     Ok(backend::reader(config)?.seen_table()?.exists)
 }
 
+/// `spark migrate`: creates or upgrades spark's tables, or prints the SQL.
+pub fn migrate(cli: &Cli, config: &Config, print_sql: bool) -> anyhow::Result<ExitCode> {
+    let pending = backend::pending_sql(config)?;
+    let up_to_date = pending.lines().count() <= 2;
+    if print_sql {
+        if cli.json {
+            stdout_json(&json!({"up_to_date": up_to_date, "sql": pending}))?;
+        } else if up_to_date {
+            outln!(
+                "-- {}: spark's tables are up to date; nothing to run",
+                config.database.describe()
+            )?;
+        } else {
+            outln!(
+                "-- {}: what spark would run to bring its tables up to date\n{}",
+                config.database.describe(),
+                pending.trim_end()
+            )?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !up_to_date {
+        // Opening the store creates or upgrades the tables.
+        backend::store(config)?;
+    }
+    if cli.json {
+        stdout_json(&json!({"up_to_date": up_to_date, "migrated": !up_to_date}))?;
+    } else if !cli.quiet {
+        if up_to_date {
+            outln!(
+                "spark's tables in {} are up to date",
+                config.database.describe()
+            )?;
+        } else {
+            outln!(
+                "created or upgraded spark's tables in {}",
+                config.database.describe()
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn mark_seen(
     cli: &Cli,
     config: &Config,

@@ -217,6 +217,17 @@ fn config_view(config: &Config) -> ConfigView {
                 database["create_from"] = json!(script.display().to_string());
             }
         }
+        BackendConfig::Postgres(pg) => {
+            database["url"] = json!(format!(
+                "postgresql://{}@{}:{}/{}?sslmode={}",
+                pg.user,
+                pg.hosts.join(","),
+                pg.port,
+                pg.dbname,
+                pg.sslmode.as_str()
+            ));
+            database["lease"] = json!(duration(pg.lease));
+        }
     }
     let d = &config.delivery;
     let sources: Vec<_> = config

@@ -114,6 +114,24 @@ enum Command {
         #[arg(long, value_name = "KEY")]
         key: Vec<String>,
     },
+    /// Deliver what is due (pending, and failed ones whose retry time came)
+    /// without reading the sources: a delivery worker beside the scanning
+    /// runs (PostgreSQL: any number of them share the backlog)
+    Deliver {
+        /// Keep looking for due deliveries until none has come for this
+        /// long, e.g. "5m" [default: stop as soon as none is due]
+        #[arg(long, value_name = "DURATION")]
+        linger: Option<String>,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Create or upgrade spark's tables now; with --print-sql, print the SQL
+    /// instead (for a DBA who applies schema changes by hand)
+    Migrate {
+        /// Print the SQL that would bring the database up to date; run nothing
+        #[arg(long)]
+        print_sql: bool,
+    },
     /// Deliver failed or dead deliveries now, with a fresh count of attempts
     Retry {
         /// The deliveries of this event key (repeatable)
@@ -309,6 +327,15 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
             let opts = run_options(cli, run, Duration::ZERO, true)?;
             run::dry_run(cli, &config, registry, &opts)
         }
+        Command::Deliver { linger, lock } => {
+            let linger = match linger {
+                None => Duration::ZERO,
+                Some(text) => config::parse_duration(text)
+                    .map_err(|e| Error::Usage(format!("--linger {text:?}: {e}")))?,
+            };
+            run::deliver(cli, &config, registry, linger, lock.wait()?)
+        }
+        Command::Migrate { print_sql } => admin::migrate(cli, &config, *print_sql),
         Command::Retry {
             key,
             handler,

@@ -110,10 +110,23 @@ pub fn retry(
     print_run(cli, "retry", &report).map(ExitCode::from)
 }
 
+/// `spark deliver`: works off what is due, reading no source.
+pub fn deliver(
+    cli: &Cli,
+    config: &Config,
+    registry: &Registry,
+    linger: std::time::Duration,
+    wait: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    signals::install().context("installing signal handlers")?;
+    let report = pipeline::deliver(config, registry, linger, wait)?;
+    print_run(cli, "deliver", &report).map(ExitCode::from)
+}
+
 fn summary(command: &str, r: &RunReport) -> String {
-    let mut line = if command == "retry" {
+    let mut line = if command == "retry" || command == "deliver" {
         format!(
-            "retry: {} deliveries, {} delivered, {} failed",
+            "{command}: {} deliveries, {} delivered, {} failed",
             r.retried,
             r.delivered(),
             r.failed()

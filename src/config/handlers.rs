@@ -362,7 +362,13 @@ impl Validator<'_> {
         }
     }
 
-    fn bad_value(&mut self, entry: &str, field: &'static str, span: Range<usize>, message: String) {
+    pub(super) fn bad_value(
+        &mut self,
+        entry: &str,
+        field: &'static str,
+        span: Range<usize>,
+        message: String,
+    ) {
         self.report(
             span,
             Problem::BadValue {

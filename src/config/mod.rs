@@ -7,12 +7,15 @@
 
 mod handlers;
 pub mod interpolate;
+pub mod postgres;
 mod raw;
 
 pub use handlers::{
     Guarantee, HANDLER_KINDS, HandlerConfig, HandlerKind, MailConfig, MailTransport, Secret,
     SmtpSecurity, describe_template_error,
 };
+
+pub use postgres::{PgConfig, SslMode};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -81,6 +84,8 @@ pub struct DatabaseConfig {
 pub enum BackendConfig {
     /// `path`: an SQLite file.
     Sqlite(SqliteConfig),
+    /// `url`: a PostgreSQL database.
+    Postgres(PgConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +104,7 @@ impl DatabaseConfig {
     pub fn describe(&self) -> String {
         match &self.backend {
             BackendConfig::Sqlite(db) => db.path.display().to_string(),
+            BackendConfig::Postgres(pg) => pg.describe(),
         }
     }
 
@@ -106,6 +112,7 @@ impl DatabaseConfig {
     pub fn sqlite_path(&self) -> Option<&Path> {
         match &self.backend {
             BackendConfig::Sqlite(db) => Some(&db.path),
+            BackendConfig::Postgres(_) => None,
         }
     }
 }
@@ -615,9 +622,9 @@ impl Validator<'_> {
     }
 
     fn database(&mut self, raw: Spanned<raw::RawDatabase>) -> DatabaseConfig {
+        let span = raw.span();
         let raw = raw.into_inner();
         let entry = "[database]";
-        self.non_empty(entry, "path", &raw.path);
         let seen_table = match &raw.seen_table {
             Some(t) => {
                 self.non_empty(entry, "seen_table", t);
@@ -625,19 +632,114 @@ impl Validator<'_> {
             }
             None => DEFAULT_SEEN_TABLE.to_owned(),
         };
-        let busy_timeout = self.duration(
-            entry,
-            "busy_timeout",
-            raw.busy_timeout.as_ref(),
-            Duration::from_secs(10),
-        );
+        let unused = |v: &mut Self,
+                      field: &'static str,
+                      value: Option<std::ops::Range<usize>>,
+                      why: &str| {
+            if let Some(span) = value {
+                v.report(
+                    span,
+                    Problem::UnusedField {
+                        entry: entry.to_owned(),
+                        field,
+                        why: why.to_owned(),
+                    },
+                );
+            }
+        };
+        let backend = match (&raw.path, &raw.url) {
+            (Some(path), None) => {
+                self.non_empty(entry, "path", path);
+                unused(
+                    self,
+                    "lease",
+                    raw.lease.as_ref().map(Spanned::span),
+                    "to an SQLite database (one run at a time works on it)",
+                );
+                let busy_timeout = self.duration(
+                    entry,
+                    "busy_timeout",
+                    raw.busy_timeout.as_ref(),
+                    Duration::from_secs(10),
+                );
+                BackendConfig::Sqlite(SqliteConfig {
+                    path: self.resolve(path.get_ref()),
+                    create_from: raw.create_from.as_ref().map(|p| self.resolve(p.get_ref())),
+                    busy_timeout,
+                })
+            }
+            (None, Some(url)) => {
+                for (field, value) in [
+                    ("create_from", raw.create_from.as_ref().map(Spanned::span)),
+                    ("busy_timeout", raw.busy_timeout.as_ref().map(Spanned::span)),
+                ] {
+                    unused(
+                        self,
+                        field,
+                        value,
+                        "to PostgreSQL (`url`); it is for SQLite files",
+                    );
+                }
+                // The parser registers the password; the user, host and
+                // parameters are no secrets.
+                let lookup = |var: &str| std::env::var(var).ok();
+                match postgres::parse(url.get_ref(), &lookup) {
+                    Ok(mut pg) => {
+                        pg.lease = self.duration(entry, "lease", raw.lease.as_ref(), pg.lease);
+                        if pg.lease < Duration::from_secs(3) {
+                            self.bad_value(
+                                entry,
+                                "lease",
+                                raw.lease.as_ref().map_or(0..0, Spanned::span),
+                                "must be at least 3s (it is renewed every third of it)".into(),
+                            );
+                        }
+                        BackendConfig::Postgres(pg)
+                    }
+                    Err(message) => {
+                        self.bad_value(entry, "url", url.span(), message);
+                        BackendConfig::Sqlite(SqliteConfig {
+                            path: PathBuf::new(),
+                            create_from: None,
+                            busy_timeout: Duration::ZERO,
+                        })
+                    }
+                }
+            }
+            (Some(_), Some(url)) => {
+                self.report(
+                    url.span(),
+                    Problem::UnusedField {
+                        entry: entry.to_owned(),
+                        field: "url",
+                        why: "together with `path`: give one of them (`path` for SQLite, `url` for PostgreSQL)".into(),
+                    },
+                );
+                BackendConfig::Sqlite(SqliteConfig {
+                    path: PathBuf::new(),
+                    create_from: None,
+                    busy_timeout: Duration::ZERO,
+                })
+            }
+            (None, None) => {
+                self.report(
+                    span,
+                    Problem::MissingField {
+                        entry: entry.to_owned(),
+                        field: "path",
+                        why: " (an SQLite file), or `url` (a PostgreSQL database)".into(),
+                    },
+                );
+                BackendConfig::Sqlite(SqliteConfig {
+                    path: PathBuf::new(),
+                    create_from: None,
+                    busy_timeout: Duration::ZERO,
+                })
+            }
+        };
         DatabaseConfig {
             seen_table,
-            backend: BackendConfig::Sqlite(SqliteConfig {
-                path: self.resolve(raw.path.get_ref()),
-                create_from: raw.create_from.map(|p| self.resolve(p.get_ref())),
-                busy_timeout,
-            }),
+            backend,
         }
     }
 

@@ -22,10 +22,15 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDatabase {
-    pub path: Spanned<String>,
+    /// An SQLite file...
+    pub path: Option<Spanned<String>>,
+    /// ...or a PostgreSQL database.
+    pub url: Option<Spanned<String>>,
     pub seen_table: Option<Spanned<String>>,
     pub create_from: Option<Spanned<String>>,
     pub busy_timeout: Option<Spanned<String>>,
+    /// PostgreSQL: how long a claim on a delivery lasts unrenewed.
+    pub lease: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,7 +7,10 @@
 //! create). Each delivery is written with one `write` and made durable with
 //! `fdatasync` before the delivery is recorded as done. Cutting the file
 //! back after a crash happens only if it is still the same file (device and
-//! inode) the delivery wrote to.
+//! inode) the delivery wrote to. One process writes a file at a time: the
+//! sink holds an exclusive lock (`flock`) on it while the process lives, so
+//! that several workers on one host never interleave (and never cut back
+//! each other's lines).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -39,6 +42,23 @@ impl JsonlSink {
         if self.file.is_none() {
             let file = files::open_append(&self.path, self.mode)
                 .map_err(|e| self.io_context("opening", e))?;
+            // One writer per file: its length is what makes the sink
+            // exactly-once. Held for as long as this process lives.
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!(
+                            "{} is being written by another spark process on this host; its deliveries wait for that process (or the next run)",
+                            self.path.display()
+                        ),
+                    ));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(self.io_context("locking", e));
+                }
+            }
             let id = FileId::of(&file)?;
             self.file = Some((file, id));
         }

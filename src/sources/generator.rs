@@ -9,6 +9,9 @@
 //!   a date (`YYYY-MM-DD`, a datetime's date part);
 //! - a boolean compares with a boolean or a 0/1 column.
 //!
+//! - text holding a plain decimal number (what a PostgreSQL `numeric` column
+//!   reads as) compares with a number as a number.
+//!
 //! A record lacking the variable, a NULL, a value of another type, or text
 //! that is not a date never matches (and never fails). Where the column's
 //! declared type is known, a value of the wrong type is a config error at
@@ -140,6 +143,18 @@ impl Condition {
             (CondValue::Float(want), Value::Number(n)) => {
                 n.as_f64().and_then(|have| have.partial_cmp(want))
             }
+            // An exact decimal kept as text (PostgreSQL's numeric, as
+            // Django's JSON encoder writes it) compares as a number.
+            (CondValue::Int(want), Value::String(have)) => decimal(have).and_then(|have| {
+                if let Ok(i) = have.parse::<i64>() {
+                    Some(i.cmp(want))
+                } else {
+                    have.parse::<f64>().ok()?.partial_cmp(&(*want as f64))
+                }
+            }),
+            (CondValue::Float(want), Value::String(have)) => {
+                decimal(have).and_then(|have| have.parse::<f64>().ok()?.partial_cmp(want))
+            }
             (CondValue::Text(want), Value::String(have)) => Some(have.as_str().cmp(want.as_str())),
             (CondValue::Date(want), Value::String(have)) => parse_date(have).map(|d| d.cmp(want)),
             (CondValue::Bool(want), Value::Bool(have)) => Some(have.cmp(want)),
@@ -152,6 +167,15 @@ impl Condition {
         };
         ord.is_some_and(|ord| self.op.holds(ord))
     }
+}
+
+/// `text` when it is a plain decimal number (`-12.50`, `7`): what a
+/// numeric column reads as.
+fn decimal(text: &str) -> Option<&str> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, "0"));
+    let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (plain(int) && plain(frac)).then_some(text)
 }
 
 /// A generator: records meeting every condition yield one event each.
@@ -228,11 +252,22 @@ mod tests {
     }
 
     #[test]
+    fn decimal_text_compares_as_a_number() {
+        // What a PostgreSQL numeric(8,2) column reads as.
+        assert!(cond("n", ">", CondValue::Int(100)).matches(Some(&json!("150.00"))));
+        assert!(!cond("n", ">", CondValue::Int(100)).matches(Some(&json!("99.99"))));
+        assert!(cond("n", "=", CondValue::Int(100)).matches(Some(&json!("100"))));
+        assert!(cond("n", "<", CondValue::Float(0.5)).matches(Some(&json!("-7.25"))));
+        assert!(cond("n", ">", CondValue::Int(9)).matches(Some(&json!("10"))));
+    }
+
+    #[test]
     fn missing_null_and_mismatched_values_never_match() {
         let c = cond("n", "!=", CondValue::Int(5));
         assert!(!c.matches(None));
         assert!(!c.matches(Some(&Value::Null)));
-        assert!(!c.matches(Some(&json!("6"))));
+        assert!(!c.matches(Some(&json!("six"))));
+        assert!(!c.matches(Some(&json!("6e3"))));
         let t = cond("s", "!=", CondValue::Text("x".into()));
         assert!(!t.matches(Some(&json!(1))));
         assert!(t.matches(Some(&json!("y"))));

@@ -113,7 +113,11 @@ pub struct PlannedDelivery {
     pub handler: String,
     /// Indices into the batch, in order.
     pub events: Vec<usize>,
+    /// For a file sink this process writes: where the delivery writes from.
     pub file_mark: Option<FileMark>,
+    /// Whether the handler writes a local file (its deliveries belong to
+    /// this host: another host's file is another file).
+    pub file_sink: bool,
 }
 
 /// What a batch left in the store.
@@ -134,6 +138,51 @@ pub struct StoredEvent {
     pub event: Event,
     pub context_json: String,
     pub seen_at: String,
+}
+
+impl StoredEvent {
+    /// An event read back from the seen table, with its context as JSON
+    /// (what spark wrote, or the stored text wrapped under `"text"`).
+    pub fn from_stored(key: &str, group: String, context_json: String, seen_at: String) -> Self {
+        let (context, context_json) = match serde_json::from_str::<serde_json::Value>(&context_json)
+        {
+            Ok(serde_json::Value::Object(map)) => (map, context_json),
+            _ => {
+                let map = crate::event::context_from_stored(&context_json);
+                let json = serde_json::to_string(&map).unwrap_or_else(|_| "{}".to_owned());
+                (map, json)
+            }
+        };
+        StoredEvent {
+            event: Event {
+                group,
+                key: key.to_owned(),
+                context: Arc::new(context),
+            },
+            context_json,
+            seen_at,
+        }
+    }
+}
+
+/// Contexts serialized once each: the events of one record share their
+/// context (`Arc`), so its JSON is made once.
+#[derive(Default)]
+pub struct ContextJson {
+    made: std::collections::HashMap<*const serde_json::Map<String, serde_json::Value>, Arc<str>>,
+}
+
+impl ContextJson {
+    /// The JSON of `event`'s context.
+    pub fn of(&mut self, event: &Event) -> Result<Arc<str>, serde_json::Error> {
+        let ptr = Arc::as_ptr(&event.context);
+        if let Some(json) = self.made.get(&ptr) {
+            return Ok(json.clone());
+        }
+        let json: Arc<str> = serde_json::to_string(&*event.context)?.into();
+        self.made.insert(ptr, json.clone());
+        Ok(json)
+    }
 }
 
 /// How a failed attempt is recorded: the error, and when to try again

@@ -1,9 +1,19 @@
 //! A small builder over assert_cmd for scenario tests: a temp folder with a
-//! real SQLite database and a config, the real `spark` binary run in it, and
-//! helpers to read back what it wrote.
+//! config and a real database (an SQLite file in the folder, or a fresh
+//! PostgreSQL database of its own on the test server), the real `spark`
+//! binary run in it, and helpers to read back what it wrote, the same on
+//! either backend.
+//!
+//! A behaviour test is written once and run on every backend with
+//! `on_every_backend!`; PostgreSQL comes from `SPARK_TEST_DATABASE_URL`
+//! (default `postgresql://postgres@127.0.0.1:5432/test`). Without a server
+//! answering, PostgreSQL tests are skipped with a line saying so, unless
+//! `CI` is set: then they fail.
 #![allow(dead_code)]
 
 pub mod servers;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +37,8 @@ CREATE TABLE donation (
 pub const CHALLENGE_QUERY: &str = "SELECT c.*, (SELECT count(*) FROM donation d WHERE d.challenge_id = c.id) AS donation_count FROM challenge c";
 
 /// A config with the challenge source and one jsonl handler `log` for every
-/// challenge event, writing `events.jsonl`. `extra` is appended.
+/// challenge event, writing `events.jsonl`. `extra` is appended. (`Case::config`
+/// points it at a PostgreSQL case's database.)
 pub fn challenge_config(extra: &str) -> String {
     format!(
         r#"
@@ -55,24 +66,183 @@ path = "events.jsonl"
 /// id, title, user_email, is_active, start_date, end_date) and whose config
 /// is `challenge_config(extra)`.
 pub fn challenges_case(rows: &str, extra: &str) -> Case {
-    Case::new()
+    challenges_case_on(Backend::Sqlite, rows, extra)
+}
+
+/// `challenges_case` on `backend`.
+pub fn challenges_case_on(backend: Backend, rows: &str, extra: &str) -> Case {
+    Case::on(backend)
         .db(&format!(
             "{CHALLENGE_SCHEMA}\nINSERT INTO challenge VALUES {rows};"
         ))
         .config(&challenge_config(extra))
 }
 
+/// The database a case runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The admin URL of the PostgreSQL test server.
+pub fn test_server_url() -> String {
+    std::env::var("SPARK_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+impl Backend {
+    /// PostgreSQL, when the test server answers. Otherwise: under `CI`, a
+    /// failure; elsewhere `None` (the caller skips, saying so).
+    pub fn postgres(test: &str) -> Option<Backend> {
+        static ANSWERS: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        let answers = ANSWERS.get_or_init(|| {
+            postgres::Client::connect(&test_server_url(), postgres::NoTls)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+        match answers {
+            Ok(()) => Some(Backend::Postgres),
+            Err(e) if std::env::var_os("CI").is_some() => {
+                panic!("{test}: the PostgreSQL test server does not answer ({e}); CI needs it")
+            }
+            Err(e) => {
+                eprintln!(
+                    "skipped {test} on PostgreSQL: no server at {} ({e})",
+                    test_server_url()
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Runs each test function once per backend: `name::sqlite` and
+/// `name::postgres`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($(#[$meta:meta])* fn $name:ident($backend:ident: Backend) $body:block)*) => {
+        $(
+            $(#[$meta])*
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                fn run($backend: Backend) $body
+                #[test]
+                fn sqlite() {
+                    run(Backend::Sqlite)
+                }
+                #[test]
+                fn postgres() {
+                    if let Some(b) = Backend::postgres(concat!(module_path!(), "::", stringify!($name))) {
+                        run(b)
+                    }
+                }
+            }
+        )*
+    };
+}
+
+/// A PostgreSQL database of a case's own, dropped with it.
+struct PgDb {
+    name: String,
+    url: String,
+}
+
+impl PgDb {
+    fn create() -> PgDb {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let admin = test_server_url();
+        let name = format!(
+            "spark_test_{}_{}_{:x}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        );
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("test server");
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .expect("create test database");
+        let (base, query) = match admin.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (admin.as_str(), String::new()),
+        };
+        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+        PgDb {
+            url: format!("{base}/{name}{query}"),
+            name,
+        }
+    }
+
+    fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).expect("test database")
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&test_server_url(), postgres::NoTls) {
+            let _ = client.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// SQLite test SQL in PostgreSQL's words: `INTEGER PRIMARY KEY` numbers its
+/// rows, `printf('%.*c', n, 'x')` is `repeat('x', n)`.
+fn for_postgres(sql: &str) -> String {
+    let re = regex::Regex::new(r"printf\('%\.\*c', (\w+), '(.)'\)").expect("regex");
+    let sql = re.replace_all(sql, "repeat('$2', $1)");
+    sql.replace(
+        "INTEGER PRIMARY KEY",
+        "INTEGER GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+    )
+}
+
 pub struct Case {
     pub dir: TempDir,
     bin: PathBuf,
+    pg: Option<PgDb>,
 }
 
 impl Case {
     pub fn new() -> Case {
+        Case::on(Backend::Sqlite)
+    }
+
+    /// A case on `backend`.
+    pub fn on(backend: Backend) -> Case {
         Case {
             dir: tempfile::tempdir().expect("temp dir"),
             bin: assert_cmd::cargo::cargo_bin("spark"),
+            pg: (backend == Backend::Postgres).then(PgDb::create),
         }
+    }
+
+    pub fn backend(&self) -> Backend {
+        if self.pg.is_some() {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+
+    /// The `[database]` line that names this case's database.
+    pub fn database_line(&self) -> String {
+        match &self.pg {
+            None => "path = \"app.sqlite3\"".to_owned(),
+            Some(pg) => format!("url = \"{}\"", pg.url),
+        }
+    }
+
+    /// The PostgreSQL URL of the case's database.
+    pub fn pg_url(&self) -> Option<&str> {
+        self.pg.as_ref().map(|p| p.url.as_str())
     }
 
     /// Runs a different binary (e.g. an example) instead of `spark`.
@@ -85,20 +255,87 @@ impl Case {
         self.dir.path().join(rel)
     }
 
-    /// Creates `app.sqlite3` and runs `sql` in it.
+    /// Creates the database (`app.sqlite3`, or fills the case's PostgreSQL
+    /// database) and runs `sql` in it.
     pub fn db(self, sql: &str) -> Case {
         self.sql(sql);
         self
     }
 
-    /// Runs `sql` in `app.sqlite3` (creating it if needed).
+    /// Runs `sql` in the case's database (SQLite's words; see `for_postgres`).
     pub fn sql(&self, sql: &str) {
-        let conn = Connection::open(self.path("app.sqlite3")).expect("open db");
-        conn.execute_batch(sql).expect("run sql");
+        match &self.pg {
+            None => {
+                let conn = Connection::open(self.path("app.sqlite3")).expect("open db");
+                conn.execute_batch(sql).expect("run sql");
+            }
+            Some(pg) => pg
+                .client()
+                .batch_execute(&for_postgres(sql))
+                .unwrap_or_else(|e| panic!("run sql: {e}\n{sql}")),
+        }
     }
 
+    /// Runs `sql` in PostgreSQL as it is (a PostgreSQL case only).
+    pub fn pg_sql(&self, sql: &str) {
+        let pg = self.pg.as_ref().expect("a PostgreSQL case");
+        pg.client()
+            .batch_execute(sql)
+            .unwrap_or_else(|e| panic!("run sql: {e}\n{sql}"));
+    }
+
+    /// Rows of a query, each value as text (NULL as None).
+    pub fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        match &self.pg {
+            None => {
+                let conn = Connection::open(self.path("app.sqlite3")).expect("open db");
+                let mut stmt = conn.prepare(sql).expect("query");
+                let n = stmt.column_count();
+                let mut rows = stmt.query([]).expect("query");
+                let mut out = Vec::new();
+                while let Some(row) = rows.next().expect("row") {
+                    out.push(
+                        (0..n)
+                            .map(|i| match row.get_ref(i).expect("value") {
+                                rusqlite::types::ValueRef::Null => None,
+                                rusqlite::types::ValueRef::Integer(v) => Some(v.to_string()),
+                                rusqlite::types::ValueRef::Real(v) => Some(v.to_string()),
+                                rusqlite::types::ValueRef::Text(t)
+                                | rusqlite::types::ValueRef::Blob(t) => {
+                                    Some(String::from_utf8_lossy(t).into_owned())
+                                }
+                            })
+                            .collect(),
+                    );
+                }
+                out
+            }
+            Some(pg) => {
+                let mut client = pg.client();
+                let columns: Vec<String> = client
+                    .prepare(sql)
+                    .unwrap_or_else(|e| panic!("query: {e}\n{sql}"))
+                    .columns()
+                    .iter()
+                    .map(|c| format!("q.\"{}\"::text", c.name()))
+                    .collect();
+                let text = format!("SELECT {} FROM ({sql}) AS q", columns.join(", "));
+                client
+                    .query(&text, &[])
+                    .unwrap_or_else(|e| panic!("query: {e}\n{text}"))
+                    .iter()
+                    .map(|r| (0..columns.len()).map(|i| r.get(i)).collect())
+                    .collect()
+            }
+        }
+    }
+
+    /// Writes the config, its `[database]` naming this case's database
+    /// (a config written for SQLite, `path = "app.sqlite3"`, is pointed at
+    /// the case's PostgreSQL database instead).
     pub fn config(self, toml: &str) -> Case {
-        self.file("spark.toml", toml)
+        let toml = toml.replace("path = \"app.sqlite3\"", &self.database_line());
+        self.file("spark.toml", &toml)
     }
 
     pub fn file(self, rel: &str, content: &str) -> Case {
@@ -179,47 +416,68 @@ impl Case {
 
     /// Seen keys and their groups.
     pub fn seen(&self) -> BTreeMap<String, String> {
-        let conn = Connection::open(self.path("app.sqlite3")).expect("open db");
-        let mut stmt = conn
-            .prepare("SELECT key, \"group\" FROM spark_event")
-            .expect("spark_event");
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("rows")
+        self.query("SELECT key, \"group\" FROM spark_event")
+            .into_iter()
+            .map(|r| {
+                (
+                    r[0].clone().unwrap_or_default(),
+                    r[1].clone().unwrap_or_default(),
+                )
+            })
+            .collect()
     }
 
     /// Rows of `spark_delivery` as (handler, keys, state, attempts, last_error).
     pub fn deliveries(&self) -> Vec<(String, String, String, i64, Option<String>)> {
-        let conn = Connection::open(self.path("app.sqlite3")).expect("open db");
-        let mut stmt = conn
-            .prepare(
-                "SELECT handler, keys, state, attempts, last_error FROM spark_delivery ORDER BY id",
+        self.query(
+            "SELECT handler, keys, state, attempts, last_error FROM spark_delivery ORDER BY id",
+        )
+        .into_iter()
+        .map(|r| {
+            (
+                r[0].clone().unwrap_or_default(),
+                r[1].clone().unwrap_or_default(),
+                r[2].clone().unwrap_or_default(),
+                r[3].as_deref().and_then(|n| n.parse().ok()).unwrap_or(-1),
+                r[4].clone(),
             )
-            .expect("spark_delivery");
-        stmt.query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows")
+        .collect()
     }
 
-    /// The database's bytes, to show that a command left it untouched.
+    /// What the database holds, to show that a command left it untouched:
+    /// the SQLite file's bytes, or every PostgreSQL table's rows.
     pub fn db_bytes(&self) -> Vec<u8> {
-        std::fs::read(self.path("app.sqlite3")).expect("read db")
+        if self.pg.is_none() {
+            return std::fs::read(self.path("app.sqlite3")).expect("read db");
+        }
+        let mut all = String::new();
+        for table in self.tables() {
+            all.push_str(&format!("== {table}\n"));
+            let mut rows: Vec<String> = self
+                .query(&format!("SELECT * FROM \"{table}\""))
+                .into_iter()
+                .map(|r| format!("{r:?}"))
+                .collect();
+            rows.sort();
+            all.push_str(&rows.join("\n"));
+        }
+        all.into_bytes()
     }
 
     /// Names of the tables in the database.
     pub fn tables(&self) -> Vec<String> {
-        let conn = Connection::open(self.path("app.sqlite3")).expect("open db");
-        let mut stmt = conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-            .expect("tables");
-        stmt.query_map([], |r| r.get(0))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("rows")
+        let sql = match &self.pg {
+            None => "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+            Some(_) => {
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1"
+            }
+        };
+        self.query(sql)
+            .into_iter()
+            .map(|r| r[0].clone().unwrap_or_default())
+            .collect()
     }
 }
 

@@ -9,21 +9,19 @@
 //!
 //! Not here: opening the database read-only to validate it (`SqliteReader`).
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use regex::Regex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
-use serde_json::{Map, Value};
 
 use super::{DELIVERY_COLUMNS, all_deliveries, schema};
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::records::quote_ident;
+use crate::store::ContextJson;
 use crate::store::admin::owed_keys;
 use crate::store::{
     Delivery, DeliveryQuery, DeliveryState, Failure, FileMark, Forgotten, PlannedDelivery, Pruned,
@@ -386,8 +384,7 @@ impl Store for SqliteStore {
                 let mut order: Vec<usize> = (0..events.len()).collect();
                 order.sort_by(|&a, &b| events[a].key.cmp(&events[b].key));
                 let mut new: Vec<Option<Arc<str>>> = vec![None; events.len()];
-                // Events of one record share their context: serialize it once.
-                let mut serialized: HashMap<*const Map<String, Value>, Arc<str>> = HashMap::new();
+                let mut serialized = ContextJson::default();
                 for i in order {
                     let e = &events[i];
                     if prepared {
@@ -401,15 +398,9 @@ impl Store for SqliteStore {
                     if exists.exists([&e.key])? {
                         continue;
                     }
-                    let json = match serialized.entry(Arc::as_ptr(&e.context)) {
-                        Entry::Occupied(json) => json.get().clone(),
-                        Entry::Vacant(slot) => {
-                            let json = serde_json::to_string(&*e.context).map_err(|err| {
-                                rusqlite::Error::ToSqlConversionFailure(Box::new(err))
-                            })?;
-                            slot.insert(Arc::from(json)).clone()
-                        }
-                    };
+                    let json = serialized
+                        .of(e)
+                        .map_err(|err| rusqlite::Error::ToSqlConversionFailure(Box::new(err)))?;
                     if insert.execute(params![e.key, e.group, seen_at, &*json])? == 1 {
                         new[i] = Some(json);
                     }
@@ -489,7 +480,7 @@ impl Store for SqliteStore {
                     .optional()
                     .map(|found| {
                         found.map(|(group, context_json, seen_at)| {
-                            stored_event(key, group, context_json, seen_at)
+                            StoredEvent::from_stored(key, group, context_json, seen_at)
                         })
                     })
                 })
@@ -742,27 +733,5 @@ impl Store for SqliteStore {
         })?;
         delivery.done += 1;
         Ok(single)
-    }
-}
-
-/// An event read back from the seen table, with its context as JSON (what
-/// spark wrote, or the stored text wrapped under `"text"`).
-fn stored_event(key: &str, group: String, context_json: String, seen_at: String) -> StoredEvent {
-    let (context, context_json) = match serde_json::from_str::<Value>(&context_json) {
-        Ok(Value::Object(map)) => (map, context_json),
-        _ => {
-            let map = crate::event::context_from_stored(&context_json);
-            let json = serde_json::to_string(&map).unwrap_or_else(|_| "{}".to_owned());
-            (map, json)
-        }
-    };
-    StoredEvent {
-        event: Event {
-            group,
-            key: key.to_owned(),
-            context: std::sync::Arc::new(context),
-        },
-        context_json,
-        seen_at,
     }
 }

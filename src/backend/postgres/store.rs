@@ -1,0 +1,952 @@
+//! The PostgreSQL store, shared by any number of spark processes.
+//!
+//! - **Keys**: each batch is one transaction: `INSERT ... ON CONFLICT DO
+//!   NOTHING RETURNING` (in key order, so that scanners racing over the same
+//!   records never deadlock) tells which keys this process recorded; only
+//!   those get deliveries, in the same transaction. A key is recorded once
+//!   and gets its deliveries once, whichever process reads it first.
+//! - **Claims**: a process works only on deliveries it has claimed:
+//!   `SELECT ... FOR UPDATE SKIP LOCKED` picks one nobody holds, and an
+//!   `UPDATE` gives it a lease (`claimed_by`, `lease_until`, measured by the
+//!   database's clock). A heartbeat thread renews this process's leases
+//!   while it lives, however long a handler call takes; when a process dies
+//!   (kill -9, a lost connection, a machine gone) its leases run out and the
+//!   others take its deliveries over. Every change to a claimed delivery is
+//!   fenced (`AND claimed_by = me`): a process that lost its claim learns it
+//!   (`Error::LostClaim`) and stops working on that delivery.
+//! - **Chunks**: deliveries for handlers called once per event are written
+//!   in chunks of `CHUNK` keys, so that many workers share a backlog evenly.
+//!   Deliveries for a file sink (jsonl) belong to the host that recorded
+//!   them (`host`), and are written claimed by the process that holds the
+//!   file, which delivers them at once.
+//! - **At-most-once**: a delivery in flight whose lease ran out belonged to
+//!   a process that died mid-call: it becomes dead "interrupted", as on
+//!   SQLite.
+//!
+//! Not here: the schema (`schema.rs`) or read-only queries (`PgReader`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use postgres::{Client, GenericClient, Row};
+use regex::Regex;
+
+use super::{
+    CREATED_AT_TEXT, DELIVERY_COLUMNS, NOW_MS, all_deliveries, connect, message, schema, store_err,
+};
+use crate::clock;
+use crate::config::PgConfig;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::files::FileId;
+use crate::records::quote_ident;
+use crate::store::admin::owed_keys;
+use crate::store::{
+    ContextJson, Delivery, DeliveryQuery, DeliveryState, Failure, FileMark, Forgotten,
+    PlannedDelivery, Pruned, Recorded, Store, StoredEvent,
+};
+
+/// Keys per delivery row for handlers called once per event: small enough
+/// that workers share a backlog evenly, large enough to keep the rows few.
+pub const CHUNK: usize = 10;
+
+/// How many times a batch is tried again after a deadlock or a
+/// serialization failure (another worker's transaction in the way).
+const RETRIES: u32 = 5;
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    client: Client,
+    name: String,
+    seen_table: String,
+    /// This process, as it signs its claims: `host:pid:random`.
+    me: String,
+    host: String,
+    lease_ms: i64,
+    sql: Statements,
+    /// Renews this process's leases while it lives; stops when dropped.
+    _heartbeat: Heartbeat,
+}
+
+struct Statements {
+    insert: String,
+    exists: String,
+    load: String,
+}
+
+/// A thread renewing this process's leases every third of a lease, on a
+/// connection of its own (a slow handler call on the main connection does
+/// not hold it up).
+struct Heartbeat {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(pg: &PgConfig, me: &str) -> Heartbeat {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let pg = pg.clone();
+        let me = me.to_owned();
+        let lease_ms = i64::try_from(pg.lease.as_millis()).unwrap_or(i64::MAX);
+        let every = pg.lease / 3;
+        let thread = thread::spawn(move || {
+            let mut client: Option<Client> = None;
+            loop {
+                match stopped.recv_timeout(every) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                if client.is_none() {
+                    client = connect(&pg).ok();
+                }
+                let Some(c) = client.as_mut() else { continue };
+                let renewed = c.execute(
+                    &format!(
+                        "UPDATE spark_delivery SET lease_until = {NOW_MS} + $2 \
+                         WHERE claimed_by = $1 AND lease_until >= {NOW_MS}"
+                    ),
+                    &[&me, &lease_ms],
+                );
+                if let Err(e) = renewed {
+                    tracing::warn!(error = %message(&e), "renewing leases failed; trying again");
+                    client = None;
+                }
+            }
+        });
+        Heartbeat {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// This machine's name (for file sinks' deliveries).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// A delivery from a row of `DELIVERY_COLUMNS`.
+pub(crate) fn delivery_from_row(row: &Row) -> std::result::Result<Delivery, postgres::Error> {
+    let keys_json: String = row.try_get(2)?;
+    let keys: Vec<String> = serde_json::from_str(&keys_json).unwrap_or_default();
+    let state: String = row.try_get(4)?;
+    let done: i32 = row.try_get(3)?;
+    let attempts: i32 = row.try_get(5)?;
+    let file_offset: Option<i64> = row.try_get(8)?;
+    let file_id: Option<String> = row.try_get(10)?;
+    Ok(Delivery {
+        id: row.try_get(0)?,
+        handler: row.try_get(1)?,
+        keys,
+        done: usize::try_from(done).unwrap_or(0),
+        // An unknown state (a newer spark's) is left alone as dead.
+        state: DeliveryState::parse(&state).unwrap_or(DeliveryState::Dead),
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        next_attempt_at: row.try_get(6)?,
+        last_error: row.try_get(7)?,
+        file_mark: file_offset
+            .and_then(|o| u64::try_from(o).ok())
+            .map(|offset| FileMark {
+                offset,
+                file: file_id.as_deref().and_then(FileId::parse),
+            }),
+        created_at: row.try_get(9)?,
+    })
+}
+
+fn keys_json(keys: &[String]) -> String {
+    serde_json::to_string(keys).unwrap_or_else(|_| String::from("[]"))
+}
+
+fn mark_sql(mark: Option<FileMark>) -> (Option<i64>, Option<String>) {
+    match mark {
+        None => (None, None),
+        Some(m) => (
+            Some(i64::try_from(m.offset).unwrap_or(i64::MAX)),
+            m.file.map(|f| f.to_string()),
+        ),
+    }
+}
+
+fn to_i32(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Whether an error is another transaction in the way: worth trying again.
+fn is_transient(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
+impl PgStore {
+    /// Connects, creates or upgrades spark's tables (when needed), and
+    /// starts renewing this process's leases.
+    pub fn open(pg: &PgConfig, seen_table: &str) -> Result<PgStore> {
+        let mut client = connect(pg)?;
+        let name = pg.describe();
+        schema::migrate(&mut client, seen_table).map_err(|e| match e {
+            schema::MigrateError::TooNew { .. } => Error::OpenDatabase {
+                database: name.clone(),
+                error: e.to_string(),
+            },
+            schema::MigrateError::Sql(error) => Error::Store {
+                database: name.clone(),
+                action: "creating spark's tables".into(),
+                error: message(&error),
+            },
+        })?;
+        let host = host_name();
+        let random: u32 = rand_u32();
+        let me = format!("{host}:{}:{random:08x}", std::process::id());
+        let t = quote_ident(seen_table);
+        Ok(PgStore {
+            _heartbeat: Heartbeat::start(pg, &me),
+            client,
+            name,
+            seen_table: seen_table.to_owned(),
+            me,
+            host,
+            lease_ms: i64::try_from(pg.lease.as_millis()).unwrap_or(i64::MAX),
+            sql: Statements {
+                insert: format!(
+                    "INSERT INTO {t} (\"key\", \"group\", \"created_at\", \"context\") \
+                     SELECT k, g, ($3 || '+00')::timestamptz, c \
+                     FROM unnest($1::text[], $2::text[], $4::text[]) AS e(k, g, c) ORDER BY k \
+                     ON CONFLICT (\"key\") DO NOTHING RETURNING \"key\"::text"
+                ),
+                exists: format!("SELECT \"key\"::text FROM {t} WHERE \"key\" = ANY($1)"),
+                load: format!(
+                    "SELECT \"key\"::text, \"group\"::text, \"context\", {CREATED_AT_TEXT} \
+                     FROM {t} WHERE \"key\" = ANY($1)"
+                ),
+            },
+        })
+    }
+
+    /// This process's name in its claims.
+    pub fn worker(&self) -> &str {
+        &self.me
+    }
+
+    fn err(&self, action: &str) -> impl Fn(postgres::Error) -> Error + use<> {
+        store_err(&self.name, action)
+    }
+
+    /// A fenced change touched no row: another process took the delivery
+    /// over (this one's lease ran out).
+    fn check_claim(&self, changed: u64, id: i64) -> Result<()> {
+        lost_claim(&self.name, changed, id)
+    }
+}
+
+/// `Error::LostClaim` when a fenced change touched no row.
+fn lost_claim(database: &str, changed: u64, id: i64) -> Result<()> {
+    if changed == 0 {
+        return Err(Error::LostClaim {
+            database: database.to_owned(),
+            delivery: id,
+        });
+    }
+    Ok(())
+}
+
+/// A random number for the worker's name (no dependency for one number).
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() as u32
+}
+
+/// Inserts one delivery row and returns its id.
+#[allow(clippy::too_many_arguments)]
+fn insert_delivery(
+    tx: &mut impl GenericClient,
+    handler: &str,
+    keys: &[String],
+    state: DeliveryState,
+    attempts: u32,
+    next: i64,
+    error: Option<&str>,
+    mark: Option<FileMark>,
+    host: Option<&str>,
+    claimed_by: Option<&str>,
+    lease_ms: i64,
+    now: &str,
+) -> std::result::Result<i64, postgres::Error> {
+    let (offset, file_id) = mark_sql(mark);
+    let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
+    let row = tx.query_one(
+        &format!(
+            "INSERT INTO spark_delivery (handler, keys, state, attempts, next_attempt_at, last_error, \
+             file_offset, file_id, host, claimed_by, lease_until, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                     CASE WHEN $10::text IS NULL THEN NULL ELSE {NOW_MS} + $11 END, $12, $12) \
+             RETURNING id"
+        ),
+        &[
+            &handler,
+            &keys_json(keys),
+            &state.as_str(),
+            &attempts,
+            &next,
+            &error,
+            &offset,
+            &file_id,
+            &host,
+            &claimed_by,
+            &lease_ms,
+            &now,
+        ],
+    )?;
+    Ok(row.get(0))
+}
+
+impl Store for PgStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn record_batch(
+        &mut self,
+        events: &[Event],
+        contexts: &[Arc<str>],
+        finished: &[i64],
+        plan: &mut dyn FnMut(&[bool]) -> Vec<PlannedDelivery>,
+    ) -> Result<Recorded> {
+        let seen_at = clock::now_text();
+        let prepared = contexts.len() == events.len();
+        // Which events to insert: all of them when most are expected new
+        // (contexts prepared), else only those not seen yet.
+        let candidates: Vec<usize> = if prepared {
+            (0..events.len()).collect()
+        } else {
+            let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+            let seen: std::collections::HashSet<String> = self
+                .client
+                .query(&self.sql.exists, &[&keys])
+                .map_err(self.err("reading the seen table"))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            (0..events.len())
+                .filter(|&i| !seen.contains(&events[i].key))
+                .collect()
+        };
+        let mut serialized = ContextJson::default();
+        let mut jsons: Vec<Arc<str>> = Vec::with_capacity(candidates.len());
+        for &i in &candidates {
+            jsons.push(if prepared {
+                contexts[i].clone()
+            } else {
+                serialized.of(&events[i]).map_err(|e| Error::Store {
+                    database: self.name.clone(),
+                    action: "serializing a context".into(),
+                    error: e.to_string(),
+                })?
+            });
+        }
+        let keys: Vec<&str> = candidates.iter().map(|&i| events[i].key.as_str()).collect();
+        let groups: Vec<&str> = candidates
+            .iter()
+            .map(|&i| events[i].group.as_str())
+            .collect();
+        let ctx: Vec<&str> = jsons.iter().map(|j| &**j).collect();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_record(
+                events,
+                &candidates,
+                &jsons,
+                (&keys, &groups, &ctx),
+                &seen_at,
+                finished,
+                plan,
+            ) {
+                Err(e) if attempt < RETRIES && is_transient(&e) => {
+                    tracing::debug!(error = %message(&e), "batch in another worker's way; trying again");
+                    thread::sleep(Duration::from_millis(20 * u64::from(attempt)));
+                }
+                Err(e) => {
+                    return Err(Error::Store {
+                        database: self.name.clone(),
+                        action: "recording new events".into(),
+                        error: message(&e),
+                    });
+                }
+                Ok((new, deliveries)) => {
+                    return Ok(Recorded {
+                        seen_at,
+                        new,
+                        deliveries,
+                    });
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, finished: &[i64]) -> Result<()> {
+        if finished.is_empty() {
+            return Ok(());
+        }
+        let me = self.me.clone();
+        self.client
+            .execute(
+                "DELETE FROM spark_delivery WHERE id = ANY($1) AND claimed_by = $2",
+                &[&finished, &me],
+            )
+            .map_err(self.err("recording deliveries done"))?;
+        Ok(())
+    }
+
+    fn mark_seen(&mut self, key: &str, group: &str, context_json: &str) -> Result<bool> {
+        let now = clock::now_text();
+        let rows = self
+            .client
+            .query(
+                &self.sql.insert,
+                &[&vec![key], &vec![group], &now, &vec![context_json]],
+            )
+            .map_err(self.err("marking a key seen"))?;
+        Ok(!rows.is_empty())
+    }
+
+    fn load_events(&mut self, keys: &[String]) -> Result<Vec<Option<StoredEvent>>> {
+        let rows = self
+            .client
+            .query(&self.sql.load, &[&keys])
+            .map_err(self.err("loading events for delivery"))?;
+        let mut found: HashMap<String, StoredEvent> = rows
+            .into_iter()
+            .map(|r| {
+                let key: String = r.get(0);
+                let stored = StoredEvent::from_stored(&key, r.get(1), r.get(2), r.get(3));
+                (key, stored)
+            })
+            .collect();
+        Ok(keys.iter().map(|k| found.remove(k)).collect())
+    }
+
+    fn bury_interrupted(&mut self, error: &str) -> Result<usize> {
+        let now = clock::now_text();
+        // In flight with a lease that ran out: its process died mid-call.
+        let n = self
+            .client
+            .execute(
+                &format!(
+                    "UPDATE spark_delivery SET state = 'dead', attempts = attempts + 1, last_error = $1, \
+                     claimed_by = NULL, lease_until = NULL, updated_at = $2 \
+                     WHERE state = 'in_flight' AND (claimed_by IS NULL OR lease_until < {NOW_MS})"
+                ),
+                &[&error, &now],
+            )
+            .map_err(self.err("burying interrupted deliveries"))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn marked(&mut self, handlers: &[&str]) -> Result<Vec<Delivery>> {
+        // This process holds the files of `handlers` (their file lock): a
+        // marked delivery of this host for one of them belonged to a process
+        // that is gone, however long its lease still runs.
+        let (me, host, lease) = (self.me.clone(), self.host.clone(), self.lease_ms);
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "UPDATE spark_delivery SET claimed_by = $3, lease_until = {NOW_MS} + $4 \
+                     WHERE id IN (SELECT id FROM spark_delivery \
+                        WHERE file_offset IS NOT NULL AND state <> 'in_flight' \
+                          AND host = $2 AND handler = ANY($1) \
+                        ORDER BY id FOR UPDATE SKIP LOCKED) \
+                     RETURNING {DELIVERY_COLUMNS}"
+                ),
+                &[&handlers, &host, &me, &lease],
+            )
+            .map_err(self.err("claiming deliveries to settle"))?;
+        let mut found: Vec<Delivery> = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(self.err("claiming deliveries to settle"))?;
+        found.sort_by_key(|d| d.id);
+        Ok(found)
+    }
+
+    fn claim_due(&mut self, now_ms: i64, handlers: &[&str]) -> Result<Vec<Delivery>> {
+        let (me, host, lease) = (self.me.clone(), self.host.clone(), self.lease_ms);
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "UPDATE spark_delivery SET claimed_by = $4, lease_until = {NOW_MS} + $5 \
+                     WHERE id = (SELECT id FROM spark_delivery \
+                        WHERE (state = 'pending' OR (state = 'failed' AND next_attempt_at < $1)) \
+                          AND handler = ANY($2) AND (host IS NULL OR host = $3) \
+                          AND (claimed_by IS NULL OR lease_until < {NOW_MS}) \
+                        ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                     RETURNING {DELIVERY_COLUMNS}"
+                ),
+                &[&now_ms, &handlers, &host, &me, &lease],
+            )
+            .map_err(self.err("claiming due deliveries"))?;
+        rows.iter()
+            .map(delivery_from_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(self.err("claiming due deliveries"))
+    }
+
+    fn deliveries(&mut self) -> Result<Vec<Delivery>> {
+        all_deliveries(&mut self.client).map_err(self.err("listing deliveries"))
+    }
+
+    fn finish_run(&mut self) -> Result<()> {
+        // Claims not worked on go back to the others at once.
+        let me = self.me.clone();
+        self.client
+            .execute(
+                "UPDATE spark_delivery SET claimed_by = NULL, lease_until = NULL \
+                 WHERE claimed_by = $1 AND state <> 'in_flight'",
+                &[&me],
+            )
+            .map_err(self.err("letting go of claims"))?;
+        Ok(())
+    }
+
+    fn set_file_mark(&mut self, delivery: &mut Delivery, mark: Option<FileMark>) -> Result<()> {
+        let (offset, file_id) = mark_sql(mark);
+        let (now, me) = (clock::now_text(), self.me.clone());
+        let n = self
+            .client
+            .execute(
+                "UPDATE spark_delivery SET file_offset = $2, file_id = $3, updated_at = $4 \
+                 WHERE id = $1 AND claimed_by = $5",
+                &[&delivery.id, &offset, &file_id, &now, &me],
+            )
+            .map_err(self.err("recording a file offset"))?;
+        self.check_claim(n, delivery.id)?;
+        delivery.file_mark = mark;
+        Ok(())
+    }
+
+    fn advance(&mut self, delivery: &mut Delivery, done: usize) -> Result<()> {
+        let (now, me) = (clock::now_text(), self.me.clone());
+        let n = if done >= delivery.keys.len() {
+            self.client.execute(
+                "DELETE FROM spark_delivery WHERE id = $1 AND claimed_by = $2",
+                &[&delivery.id, &me],
+            )
+        } else {
+            self.client.execute(
+                "UPDATE spark_delivery SET done = $2, updated_at = $3 WHERE id = $1 AND claimed_by = $4",
+                &[&delivery.id, &to_i32(done), &now, &me],
+            )
+        }
+        .map_err(self.err("recording deliveries done"))?;
+        self.check_claim(n, delivery.id)?;
+        delivery.done = done;
+        Ok(())
+    }
+
+    fn fail_next(&mut self, delivery: &mut Delivery, failure: &Failure) -> Result<()> {
+        if delivery.remaining().len() <= 1 {
+            return self.fail_rest(delivery, failure);
+        }
+        let (now, me) = (clock::now_text(), self.me.clone());
+        let state = if failure.next_attempt_at.is_some() {
+            DeliveryState::Failed
+        } else {
+            DeliveryState::Dead
+        };
+        let key = vec![delivery.keys[delivery.done].clone()];
+        let host: Option<String> = None;
+        let fail = store_err(&self.name, "recording a failed delivery");
+        let name = self.name.clone();
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        let result = (|| -> std::result::Result<u64, postgres::Error> {
+            let n = tx.execute(
+                "UPDATE spark_delivery SET done = $2, updated_at = $3 WHERE id = $1 AND claimed_by = $4",
+                &[&delivery.id, &to_i32(delivery.done + 1), &now, &me],
+            )?;
+            if n == 1 {
+                insert_delivery(
+                    &mut tx,
+                    &delivery.handler,
+                    &key,
+                    state,
+                    failure.attempts,
+                    failure.next_attempt_at.unwrap_or(0),
+                    Some(&failure.error),
+                    None,
+                    host.as_deref(),
+                    None,
+                    0,
+                    &now,
+                )?;
+            }
+            Ok(n)
+        })();
+        let n = result.map_err(&fail)?;
+        lost_claim(&name, n, delivery.id)?;
+        tx.commit().map_err(&fail)?;
+        delivery.done += 1;
+        Ok(())
+    }
+
+    fn fail_rest(&mut self, delivery: &mut Delivery, failure: &Failure) -> Result<()> {
+        let (now, me) = (clock::now_text(), self.me.clone());
+        let state = if failure.next_attempt_at.is_some() {
+            DeliveryState::Failed
+        } else {
+            DeliveryState::Dead
+        };
+        let attempts = i32::try_from(failure.attempts).unwrap_or(i32::MAX);
+        let next = failure.next_attempt_at.unwrap_or(0);
+        // The claim goes with the failure: the next attempt is anyone's.
+        let n = self
+            .client
+            .execute(
+                "UPDATE spark_delivery SET state = $2, attempts = $3, next_attempt_at = $4, \
+                 last_error = $5, file_offset = NULL, file_id = NULL, claimed_by = NULL, \
+                 lease_until = NULL, updated_at = $6 WHERE id = $1 AND claimed_by = $7",
+                &[
+                    &delivery.id,
+                    &state.as_str(),
+                    &attempts,
+                    &next,
+                    &failure.error,
+                    &now,
+                    &me,
+                ],
+            )
+            .map_err(self.err("recording a failed delivery"))?;
+        self.check_claim(n, delivery.id)?;
+        delivery.state = state;
+        delivery.attempts = failure.attempts;
+        delivery.next_attempt_at = next;
+        delivery.last_error = Some(failure.error.clone());
+        delivery.file_mark = None;
+        Ok(())
+    }
+
+    fn begin_at_most_once(&mut self, delivery: &mut Delivery) -> Result<Delivery> {
+        let (now, me, lease) = (clock::now_text(), self.me.clone(), self.lease_ms);
+        if delivery.remaining().len() <= 1 {
+            let n = self
+                .client
+                .execute(
+                    "UPDATE spark_delivery SET state = 'in_flight', updated_at = $2 \
+                     WHERE id = $1 AND claimed_by = $3",
+                    &[&delivery.id, &now, &me],
+                )
+                .map_err(self.err("marking a delivery in flight"))?;
+            self.check_claim(n, delivery.id)?;
+            delivery.state = DeliveryState::InFlight;
+            return Ok(delivery.clone());
+        }
+        let key = vec![delivery.keys[delivery.done].clone()];
+        let fail = store_err(&self.name, "marking a delivery in flight");
+        let name = self.name.clone();
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        let n = tx
+            .execute(
+                "UPDATE spark_delivery SET done = $2, updated_at = $3 WHERE id = $1 AND claimed_by = $4",
+                &[&delivery.id, &to_i32(delivery.done + 1), &now, &me],
+            )
+            .map_err(&fail)?;
+        lost_claim(&name, n, delivery.id)?;
+        let id = insert_delivery(
+            &mut tx,
+            &delivery.handler,
+            &key,
+            DeliveryState::InFlight,
+            delivery.attempts,
+            0,
+            None,
+            None,
+            None,
+            Some(&me),
+            lease,
+            &now,
+        )
+        .map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        delivery.done += 1;
+        Ok(Delivery {
+            id,
+            handler: delivery.handler.clone(),
+            keys: key,
+            done: 0,
+            state: DeliveryState::InFlight,
+            attempts: delivery.attempts,
+            next_attempt_at: 0,
+            last_error: None,
+            file_mark: None,
+            created_at: now,
+        })
+    }
+
+    fn reset_for_retry(&mut self, query: &DeliveryQuery) -> Result<Vec<Delivery>> {
+        let now = clock::now_text();
+        let mut selected: Vec<Delivery> = self
+            .deliveries()?
+            .into_iter()
+            .filter(|d| query.matches(d))
+            .collect();
+        let ids: Vec<i64> = selected.iter().map(|d| d.id).collect();
+        // Deliveries another process is working on are left to it.
+        let reset: Vec<i64> = self
+            .client
+            .query(
+                &format!(
+                    "UPDATE spark_delivery SET state = 'pending', attempts = 0, next_attempt_at = 0, \
+                     file_offset = NULL, file_id = NULL, updated_at = $2 \
+                     WHERE id = ANY($1) AND (claimed_by IS NULL OR lease_until < {NOW_MS}) \
+                     RETURNING id"
+                ),
+                &[&ids, &now],
+            )
+            .map_err(self.err("making deliveries due"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        selected.retain(|d| reset.contains(&d.id));
+        for d in &mut selected {
+            d.state = DeliveryState::Pending;
+            d.attempts = 0;
+            d.next_attempt_at = 0;
+            d.file_mark = None;
+        }
+        Ok(selected)
+    }
+
+    fn forget(&mut self, keys: &[String]) -> Result<Forgotten> {
+        let now = clock::now_text();
+        let delete_sql = format!(
+            "DELETE FROM {} WHERE \"key\" = ANY($1) RETURNING \"key\"::text",
+            quote_ident(&self.seen_table)
+        );
+        let fail = store_err(&self.name, "forgetting keys");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        let gone: Vec<String> = tx
+            .query(&delete_sql, &[&keys])
+            .map_err(&fail)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut report = Forgotten::default();
+        for key in keys {
+            if gone.contains(key) {
+                report.forgotten.push(key.clone());
+            } else {
+                report.unknown.push(key.clone());
+            }
+        }
+        // Deliveries another process is working on are left to it.
+        let free: Vec<Delivery> = all_deliveries(&mut tx)
+            .map_err(&fail)?
+            .into_iter()
+            .collect();
+        let claimed: Vec<i64> = tx
+            .query(
+                &format!(
+                    "SELECT id FROM spark_delivery WHERE claimed_by IS NOT NULL AND lease_until >= {NOW_MS}"
+                ),
+                &[],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let free: Vec<Delivery> = free
+            .into_iter()
+            .filter(|d| !claimed.contains(&d.id))
+            .collect();
+        for (id, kept) in report.plan(&free, keys) {
+            match kept {
+                None => tx.execute("DELETE FROM spark_delivery WHERE id = $1", &[&id]),
+                Some(keys) => tx.execute(
+                    "UPDATE spark_delivery SET keys = $2, updated_at = $3 WHERE id = $1",
+                    &[&id, &keys_json(&keys), &now],
+                ),
+            }
+            .map_err(&fail)?;
+        }
+        tx.commit().map_err(&fail)?;
+        Ok(report)
+    }
+
+    fn prune(&mut self, cutoff: &str, group: Option<&Regex>, dry_run: bool) -> Result<Pruned> {
+        let table = quote_ident(&self.seen_table);
+        let page_sql = format!(
+            "SELECT \"key\"::text, \"group\"::text FROM {table} \
+             WHERE \"created_at\" < ($1 || '+00')::timestamptz AND \"key\" > $2 \
+             ORDER BY \"key\" LIMIT 5000"
+        );
+        let delete_sql = format!("DELETE FROM {table} WHERE \"key\" = ANY($1)");
+        let owed = owed_keys(&self.deliveries()?);
+        let mut report = Pruned::default();
+        let mut after = String::new();
+        loop {
+            let page: Vec<(String, String)> = self
+                .client
+                .query(&page_sql, &[&cutoff, &after])
+                .map_err(self.err("listing old events"))?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let Some((last, _)) = page.last() else { break };
+            after = last.clone();
+            let doomed: Vec<&str> = page
+                .iter()
+                .filter(|(_, g)| group.is_none_or(|re| re.is_match(g)))
+                .filter_map(|(k, _)| {
+                    if owed.contains(k) {
+                        report.kept_undelivered += 1;
+                        None
+                    } else {
+                        Some(k.as_str())
+                    }
+                })
+                .collect();
+            report.pruned += doomed.len() as u64;
+            if !dry_run && !doomed.is_empty() {
+                self.client
+                    .execute(&delete_sql, &[&doomed])
+                    .map_err(self.err("pruning old events"))?;
+            }
+        }
+        Ok(report)
+    }
+}
+
+type Columns<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str]);
+
+impl PgStore {
+    /// One attempt at recording a batch (see `record_batch`): the new keys
+    /// and, for them, the deliveries.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn try_record(
+        &mut self,
+        events: &[Event],
+        candidates: &[usize],
+        jsons: &[Arc<str>],
+        (keys, groups, ctx): Columns<'_>,
+        seen_at: &str,
+        finished: &[i64],
+        plan: &mut dyn FnMut(&[bool]) -> Vec<PlannedDelivery>,
+    ) -> std::result::Result<(Vec<Option<Arc<str>>>, Vec<(Delivery, Vec<usize>)>), postgres::Error>
+    {
+        let (me, host, lease) = (self.me.clone(), self.host.clone(), self.lease_ms);
+        let mut tx = self.client.transaction()?;
+        if !finished.is_empty() {
+            tx.execute(
+                "DELETE FROM spark_delivery WHERE id = ANY($1) AND claimed_by = $2",
+                &[&finished, &me],
+            )?;
+        }
+        let inserted: std::collections::HashSet<String> = if keys.is_empty() {
+            Default::default()
+        } else {
+            tx.query(&self.sql.insert, &[&keys, &groups, &seen_at, &ctx])?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        };
+        let mut new: Vec<Option<Arc<str>>> = vec![None; events.len()];
+        let mut taken = std::collections::HashSet::new();
+        for (c, &i) in candidates.iter().enumerate() {
+            let key = &events[i].key;
+            // The first of repeated keys in the batch is the new one.
+            if inserted.contains(key) && taken.insert(key.as_str()) {
+                new[i] = Some(jsons[c].clone());
+            }
+        }
+        let mask: Vec<bool> = new.iter().map(Option::is_some).collect();
+        let mut now_deliveries = Vec::new();
+        let mut chunk_handlers: Vec<&str> = Vec::new();
+        let mut chunk_keys: Vec<String> = Vec::new();
+        let mut chunk_hosts: Vec<Option<&str>> = Vec::new();
+        let planned = plan(&mask);
+        for p in &planned {
+            let keys: Vec<String> = p.events.iter().map(|&i| events[i].key.clone()).collect();
+            if p.file_mark.is_some() {
+                // This process holds the file: claimed, delivered at once.
+                let id = insert_delivery(
+                    &mut tx,
+                    &p.handler,
+                    &keys,
+                    DeliveryState::Pending,
+                    0,
+                    0,
+                    None,
+                    p.file_mark,
+                    Some(&host),
+                    Some(&me),
+                    lease,
+                    seen_at,
+                )?;
+                now_deliveries.push((
+                    Delivery {
+                        id,
+                        handler: p.handler.clone(),
+                        keys,
+                        done: 0,
+                        state: DeliveryState::Pending,
+                        attempts: 0,
+                        next_attempt_at: 0,
+                        last_error: None,
+                        file_mark: p.file_mark,
+                        created_at: seen_at.to_owned(),
+                    },
+                    p.events.clone(),
+                ));
+            } else if p.file_sink {
+                // Another process on this host holds the file: it (or the
+                // next run here) delivers these.
+                chunk_handlers.push(&p.handler);
+                chunk_keys.push(keys_json(&keys));
+                chunk_hosts.push(Some(&host));
+            } else {
+                for chunk in keys.chunks(CHUNK) {
+                    chunk_handlers.push(&p.handler);
+                    chunk_keys.push(keys_json(chunk));
+                    chunk_hosts.push(None);
+                }
+            }
+        }
+        if !chunk_handlers.is_empty() {
+            tx.execute(
+                "INSERT INTO spark_delivery (handler, keys, host, created_at, updated_at) \
+                 SELECT h, k, o, $4, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS d(h, k, o)",
+                &[&chunk_handlers, &chunk_keys, &chunk_hosts, &seen_at],
+            )?;
+        }
+        tx.commit()?;
+        Ok((new, now_deliveries))
+    }
+}
