@@ -8,7 +8,7 @@ mod common;
 
 use std::os::unix::process::ExitStatusExt;
 
-use common::{Case, challenge_config, many_challenges_keys, many_challenges_sql, sorted};
+use common::{Backend, Case, challenge_config, many_challenges_keys, many_challenges_sql, sorted};
 
 const AS_OF: &str = "2026-03-10";
 const N: usize = 400; // 800 events
@@ -18,8 +18,10 @@ fn config(extra: &str) -> String {
 }
 
 /// Runs process-sources with SPARK_CRASH_AT=`point`, asserts that it was
-/// killed there, then runs it again to completion.
-fn crash_then_recover(case: &Case, point: &str) {
+/// killed there, then runs it again to completion (on PostgreSQL, once the
+/// dead run's leases ran out, when `leases` says its claims matter: a jsonl
+/// file's deliveries pass to whoever holds the file next, at once).
+fn crash_then_recover(case: &Case, point: &str, leases: bool) {
     let out = case
         .command()
         .env("SPARK_CRASH_AT", point)
@@ -32,31 +34,14 @@ fn crash_then_recover(case: &Case, point: &str) {
         "{point}: not reached; {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    if leases {
+        case.let_leases_run_out();
+    }
     case.run(&["process-sources", "--as-of", AS_OF]).success();
     assert!(
         case.deliveries().is_empty(),
         "{point}: nothing left pending"
     );
-}
-
-#[test]
-fn jsonl_holds_every_key_exactly_once_whatever_the_crash_point() {
-    for point in [
-        "batch-recorded",
-        "jsonl-partial",
-        "jsonl-written",
-        "jsonl-synced",
-    ] {
-        for n in [1, 2, 3] {
-            let case = Case::new().db(&many_challenges_sql(N)).config(&config(""));
-            crash_then_recover(&case, &format!("{point}:{n}"));
-            assert_eq!(
-                sorted(&case.jsonl_keys("events.jsonl")),
-                many_challenges_keys(N),
-                "{point}:{n}: every key exactly once"
-            );
-        }
-    }
 }
 
 const COMMAND: &str = r#"
@@ -70,14 +55,33 @@ command = ["./notify.sh"]
 const SCRIPT: &str = r#"cat > /dev/null
 echo "$SPARK_EVENT_KEY" >> called.txt"#;
 
-#[test]
-fn at_least_once_repeats_only_the_call_in_flight() {
+on_every_backend! {
+fn jsonl_holds_every_key_exactly_once_whatever_the_crash_point(backend: Backend) {
+    for point in [
+        "batch-recorded",
+        "jsonl-partial",
+        "jsonl-written",
+        "jsonl-synced",
+    ] {
+        for n in [1, 2, 3] {
+            let case = Case::on(backend).db(&many_challenges_sql(N)).config(&config(""));
+            crash_then_recover(&case, &format!("{point}:{n}"), false);
+            assert_eq!(
+                sorted(&case.jsonl_keys("events.jsonl")),
+                many_challenges_keys(N),
+                "{point}:{n}: every key exactly once"
+            );
+        }
+    }
+}
+
+fn at_least_once_repeats_only_the_call_in_flight(backend: Backend) {
     for n in [1, 5, 350] {
-        let case = Case::new()
+        let case = Case::on(backend)
             .db(&many_challenges_sql(N))
             .config(&config(COMMAND))
             .script("notify.sh", SCRIPT);
-        crash_then_recover(&case, &format!("call-returned:{n}"));
+        crash_then_recover(&case, &format!("call-returned:{n}"), true);
         let calls = case.lines("called.txt");
         assert_eq!(
             calls.len(),
@@ -95,9 +99,8 @@ fn at_least_once_repeats_only_the_call_in_flight() {
     }
 }
 
-#[test]
-fn at_most_once_never_repeats_the_call_in_flight() {
-    let case = Case::new()
+fn at_most_once_never_repeats_the_call_in_flight(backend: Backend) {
+    let case = Case::on(backend)
         .db(&many_challenges_sql(N))
         .config(&config(&format!("{COMMAND}delivery = \"at-most-once\"\n")))
         .script("notify.sh", SCRIPT);
@@ -108,6 +111,7 @@ fn at_most_once_never_repeats_the_call_in_flight() {
         .output()
         .unwrap();
     assert_eq!(out.status.signal(), Some(libc::SIGKILL));
+    case.let_leases_run_out();
     // The interrupted call is dead, not repeated; everything else delivered.
     case.run(&["process-sources", "--as-of", AS_OF]).status(1);
     let calls = case.lines("called.txt");
@@ -118,13 +122,13 @@ fn at_most_once_never_repeats_the_call_in_flight() {
     assert_eq!(owed[0].2, "dead");
 }
 
-#[test]
-fn a_crash_after_recording_loses_no_event() {
-    let case = Case::new()
+fn a_crash_after_recording_loses_no_event(backend: Backend) {
+    let case = Case::on(backend)
         .db(&many_challenges_sql(N))
         .config(&config(COMMAND))
         .script("notify.sh", SCRIPT);
-    crash_then_recover(&case, "batch-recorded:2");
+    crash_then_recover(&case, "batch-recorded:2", true);
     let calls = case.lines("called.txt");
     assert_eq!(sorted(&calls), many_challenges_keys(N), "each exactly once");
+}
 }

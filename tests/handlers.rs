@@ -3,13 +3,14 @@
 
 mod common;
 
-use common::{Case, challenges_case, sorted};
+use common::{Backend, Case, challenges_case_on, sorted};
 
 const AS_OF: &str = "2026-03-10";
 
 /// Three active challenges: six events (created + inactivity_2d each).
-fn three_challenges(extra: &str) -> Case {
-    challenges_case(
+fn three_challenges(backend: Backend, extra: &str) -> Case {
+    challenges_case_on(
+        backend,
         "(1, 'a', 'a@x', 1, '2026-03-01', '2026-03-30'), \
          (2, 'b', 'b@x', 1, '2026-03-01', '2026-03-30'), \
          (3, 'c', 'c@x', 1, '2026-03-01', '2026-03-30')",
@@ -46,9 +47,9 @@ fn called(case: &Case) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn command_handler_gets_each_event_on_stdin_once() {
-    let case = three_challenges(COMMAND_HANDLER).script("notify.sh", RECORDING_SCRIPT);
+on_every_backend! {
+fn command_handler_gets_each_event_on_stdin_once(backend: Backend) {
+    let case = three_challenges(backend, COMMAND_HANDLER).script("notify.sh", RECORDING_SCRIPT);
     case.run(&["process-sources", "--as-of", AS_OF]).success();
     let expected = [
         "challenge_created_1",
@@ -63,9 +64,8 @@ fn command_handler_gets_each_event_on_stdin_once() {
     assert_eq!(called(&case).len(), 6, "nothing twice");
 }
 
-#[test]
-fn failing_command_is_recorded_and_others_are_unaffected() {
-    let case = three_challenges(COMMAND_HANDLER)
+fn failing_command_is_recorded_and_others_are_unaffected(backend: Backend) {
+    let case = three_challenges(backend, COMMAND_HANDLER)
         .script("notify.sh", RECORDING_SCRIPT)
         .file("fail-key.txt", "challenge_created_2");
     case.run(&["process-sources", "--as-of", AS_OF])
@@ -93,9 +93,8 @@ fn failing_command_is_recorded_and_others_are_unaffected() {
     );
 }
 
-#[test]
-fn failure_json_report_lists_the_failure() {
-    let case = three_challenges(COMMAND_HANDLER)
+fn failure_json_report_lists_the_failure(backend: Backend) {
+    let case = three_challenges(backend, COMMAND_HANDLER)
         .script("notify.sh", RECORDING_SCRIPT)
         .file("fail-key.txt", "challenge_created_3");
     let run = case
@@ -114,9 +113,8 @@ fn failure_json_report_lists_the_failure() {
     assert_eq!(notify["delivered"], 5);
 }
 
-#[test]
-fn command_timeout_is_a_failure() {
-    let case = three_challenges(&COMMAND_HANDLER.replace("10s", "300ms"))
+fn command_timeout_is_a_failure(backend: Backend) {
+    let case = three_challenges(backend, &COMMAND_HANDLER.replace("10s", "300ms"))
         .script("notify.sh", "cat > /dev/null; sleep 5");
     case.run(&[
         "process-sources",
@@ -130,18 +128,16 @@ fn command_timeout_is_a_failure() {
     assert_eq!(case.deliveries().len(), 6);
 }
 
-#[test]
-fn missing_program_is_a_failure_not_a_crash() {
-    let case = three_challenges(&COMMAND_HANDLER.replace("./notify.sh", "./missing.sh"));
+fn missing_program_is_a_failure_not_a_crash(backend: Backend) {
+    let case = three_challenges(backend, &COMMAND_HANDLER.replace("./notify.sh", "./missing.sh"));
     case.run(&["process-sources", "--as-of", AS_OF])
         .status(1)
         .stderr_has(&["cannot run", "missing.sh"]);
     assert_eq!(case.jsonl_keys("events.jsonl").len(), 6);
 }
 
-#[test]
-fn unreadable_record_is_skipped_and_reported() {
-    let case = three_challenges("");
+fn unreadable_record_is_skipped_and_reported(backend: Backend) {
+    let case = three_challenges(backend, "");
     case.sql("UPDATE challenge SET start_date = 'someday' WHERE id = 2");
     case.run(&["process-sources", "--as-of", AS_OF])
         .status(1)
@@ -155,9 +151,9 @@ fn unreadable_record_is_skipped_and_reported() {
     assert_eq!(case.jsonl_keys("events.jsonl").len(), 4);
 }
 
-#[test]
-fn log_event_function_handler_logs_each_event() {
+fn log_event_function_handler_logs_each_event(backend: Backend) {
     let case = three_challenges(
+        backend,
         r#"
 [[handlers]]
 name = "trace"
@@ -169,4 +165,5 @@ function = "log_event"
     case.run(&["process-sources", "--as-of", AS_OF, "-v"])
         .success()
         .stderr_has(&["key=challenge_created_1", "key=challenge_created_3"]);
+}
 }

@@ -143,6 +143,9 @@ macro_rules! on_every_backend {
     };
 }
 
+/// The lease of PostgreSQL test cases.
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A PostgreSQL database of a case's own, dropped with it.
 struct PgDb {
     name: String,
@@ -232,11 +235,21 @@ impl Case {
         }
     }
 
-    /// The `[database]` line that names this case's database.
+    /// The `[database]` line that names this case's database (on
+    /// PostgreSQL with a short lease, so that tests of dead workers need
+    /// not wait a minute).
     pub fn database_line(&self) -> String {
         match &self.pg {
             None => "path = \"app.sqlite3\"".to_owned(),
-            Some(pg) => format!("url = \"{}\"", pg.url),
+            Some(pg) => format!("url = \"{}\"\nlease = \"{}s\"", pg.url, LEASE.as_secs()),
+        }
+    }
+
+    /// Waits until the leases a killed worker held have run out (nothing on
+    /// SQLite, where a run lock dies with its process).
+    pub fn let_leases_run_out(&self) {
+        if self.pg.is_some() {
+            std::thread::sleep(LEASE + std::time::Duration::from_millis(300));
         }
     }
 

@@ -18,6 +18,8 @@ pub struct Request {
     /// Header names in lower case.
     pub headers: HashMap<String, String>,
     pub body: String,
+    /// When the server got it.
+    pub received: std::time::Instant,
 }
 
 /// What the HTTP server answers: status, extra headers, body.
@@ -65,6 +67,7 @@ impl Hook {
                     url: req.url().to_owned(),
                     headers,
                     body,
+                    received: std::time::Instant::now(),
                 };
                 let (code, extra, text) = answer(&request, s.load(Ordering::SeqCst));
                 r.lock().unwrap().push(request);
@@ -89,6 +92,74 @@ impl Hook {
 
     pub fn requests(&self) -> Vec<Request> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// A server answering 200 after `delay`, each request on a thread of
+    /// its own (so that concurrent clients are served concurrently), with
+    /// `hold` (if any) called first for each request (a test can make one
+    /// hang).
+    pub fn slow(
+        delay: std::time::Duration,
+        hold: impl Fn(&Request) + Send + Sync + 'static,
+    ) -> Hook {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind"));
+        let port = server.server_addr().to_ip().expect("ip").port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(AtomicU16::new(200));
+        let hold = Arc::new(hold);
+        let (r, s) = (requests.clone(), status.clone());
+        thread::spawn(move || {
+            for mut req in server.incoming_requests() {
+                let (r, s, hold) = (r.clone(), s.clone(), hold.clone());
+                thread::spawn(move || {
+                    let mut body = String::new();
+                    let _ = req.as_reader().read_to_string(&mut body);
+                    let headers = req
+                        .headers()
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.field.as_str().as_str().to_ascii_lowercase(),
+                                h.value.as_str().to_owned(),
+                            )
+                        })
+                        .collect();
+                    let request = Request {
+                        method: req.method().as_str().to_owned(),
+                        url: req.url().to_owned(),
+                        headers,
+                        body,
+                        received: std::time::Instant::now(),
+                    };
+                    hold(&request);
+                    thread::sleep(delay);
+                    r.lock().unwrap().push(request);
+                    let code = s.load(Ordering::SeqCst);
+                    let _ = req.respond(tiny_http::Response::empty(code));
+                });
+            }
+        });
+        let base = format!("http://127.0.0.1:{port}");
+        Hook {
+            url: format!("{base}/hooks/spark"),
+            base,
+            requests,
+            status,
+        }
+    }
+
+    /// How many requests each Idempotency-Key (event key) got.
+    pub fn per_key(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for r in self.requests() {
+            let key = r
+                .headers
+                .get("idempotency-key")
+                .cloned()
+                .unwrap_or_default();
+            *counts.entry(key).or_insert(0) += 1;
+        }
+        counts
     }
 }
 

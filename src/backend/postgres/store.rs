@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::Duration;
 
@@ -59,7 +59,9 @@ const RETRIES: u32 = 5;
 
 /// The PostgreSQL store.
 pub struct PgStore {
-    client: Client,
+    /// The connection, shared with the heartbeat: when it is cut, renewals
+    /// stop with it, and the others take this process's claims over.
+    client: Arc<Mutex<Client>>,
     name: String,
     seen_table: String,
     /// This process, as it signs its claims: `host:pid:random`.
@@ -77,32 +79,28 @@ struct Statements {
     load: String,
 }
 
-/// A thread renewing this process's leases every third of a lease, on a
-/// connection of its own (a slow handler call on the main connection does
-/// not hold it up).
+/// A thread renewing this process's leases every third of a lease, on the
+/// process's connection (free while a handler call runs). If the connection
+/// is cut, renewing stops: the leases run out and the other workers take
+/// this process's deliveries over, as they would if it had died.
 struct Heartbeat {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Heartbeat {
-    fn start(pg: &PgConfig, me: &str) -> Heartbeat {
+    fn start(client: Arc<Mutex<Client>>, me: &str, lease: Duration) -> Heartbeat {
         let (stop, stopped) = mpsc::channel::<()>();
-        let pg = pg.clone();
         let me = me.to_owned();
-        let lease_ms = i64::try_from(pg.lease.as_millis()).unwrap_or(i64::MAX);
-        let every = pg.lease / 3;
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let every = lease / 3;
         let thread = thread::spawn(move || {
-            let mut client: Option<Client> = None;
             loop {
                 match stopped.recv_timeout(every) {
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     _ => return,
                 }
-                if client.is_none() {
-                    client = connect(&pg).ok();
-                }
-                let Some(c) = client.as_mut() else { continue };
+                let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
                 let renewed = c.execute(
                     &format!(
                         "UPDATE spark_delivery SET lease_until = {NOW_MS} + $2 \
@@ -111,8 +109,11 @@ impl Heartbeat {
                     &[&me, &lease_ms],
                 );
                 if let Err(e) = renewed {
-                    tracing::warn!(error = %message(&e), "renewing leases failed; trying again");
-                    client = None;
+                    tracing::warn!(error = %message(&e),
+                        "renewing this worker's leases failed; other workers take its deliveries over when they run out");
+                    if c.is_closed() {
+                        return;
+                    }
                 }
             }
         });
@@ -218,8 +219,9 @@ impl PgStore {
         let random: u32 = rand_u32();
         let me = format!("{host}:{}:{random:08x}", std::process::id());
         let t = quote_ident(seen_table);
+        let client = Arc::new(Mutex::new(client));
         Ok(PgStore {
-            _heartbeat: Heartbeat::start(pg, &me),
+            _heartbeat: Heartbeat::start(client.clone(), &me, pg.lease),
             client,
             name,
             seen_table: seen_table.to_owned(),
@@ -245,6 +247,11 @@ impl PgStore {
     /// This process's name in its claims.
     pub fn worker(&self) -> &str {
         &self.me
+    }
+
+    /// The connection (shared with the heartbeat).
+    fn conn(&self) -> MutexGuard<'_, Client> {
+        self.client.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn err(&self, action: &str) -> impl Fn(postgres::Error) -> Error + use<> {
@@ -347,7 +354,7 @@ impl Store for PgStore {
         } else {
             let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
             let seen: std::collections::HashSet<String> = self
-                .client
+                .conn()
                 .query(&self.sql.exists, &[&keys])
                 .map_err(self.err("reading the seen table"))?
                 .iter()
@@ -415,7 +422,7 @@ impl Store for PgStore {
             return Ok(());
         }
         let me = self.me.clone();
-        self.client
+        self.conn()
             .execute(
                 "DELETE FROM spark_delivery WHERE id = ANY($1) AND claimed_by = $2",
                 &[&finished, &me],
@@ -427,7 +434,7 @@ impl Store for PgStore {
     fn mark_seen(&mut self, key: &str, group: &str, context_json: &str) -> Result<bool> {
         let now = clock::now_text();
         let rows = self
-            .client
+            .conn()
             .query(
                 &self.sql.insert,
                 &[&vec![key], &vec![group], &now, &vec![context_json]],
@@ -438,7 +445,7 @@ impl Store for PgStore {
 
     fn load_events(&mut self, keys: &[String]) -> Result<Vec<Option<StoredEvent>>> {
         let rows = self
-            .client
+            .conn()
             .query(&self.sql.load, &[&keys])
             .map_err(self.err("loading events for delivery"))?;
         let mut found: HashMap<String, StoredEvent> = rows
@@ -456,7 +463,7 @@ impl Store for PgStore {
         let now = clock::now_text();
         // In flight with a lease that ran out: its process died mid-call.
         let n = self
-            .client
+            .conn()
             .execute(
                 &format!(
                     "UPDATE spark_delivery SET state = 'dead', attempts = attempts + 1, last_error = $1, \
@@ -475,7 +482,7 @@ impl Store for PgStore {
         // that is gone, however long its lease still runs.
         let (me, host, lease) = (self.me.clone(), self.host.clone(), self.lease_ms);
         let rows = self
-            .client
+            .conn()
             .query(
                 &format!(
                     "UPDATE spark_delivery SET claimed_by = $3, lease_until = {NOW_MS} + $4 \
@@ -500,7 +507,7 @@ impl Store for PgStore {
     fn claim_due(&mut self, now_ms: i64, handlers: &[&str]) -> Result<Vec<Delivery>> {
         let (me, host, lease) = (self.me.clone(), self.host.clone(), self.lease_ms);
         let rows = self
-            .client
+            .conn()
             .query(
                 &format!(
                     "UPDATE spark_delivery SET claimed_by = $4, lease_until = {NOW_MS} + $5 \
@@ -521,13 +528,13 @@ impl Store for PgStore {
     }
 
     fn deliveries(&mut self) -> Result<Vec<Delivery>> {
-        all_deliveries(&mut self.client).map_err(self.err("listing deliveries"))
+        all_deliveries(&mut *self.conn()).map_err(self.err("listing deliveries"))
     }
 
     fn finish_run(&mut self) -> Result<()> {
         // Claims not worked on go back to the others at once.
         let me = self.me.clone();
-        self.client
+        self.conn()
             .execute(
                 "UPDATE spark_delivery SET claimed_by = NULL, lease_until = NULL \
                  WHERE claimed_by = $1 AND state <> 'in_flight'",
@@ -541,7 +548,7 @@ impl Store for PgStore {
         let (offset, file_id) = mark_sql(mark);
         let (now, me) = (clock::now_text(), self.me.clone());
         let n = self
-            .client
+            .conn()
             .execute(
                 "UPDATE spark_delivery SET file_offset = $2, file_id = $3, updated_at = $4 \
                  WHERE id = $1 AND claimed_by = $5",
@@ -556,12 +563,12 @@ impl Store for PgStore {
     fn advance(&mut self, delivery: &mut Delivery, done: usize) -> Result<()> {
         let (now, me) = (clock::now_text(), self.me.clone());
         let n = if done >= delivery.keys.len() {
-            self.client.execute(
+            self.conn().execute(
                 "DELETE FROM spark_delivery WHERE id = $1 AND claimed_by = $2",
                 &[&delivery.id, &me],
             )
         } else {
-            self.client.execute(
+            self.conn().execute(
                 "UPDATE spark_delivery SET done = $2, updated_at = $3 WHERE id = $1 AND claimed_by = $4",
                 &[&delivery.id, &to_i32(done), &now, &me],
             )
@@ -586,7 +593,8 @@ impl Store for PgStore {
         let host: Option<String> = None;
         let fail = store_err(&self.name, "recording a failed delivery");
         let name = self.name.clone();
-        let mut tx = self.client.transaction().map_err(&fail)?;
+        let mut conn = self.conn();
+        let mut tx = conn.transaction().map_err(&fail)?;
         let result = (|| -> std::result::Result<u64, postgres::Error> {
             let n = tx.execute(
                 "UPDATE spark_delivery SET done = $2, updated_at = $3 WHERE id = $1 AND claimed_by = $4",
@@ -628,7 +636,7 @@ impl Store for PgStore {
         let next = failure.next_attempt_at.unwrap_or(0);
         // The claim goes with the failure: the next attempt is anyone's.
         let n = self
-            .client
+            .conn()
             .execute(
                 "UPDATE spark_delivery SET state = $2, attempts = $3, next_attempt_at = $4, \
                  last_error = $5, file_offset = NULL, file_id = NULL, claimed_by = NULL, \
@@ -657,7 +665,7 @@ impl Store for PgStore {
         let (now, me, lease) = (clock::now_text(), self.me.clone(), self.lease_ms);
         if delivery.remaining().len() <= 1 {
             let n = self
-                .client
+                .conn()
                 .execute(
                     "UPDATE spark_delivery SET state = 'in_flight', updated_at = $2 \
                      WHERE id = $1 AND claimed_by = $3",
@@ -671,7 +679,8 @@ impl Store for PgStore {
         let key = vec![delivery.keys[delivery.done].clone()];
         let fail = store_err(&self.name, "marking a delivery in flight");
         let name = self.name.clone();
-        let mut tx = self.client.transaction().map_err(&fail)?;
+        let mut conn = self.conn();
+        let mut tx = conn.transaction().map_err(&fail)?;
         let n = tx
             .execute(
                 "UPDATE spark_delivery SET done = $2, updated_at = $3 WHERE id = $1 AND claimed_by = $4",
@@ -720,7 +729,7 @@ impl Store for PgStore {
         let ids: Vec<i64> = selected.iter().map(|d| d.id).collect();
         // Deliveries another process is working on are left to it.
         let reset: Vec<i64> = self
-            .client
+            .conn()
             .query(
                 &format!(
                     "UPDATE spark_delivery SET state = 'pending', attempts = 0, next_attempt_at = 0, \
@@ -751,7 +760,8 @@ impl Store for PgStore {
             quote_ident(&self.seen_table)
         );
         let fail = store_err(&self.name, "forgetting keys");
-        let mut tx = self.client.transaction().map_err(&fail)?;
+        let mut conn = self.conn();
+        let mut tx = conn.transaction().map_err(&fail)?;
         let gone: Vec<String> = tx
             .query(&delete_sql, &[&keys])
             .map_err(&fail)?
@@ -813,7 +823,7 @@ impl Store for PgStore {
         let mut after = String::new();
         loop {
             let page: Vec<(String, String)> = self
-                .client
+                .conn()
                 .query(&page_sql, &[&cutoff, &after])
                 .map_err(self.err("listing old events"))?
                 .iter()
@@ -835,7 +845,7 @@ impl Store for PgStore {
                 .collect();
             report.pruned += doomed.len() as u64;
             if !dry_run && !doomed.is_empty() {
-                self.client
+                self.conn()
                     .execute(&delete_sql, &[&doomed])
                     .map_err(self.err("pruning old events"))?;
             }
@@ -862,7 +872,8 @@ impl PgStore {
     ) -> std::result::Result<(Vec<Option<Arc<str>>>, Vec<(Delivery, Vec<usize>)>), postgres::Error>
     {
         let (me, host, lease) = (self.me.clone(), self.host.clone(), self.lease_ms);
-        let mut tx = self.client.transaction()?;
+        let mut conn = self.conn();
+        let mut tx = conn.transaction()?;
         if !finished.is_empty() {
             tx.execute(
                 "DELETE FROM spark_delivery WHERE id = ANY($1) AND claimed_by = $2",
