@@ -54,7 +54,9 @@ fn a_run_interrupted_by_a_postgres_restart_fails_clearly_and_the_next_finishes()
         );
     let run = case.spawn(&["process-sources", "--as-of", AS_OF]);
     wait_until("some calls", || case.lines("called.txt").len() >= 20);
-    if let Err(why) = restart_postgres() {
+    let restarted = restart_postgres();
+    let out = run.wait_with_output().unwrap();
+    if let Err(why) = restarted {
         assert!(
             std::env::var_os("CI").is_none(),
             "cannot restart PostgreSQL: {why}"
@@ -62,7 +64,6 @@ fn a_run_interrupted_by_a_postgres_restart_fails_clearly_and_the_next_finishes()
         eprintln!("skipped: cannot restart PostgreSQL here ({why})");
         return;
     }
-    let out = run.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
