@@ -615,6 +615,7 @@ impl Batcher<'_> {
         let events = &batch.events;
         let dispatch = self.dispatch;
         let finished = engine.take_finished();
+        let started = Instant::now();
         let recorded = store.record_batch(events, &batch.contexts, &finished, &mut |mask| {
             if !dispatch {
                 return Vec::new();
@@ -645,6 +646,7 @@ impl Batcher<'_> {
                 .collect()
         })?;
         crate::crashpoint::hit("batch-recorded");
+        let recorded_in = started.elapsed();
         for (i, new) in recorded.new.iter().enumerate() {
             if new.is_some() {
                 self.new_per_source[batch.origin[i]] += 1;
@@ -664,6 +666,13 @@ impl Batcher<'_> {
                 .collect();
             engine.deliver(store, &mut delivery, &dispatches)?;
         }
+        tracing::debug!(
+            events = events.len(),
+            new = self.last_new,
+            recorded_ms = recorded_in.as_millis() as u64,
+            delivered_ms = (started.elapsed() - recorded_in).as_millis() as u64,
+            "batch"
+        );
         Ok(())
     }
 }

@@ -287,12 +287,23 @@ fn the_systemd_units_verify() {
         .unwrap()
         .replace("/usr/local/bin/spark", &bin.display().to_string());
     let timer = std::fs::read_to_string(root.join("spark.timer")).unwrap();
+    let worker = std::fs::read_to_string(root.join("spark-deliver@.service"))
+        .unwrap()
+        .replace("/usr/local/bin/spark", &bin.display().to_string());
     assert!(timer.contains("Persistent=true"));
     assert!(service.contains("Type=oneshot"));
+    assert!(worker.contains(" deliver --linger "));
     std::fs::write(dir.path().join("spark.service"), &service).unwrap();
     std::fs::write(dir.path().join("spark.timer"), &timer).unwrap();
+    std::fs::write(dir.path().join("spark-deliver@.service"), &worker).unwrap();
     let analyze = Process::new("systemd-analyze")
-        .args(["verify", "--man=no", "./spark.service", "./spark.timer"])
+        .args([
+            "verify",
+            "--man=no",
+            "./spark.service",
+            "./spark.timer",
+            "./spark-deliver@1.service",
+        ])
         .current_dir(dir.path())
         .output();
     match analyze {
@@ -305,6 +316,7 @@ fn the_systemd_units_verify() {
             for (text, sections) in [
                 (&service, ["[Unit]", "[Service]"]),
                 (&timer, ["[Unit]", "[Timer]"]),
+                (&worker, ["[Unit]", "[Service]"]),
             ] {
                 for section in sections {
                     assert!(text.contains(section), "{section}");

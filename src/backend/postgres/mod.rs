@@ -453,10 +453,12 @@ impl Reader for PgReader {
             "SELECT \"key\"::text FROM {} WHERE \"key\" = ANY($1)",
             quote_ident(&self.seen_table)
         );
-        let rows = self
-            .client
-            .query(&sql, &[&keys])
-            .map_err(self.err("reading the seen table"))?;
+        let fail = self.err("reading the seen table");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        tx.batch_execute(&store::LOOKUP_COSTS.replace("SET ", "SET LOCAL "))
+            .map_err(&fail)?;
+        let rows = tx.query(&sql, &[&keys]).map_err(&fail)?;
+        let _ = tx.rollback();
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 

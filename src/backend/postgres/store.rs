@@ -53,6 +53,12 @@ use crate::store::{
 /// that workers share a backlog evenly, large enough to keep the rows few.
 pub const CHUNK: usize = 10;
 
+/// Planner costs for spark's own sessions (see `PgStore::open`).
+pub(crate) const LOOKUP_COSTS: &str = "SET random_page_cost = 1.1";
+
+/// After recording this many keys in a run, the seen table is analyzed.
+const ANALYZE_AFTER: u64 = 10_000;
+
 /// How many times a batch is tried again after a deadlock or a
 /// serialization failure (another worker's transaction in the way).
 const RETRIES: u32 = 5;
@@ -69,6 +75,9 @@ pub struct PgStore {
     host: String,
     lease_ms: i64,
     sql: Statements,
+    /// Keys this process recorded (a big first run analyzes the seen table
+    /// after it, so that the next run's lookups are planned well).
+    recorded: u64,
     /// Renews this process's leases while it lives; stops when dropped.
     _heartbeat: Heartbeat,
 }
@@ -215,6 +224,13 @@ impl PgStore {
                 error: message(&error),
             },
         })?;
+        // The seen table is looked up a few thousand keys at a time; with
+        // the default cost of a random page (4, a spinning disk's) the planner
+        // prefers reading the whole table to that many index probes, which
+        // on hot pages are ten times cheaper. This session only.
+        client
+            .batch_execute(LOOKUP_COSTS)
+            .map_err(store_err(&name, "setting up the session"))?;
         let host = host_name();
         let random: u32 = rand_u32();
         let me = format!("{host}:{}:{random:08x}", std::process::id());
@@ -228,6 +244,7 @@ impl PgStore {
             me,
             host,
             lease_ms: i64::try_from(pg.lease.as_millis()).unwrap_or(i64::MAX),
+            recorded: 0,
             sql: Statements {
                 insert: format!(
                     "INSERT INTO {t} (\"key\", \"group\", \"created_at\", \"context\") \
@@ -349,6 +366,7 @@ impl Store for PgStore {
         let prepared = contexts.len() == events.len();
         // Which events to insert: all of them when most are expected new
         // (contexts prepared), else only those not seen yet.
+        let t0 = std::time::Instant::now();
         let candidates: Vec<usize> = if prepared {
             (0..events.len()).collect()
         } else {
@@ -364,6 +382,7 @@ impl Store for PgStore {
                 .filter(|&i| !seen.contains(&events[i].key))
                 .collect()
         };
+        tracing::trace!(us = t0.elapsed().as_micros() as u64, "seen keys looked up");
         let mut serialized = ContextJson::default();
         let mut jsons: Vec<Arc<str>> = Vec::with_capacity(candidates.len());
         for &i in &candidates {
@@ -407,6 +426,7 @@ impl Store for PgStore {
                     });
                 }
                 Ok((new, deliveries)) => {
+                    self.recorded += new.iter().filter(|n| n.is_some()).count() as u64;
                     return Ok(Recorded {
                         seen_at,
                         new,
@@ -532,6 +552,16 @@ impl Store for PgStore {
     }
 
     fn finish_run(&mut self) -> Result<()> {
+        if self.recorded >= ANALYZE_AFTER {
+            // Fresh statistics for the seen table: without them the planner
+            // may scan all of it for the next run's key lookups. Autovacuum
+            // would, later; a role that does not own the table cannot.
+            let sql = format!("ANALYZE {}", quote_ident(&self.seen_table));
+            if let Err(e) = self.conn().batch_execute(&sql) {
+                tracing::debug!(error = %message(&e), "analyzing the seen table skipped");
+            }
+            self.recorded = 0;
+        }
         // Claims not worked on go back to the others at once.
         let me = self.me.clone();
         self.conn()
