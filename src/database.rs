@@ -196,13 +196,16 @@ impl KeyLimits {
     /// (which PostgreSQL's text cannot store).
     pub fn check(&self, key: &str, group: &str) -> Result<(), String> {
         for (what, value, limit) in [("key", key, self.key), ("group", group, self.group)] {
-            if value.contains('\0') {
+            if value.as_bytes().contains(&0) {
                 return Err(format!(
                     "event {what} {:?} contains a NUL character, which no seen table can store",
                     crate::escape::escape(&clipped(value))
                 ));
             }
-            if let Some(limit) = limit {
+            // No more bytes than the limit: no more characters either.
+            if let Some(limit) = limit
+                && value.len() > limit
+            {
                 let n = value.chars().count();
                 if n > limit {
                     return Err(format!(

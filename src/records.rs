@@ -102,6 +102,7 @@ impl Record {
 
     /// Appends the next column's value; `Err` carries a value that could not
     /// be read faithfully (kept, for messages, and the record defective).
+    #[inline]
     pub fn push(&mut self, value: Result<Value, Value>) {
         let value = match value {
             Ok(value) => value,
@@ -281,6 +282,7 @@ impl RecordSet {
 }
 
 /// About how many bytes a value takes in memory.
+#[inline]
 fn value_bytes(value: &Value) -> usize {
     match value {
         Value::String(s) => s.len() + 24,

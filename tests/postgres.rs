@@ -450,3 +450,34 @@ fn migrate_prints_the_ddl_and_a_role_without_create_works_against_it() {
         .stdout_has(&["1 new", "1 delivered"]);
     case.pg_sql(&format!("DROP OWNED BY {role}; DROP ROLE {role};"));
 }
+
+#[test]
+fn preview_mail_and_the_listings_read_postgres() {
+    let Some(case) = pg_case("preview_mail_and_the_listings_read_postgres") else {
+        return;
+    };
+    case.sql(&format!(
+        "{CHALLENGE_SCHEMA} INSERT INTO challenge VALUES (1, 'Swim', 'a@example.org', 1, '2026-03-09', '2026-03-30');"
+    ));
+    let case = case.config(&challenge_config(
+        r#"
+[[handlers]]
+name = "mail"
+group = "created"
+kind = "mail"
+from = "shop@example.org"
+to = "{{ challenge.user_email }}"
+subject = "Hello {{ challenge.title }}"
+outbox = "outbox"
+"#,
+    ));
+    case.run(&["process-sources", "--as-of", AS_OF]).success();
+    case.run(&["preview-mail", "mail", "--key", "challenge_created_1"])
+        .success()
+        .stdout_has(&["Subject: Hello Swim", "To: a@example.org"]);
+    case.run(&["list-handlers"]).success().stdout_has(&["mail"]);
+    case.run(&["config"])
+        .success()
+        .stdout_has(&["url = \"postgresql://postgres@"]);
+    case.run(&["migrate"]).success().stdout_has(&["up to date"]);
+}

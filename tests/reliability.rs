@@ -591,3 +591,26 @@ fn listings_on_a_fresh_database_write_nothing(backend: Backend) {
     assert_eq!(case.tables(), ["challenge", "donation"]);
 }
 }
+
+on_every_backend! {
+fn deliver_works_off_what_is_due_without_reading_the_sources(backend: Backend) {
+    let case = two_challenges(backend, FLAKY).script(
+        "flaky.sh",
+        r#"cat > /dev/null
+echo "$SPARK_EVENT_KEY $SPARK_ATTEMPT" >> called.txt
+if [ ! -f fixed ]; then echo "down" >&2; exit 1; fi"#,
+    );
+    case.run(&["process-sources", "--as-of", AS_OF]).status(1);
+    assert_eq!(called(&case).len(), 4);
+    // A new record: `deliver` reads no source, so it is not dispatched.
+    case.sql("INSERT INTO challenge VALUES (3, 'c', 'c@x', 1, '2026-03-09', '2026-03-30')");
+    std::fs::write(case.path("fixed"), "").unwrap();
+    case.run(&["deliver"])
+        .success()
+        .stdout_has(&["deliver: 4 deliveries, 4 delivered, 0 failed"]);
+    assert_eq!(called(&case).len(), 8);
+    assert!(case.deliveries().is_empty());
+    assert_eq!(case.seen().len(), 4, "no source was read");
+    case.run(&["deliver", "--json"]).success();
+}
+}

@@ -106,9 +106,9 @@ impl SqliteStore {
                     action: "creating spark's tables".into(),
                     error: super::sql_message(&error),
                 },
-                too_new => Error::NotADatabase {
-                    path: path.to_owned(),
-                    reason: too_new.to_string(),
+                too_new => Error::OpenDatabase {
+                    database: name.clone(),
+                    error: too_new.to_string(),
                 },
             },
         )?;
