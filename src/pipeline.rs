@@ -699,18 +699,7 @@ pub fn retry(
     // The selected deliveries are due now; so may be others, which are owed
     // anyway (and a file mark a dead run left must be settled first).
     let retried = engine.drain(store)?;
-    store.finish_run()?;
-    let mut report = RunReport {
-        handlers: engine.stats().to_vec(),
-        failures: engine.failures().to_vec(),
-        retried: retried as u64,
-        interrupted: engine.buried(),
-        seconds: started.elapsed().as_secs_f64(),
-        stopped: signals::requested().map(|s| s.name().to_owned()),
-        ..RunReport::default()
-    };
-    report.owed(&store.deliveries()?, config);
-    Ok(report)
+    delivery_report(config, store, &engine, retried, started)
 }
 
 /// Delivers what is due without reading the sources, under the run guard:
@@ -740,6 +729,18 @@ pub fn deliver(
             idle_since = Instant::now();
         }
     }
+    delivery_report(config, store, &engine, worked, started)
+}
+
+/// Ends a run that only delivered (`retry`, `deliver`): lets go of the
+/// store's claims and reports what the engine did and what is still owed.
+fn delivery_report(
+    config: &Config,
+    store: &mut dyn Store,
+    engine: &Engine,
+    worked: usize,
+    started: Instant,
+) -> Result<RunReport> {
     store.finish_run()?;
     let mut report = RunReport {
         handlers: engine.stats().to_vec(),

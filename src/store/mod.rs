@@ -165,6 +165,40 @@ impl StoredEvent {
     }
 }
 
+/// The SQL that brings a store's schema from `version` (0: none) up to
+/// date, in one transaction: the seen table's DDL (when it is missing),
+/// `spark_meta` (when there is none), the migrations after `version`, and
+/// the new version. Each backend hands in its own DDL.
+pub fn pending_sql(
+    seen_ddl: Option<String>,
+    meta_ddl: &str,
+    migrations: &[&str],
+    version: i64,
+) -> String {
+    let mut sql = String::from("BEGIN;\n");
+    if let Some(ddl) = seen_ddl {
+        sql.push_str(&ddl);
+        sql.push('\n');
+    }
+    let known = migrations.len() as i64;
+    if version < known {
+        if version == 0 {
+            sql.push_str(meta_ddl);
+            sql.push('\n');
+        }
+        for step in &migrations[version.max(0) as usize..] {
+            sql.push_str(step);
+            sql.push('\n');
+        }
+        sql.push_str(&format!(
+            "INSERT INTO spark_meta (name, value) VALUES ('schema_version', '{known}') \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value;\n"
+        ));
+    }
+    sql.push_str("COMMIT;\n");
+    sql
+}
+
 /// Contexts serialized once each: the events of one record share their
 /// context (`Arc`), so its JSON is made once.
 #[derive(Default)]

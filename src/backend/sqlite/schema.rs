@@ -56,27 +56,12 @@ pub fn seen_table_ddl(table: &str) -> String {
 /// creating the seen table if `seen_exists` is false: what
 /// `spark migrate --print-sql` prints.
 pub fn pending_sql(seen_table: &str, seen_exists: bool, version: i64) -> String {
-    let mut sql = String::from("BEGIN;\n");
-    if !seen_exists {
-        sql.push_str(&seen_table_ddl(seen_table).replace("IF NOT EXISTS ", ""));
-        sql.push('\n');
-    }
-    let known = MIGRATIONS.len() as i64;
-    if version < known {
-        sql.push_str(
-            "CREATE TABLE IF NOT EXISTS spark_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);\n",
-        );
-        for step in &MIGRATIONS[version.max(0) as usize..] {
-            sql.push_str(step);
-            sql.push('\n');
-        }
-        sql.push_str(&format!(
-            "INSERT INTO spark_meta (name, value) VALUES ('schema_version', '{known}') \
-             ON CONFLICT (name) DO UPDATE SET value = excluded.value;\n"
-        ));
-    }
-    sql.push_str("COMMIT;\n");
-    sql
+    crate::store::pending_sql(
+        (!seen_exists).then(|| seen_table_ddl(seen_table).replace("IF NOT EXISTS ", "")),
+        "CREATE TABLE IF NOT EXISTS spark_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);",
+        MIGRATIONS,
+        version,
+    )
 }
 
 /// Whether the database has a table of that name.
