@@ -757,17 +757,20 @@ impl Store for PgStore {
             .filter(|d| query.matches(d))
             .collect();
         let ids: Vec<i64> = selected.iter().map(|d| d.id).collect();
-        // Deliveries another process is working on are left to it.
+        // Deliveries another process is working on are left to it. A file
+        // sink's deliveries come to this machine: the operator retrying
+        // them here decided that they go to the file here.
         let reset: Vec<i64> = self
             .conn()
             .query(
                 &format!(
                     "UPDATE spark_delivery SET state = 'pending', attempts = 0, next_attempt_at = 0, \
-                     file_offset = NULL, file_id = NULL, updated_at = $2 \
+                     file_offset = NULL, file_id = NULL, updated_at = $2, \
+                     host = CASE WHEN host IS NULL THEN NULL ELSE $3 END \
                      WHERE id = ANY($1) AND (claimed_by IS NULL OR lease_until < {NOW_MS}) \
                      RETURNING id"
                 ),
-                &[&ids, &now],
+                &[&ids, &now, &self.host],
             )
             .map_err(self.err("making deliveries due"))?
             .iter()
