@@ -124,6 +124,7 @@ fn record_batch(c: &mut Criterion) {
                 file: None,
             }),
             file_sink: true,
+            chunk: 10,
         }]
     };
     group.bench_function("record a batch of new events (lookup first)", |b| {

@@ -18,18 +18,67 @@
 //!
 //! Not here: finding new events (the pipeline) or SQL (the store).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::config::{Config, Guarantee, RetryPolicy};
 use crate::crashpoint;
 use crate::error::{Error, Result};
-use crate::handlers::{self, CutError, Dispatch, Sink};
+use crate::handlers::{self, CutError, DeliverEach, Dispatch, Failed, Outcome, Retry, Sink};
 use crate::registry::Registry;
 use crate::signals;
 use crate::store::{Delivery, DeliveryState, Failure, FileMark, Store, StoredEvent};
+
+/// Spaces a handler's calls `interval` apart, however many are in flight
+/// (`rate = "10/s"`: 100 ms).
+pub struct Pace {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl Pace {
+    pub fn new(interval: Duration) -> Pace {
+        Pace {
+            interval,
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits for this call's turn.
+    pub fn wait(&self) {
+        let turn = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let turn = (*next).max(Instant::now());
+            *next = turn + self.interval;
+            turn
+        };
+        let now = Instant::now();
+        if turn > now {
+            std::thread::sleep(turn - now);
+        }
+    }
+}
+
+/// How a handler's calls are made: its sink, shared by the calls in flight
+/// (at most `n`), paced when it has a rate.
+struct Calls {
+    sink: Arc<dyn DeliverEach>,
+    pace: Option<Arc<Pace>>,
+    n: usize,
+}
+
+impl Calls {
+    fn call(&self, dispatch: &Dispatch<'_>, attempt: u32) -> Outcome {
+        if let Some(pace) = &self.pace {
+            pace.wait();
+        }
+        self.sink.deliver(dispatch, attempt)
+    }
+}
 
 /// What happened to one handler's deliveries during a run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -64,6 +113,10 @@ struct Slot {
     guarantee: Guarantee,
     retry: RetryPolicy,
     sink: Sink,
+    /// Calls in flight at once.
+    concurrency: usize,
+    /// The pace of calls, for a handler with a `rate`.
+    pace: Option<Arc<Pace>>,
     /// Why this handler takes no more deliveries in this run.
     stopped: Option<String>,
     /// Another process on this host writes this handler's file: its
@@ -90,6 +143,10 @@ pub struct Engine {
     run_started: i64,
 }
 
+/// Keys per delivery where workers share the backlog, for a handler with
+/// one call at a time: small, so that many workers share a backlog evenly.
+pub const CHUNK: usize = 10;
+
 /// How many failures a run's report lists (the counts cover them all).
 const FAILURES_LISTED: usize = 100;
 
@@ -103,6 +160,8 @@ impl Engine {
                 guarantee: h.guarantee,
                 retry: h.retry,
                 sink: handlers::build(h, registry, &config.withheld_env),
+                concurrency: h.concurrency,
+                pace: h.rate.map(|r| Arc::new(Pace::new(r.interval()))),
                 stopped: None,
                 elsewhere: false,
             })
@@ -182,6 +241,13 @@ impl Engine {
             },
             Sink::Each(_) => None,
         }
+    }
+
+    /// How many keys a delivery for handler `h` holds where workers share
+    /// the backlog: `CHUNK`, or four windows of its calls in flight.
+    pub fn chunk(&self, h: usize) -> usize {
+        let n = self.slots.get(h).map_or(1, |s| s.concurrency);
+        CHUNK.max(4 * n)
     }
 
     /// Whether handler `h` writes a local file (its deliveries belong to
@@ -398,7 +464,7 @@ impl Engine {
         error: String,
         keep_mark: Option<FileMark>,
     ) -> Result<()> {
-        let failure = self.failure(h, delivery, error.clone());
+        let failure = self.failure(h, delivery, Failed::later(error.clone()));
         store.fail_rest(delivery, &failure)?;
         if keep_mark.is_some() {
             store.set_file_mark(delivery, keep_mark)?;
@@ -416,85 +482,226 @@ impl Engine {
         delivery: &mut Delivery,
         events: &[Option<Dispatch<'_>>],
     ) -> Result<()> {
-        while delivery.done < delivery.keys.len() {
-            if signals::requested().is_some() {
-                self.stats[h].waiting += delivery.remaining().len() as u64;
-                break;
-            }
-            let i = delivery.done;
-            let Some(dispatch) = events.get(i).copied().flatten() else {
-                tracing::warn!(key = %delivery.keys[i], handler = %delivery.handler,
-                    "event no longer in the seen table; its delivery is dropped");
-                store.advance(delivery, i + 1)?;
-                continue;
-            };
-            let slot = &mut self.slots[h];
-            let Sink::Each(sink) = &mut slot.sink else {
-                return Ok(());
-            };
-            match slot.guarantee {
-                Guarantee::AtLeastOnce => {
-                    let attempt = delivery.attempts + 1;
-                    match sink.deliver(&dispatch, attempt) {
-                        Ok(()) => {
+        let Sink::Each(sink) = &self.slots[h].sink else {
+            return Ok(());
+        };
+        let calls = Calls {
+            sink: Arc::clone(sink),
+            pace: self.slots[h].pace.clone(),
+            n: self.slots[h].concurrency.max(1),
+        };
+        match self.slots[h].guarantee {
+            Guarantee::AtLeastOnce => self.at_least_once(store, h, delivery, events, &calls),
+            Guarantee::AtMostOnce => self.at_most_once(store, h, delivery, events, &calls),
+        }
+    }
+
+    /// At-least-once: up to `n` calls in flight over a window of the
+    /// delivery's next `n` keys; outcomes are recorded in key order, so a
+    /// crash repeats at most the `n` calls of the window.
+    fn at_least_once(
+        &mut self,
+        store: &mut dyn Store,
+        h: usize,
+        delivery: &mut Delivery,
+        events: &[Option<Dispatch<'_>>],
+        calls: &Calls,
+    ) -> Result<()> {
+        let attempt = delivery.attempts + 1;
+        let len = delivery.keys.len();
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = mpsc::channel::<(usize, Outcome)>();
+            let mut next = delivery.done;
+            let mut in_flight = 0usize;
+            // Outcomes not recorded yet (`None`: the event is gone).
+            let mut pending: BTreeMap<usize, Option<Outcome>> = BTreeMap::new();
+            loop {
+                while in_flight < calls.n
+                    && next < len
+                    && next < delivery.done + calls.n
+                    && signals::requested().is_none()
+                {
+                    let i = next;
+                    next += 1;
+                    let Some(dispatch) = events.get(i).copied().flatten() else {
+                        pending.insert(i, None);
+                        continue;
+                    };
+                    if calls.n == 1 {
+                        pending.insert(i, Some(calls.call(&dispatch, attempt)));
+                    } else {
+                        in_flight += 1;
+                        let tx = tx.clone();
+                        scope.spawn(move || {
+                            let _ = tx.send((i, calls.call(&dispatch, attempt)));
+                        });
+                    }
+                }
+                // Record in key order what the window has.
+                while let Some(outcome) = pending.remove(&delivery.done) {
+                    let i = delivery.done;
+                    match outcome {
+                        None => {
+                            tracing::warn!(key = %delivery.keys[i], handler = %delivery.handler,
+                                "event no longer in the seen table; its delivery is dropped");
+                            store.advance(delivery, i + 1)?;
+                        }
+                        Some(Ok(())) => {
                             crashpoint::hit("call-returned");
                             store.advance(delivery, i + 1)?;
                             self.stats[h].delivered += 1;
                         }
-                        Err(error) => {
-                            let failure = self.failure(h, delivery, error);
+                        Some(Err(failed)) => {
+                            let key = delivery.keys[i].clone();
+                            let failure = self.failure(h, delivery, failed);
+                            // Split out to a delivery of its own; the last
+                            // key's failure is the delivery's own (its
+                            // `done` stays: nothing is left to call).
                             store.fail_next(delivery, &failure)?;
-                            self.note_failure(h, &dispatch.event.key, &failure, 1);
-                            if delivery.state != DeliveryState::Pending {
-                                // The delivery itself failed (its last key).
-                                break;
+                            self.note_failure(h, &key, &failure, 1);
+                            if i + 1 == len {
+                                return Ok(());
                             }
                         }
                     }
                 }
-                Guarantee::AtMostOnce => {
-                    let mut single = store.begin_at_most_once(delivery)?;
-                    let attempt = single.attempts + 1;
-                    let Sink::Each(sink) = &mut self.slots[h].sink else {
-                        return Ok(());
-                    };
-                    match sink.deliver(&dispatch, attempt) {
-                        Ok(()) => {
-                            crashpoint::hit("call-returned");
-                            let end = single.keys.len();
-                            store.advance(&mut single, end)?;
-                            self.stats[h].delivered += 1;
-                        }
-                        Err(error) => {
-                            let failure = self.failure(h, &single, error);
-                            store.fail_rest(&mut single, &failure)?;
-                            self.note_failure(h, &dispatch.event.key, &failure, 1);
-                        }
-                    }
-                    if single.id == delivery.id {
+                if in_flight == 0 {
+                    if next >= len || signals::requested().is_some() {
                         break;
                     }
+                    continue;
                 }
+                if let Ok((i, outcome)) = rx.recv() {
+                    in_flight -= 1;
+                    pending.insert(i, Some(outcome));
+                }
+            }
+            if delivery.done < len {
+                self.stats[h].waiting += (len - delivery.done) as u64;
+            }
+            Ok(())
+        })
+    }
+
+    /// At-most-once: each key is marked in flight (a delivery of its own)
+    /// before it is called, up to `n` at once; a crash leaves those dead,
+    /// never called twice.
+    fn at_most_once(
+        &mut self,
+        store: &mut dyn Store,
+        h: usize,
+        delivery: &mut Delivery,
+        events: &[Option<Dispatch<'_>>],
+        calls: &Calls,
+    ) -> Result<()> {
+        let len = delivery.keys.len();
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = mpsc::channel::<(Delivery, String, Outcome)>();
+            let mut in_flight = 0usize;
+            let mut last_taken = false;
+            loop {
+                while in_flight < calls.n
+                    && !last_taken
+                    && delivery.done < len
+                    && signals::requested().is_none()
+                {
+                    let i = delivery.done;
+                    let Some(dispatch) = events.get(i).copied().flatten() else {
+                        tracing::warn!(key = %delivery.keys[i], handler = %delivery.handler,
+                            "event no longer in the seen table; its delivery is dropped");
+                        store.advance(delivery, i + 1)?;
+                        continue;
+                    };
+                    let single = store.begin_at_most_once(delivery)?;
+                    last_taken = single.id == delivery.id;
+                    let attempt = single.attempts + 1;
+                    let key = delivery.keys[i].clone();
+                    if calls.n == 1 {
+                        let outcome = calls.call(&dispatch, attempt);
+                        self.record_single(store, h, single, &key, outcome)?;
+                    } else {
+                        in_flight += 1;
+                        let tx = tx.clone();
+                        scope.spawn(move || {
+                            let _ = tx.send((single, key, calls.call(&dispatch, attempt)));
+                        });
+                    }
+                }
+                if in_flight == 0 {
+                    break;
+                }
+                if let Ok((single, key, outcome)) = rx.recv() {
+                    in_flight -= 1;
+                    self.record_single(store, h, single, &key, outcome)?;
+                }
+            }
+            if !last_taken && delivery.done < len {
+                self.stats[h].waiting += (len - delivery.done) as u64;
+            }
+            Ok(())
+        })
+    }
+
+    /// Records the outcome of an at-most-once call on its own delivery.
+    fn record_single(
+        &mut self,
+        store: &mut dyn Store,
+        h: usize,
+        mut single: Delivery,
+        key: &str,
+        outcome: Outcome,
+    ) -> Result<()> {
+        match outcome {
+            Ok(()) => {
+                crashpoint::hit("call-returned");
+                let end = single.keys.len();
+                store.advance(&mut single, end)?;
+                self.stats[h].delivered += 1;
+            }
+            Err(failed) => {
+                let failure = self.failure(h, &single, failed);
+                store.fail_rest(&mut single, &failure)?;
+                self.note_failure(h, key, &failure, 1);
             }
         }
         Ok(())
     }
 
     /// The failure to record for the next attempt of `delivery`. Its error
-    /// is kept without secrets (it is stored and printed).
-    fn failure(&self, h: usize, delivery: &Delivery, error: String) -> Failure {
-        let error = crate::redact::redact_owned(error);
-        let attempts = delivery.attempts.saturating_add(1);
+    /// is kept without secrets (it is stored and printed). A receiver's
+    /// "retry after" sets the time and does not count as an attempt; a
+    /// call that can never work makes the delivery dead at once.
+    fn failure(&self, h: usize, delivery: &Delivery, failed: Failed) -> Failure {
+        let error = crate::redact::redact_owned(failed.error);
         let policy = &self.slots[h].retry;
-        let next_attempt_at = (attempts < policy.max_attempts).then(|| {
-            let key = delivery.remaining().first().map_or("", String::as_str);
-            let delay = backoff(policy, attempts, key);
+        let at = |delay: Duration| {
             (self.now)().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
-        });
-        Failure {
-            error,
-            attempts,
-            next_attempt_at,
+        };
+        match failed.retry {
+            Retry::Never => Failure {
+                error,
+                attempts: delivery.attempts.saturating_add(1),
+                next_attempt_at: None,
+            },
+            // Not longer than the handler would ever wait on its own: a
+            // receiver cannot park a delivery for years.
+            Retry::After(after) => Failure {
+                error,
+                attempts: delivery.attempts,
+                next_attempt_at: Some(at(after.min(policy.max_backoff))),
+            },
+            Retry::Later => {
+                let attempts = delivery.attempts.saturating_add(1);
+                let next_attempt_at = (attempts < policy.max_attempts).then(|| {
+                    let key = delivery.remaining().first().map_or("", String::as_str);
+                    at(backoff(policy, attempts, key))
+                });
+                Failure {
+                    error,
+                    attempts,
+                    next_attempt_at,
+                }
+            }
         }
     }
 

@@ -642,6 +642,7 @@ impl Batcher<'_> {
                     events,
                     file_mark: engine.planned_mark(h),
                     file_sink: engine.is_file_sink(h),
+                    chunk: engine.chunk(h),
                 })
                 .collect()
         })?;

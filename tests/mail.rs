@@ -106,17 +106,36 @@ fn the_smtp_server_receives_exactly_the_expected_mails() {
 }
 
 #[test]
-fn a_refusing_server_fails_the_delivery_and_a_later_run_sends_it() {
+fn a_refusing_server_makes_the_delivery_dead_and_retry_sends_it() {
     let smtp = Smtp::start();
     smtp.refuse.store(true, Ordering::SeqCst);
     let case = case(&smtp.transport());
+    // 550 is permanent: dead at once, with the server's reply.
     case.run(&["process-sources", "--as-of", "2026-03-10"])
         .status(1)
-        .stderr_has(&["handler `owner-mail`", "SMTP 127.0.0.1:", "550"]);
+        .stderr_has(&[
+            "handler `owner-mail`",
+            "SMTP 127.0.0.1:",
+            "550",
+            "Mailbox unavailable",
+        ]);
     assert!(smtp.received().is_empty());
-    assert_eq!(case.deliveries().len(), 3);
+    let dead = case.run(&["deliveries", "--json"]).success().json();
+    assert_eq!(dead.as_array().unwrap().len(), 3);
+    assert!(
+        dead.as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["state"] == "dead"),
+        "{dead:#}"
+    );
     smtp.refuse.store(false, Ordering::SeqCst);
+    // A later run does not try a dead delivery again; retry does.
     case.run(&["process-sources", "--as-of", "2026-03-10"])
+        .success()
+        .stdout_has(&["0 delivered"]);
+    assert!(smtp.received().is_empty());
+    case.run(&["retry", "--dead"])
         .success()
         .stdout_has(&["3 delivered"]);
     assert_eq!(smtp.received().len(), 3);

@@ -51,6 +51,8 @@ pub fn handlers(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Resu
                     "receives": groups.iter().filter(|g| h.group.is_match(g)).collect::<Vec<_>>(),
                     "max_attempts": h.retry.max_attempts,
                     "backoff": humantime::format_duration(h.retry.backoff).to_string(),
+                    "concurrency": h.concurrency,
+                    "rate": h.rate.map(|r| r.to_string()),
                 })
             })
             .collect();
@@ -281,6 +283,12 @@ fn config_view(config: &Config) -> ConfigView {
                 "max_attempts": h.retry.max_attempts,
                 "backoff": duration(h.retry.backoff),
             });
+            if !matches!(h.kind, HandlerKind::Jsonl { .. }) {
+                v["concurrency"] = json!(h.concurrency);
+            }
+            if let Some(rate) = h.rate {
+                v["rate"] = json!(rate.to_string());
+            }
             match &h.kind {
                 HandlerKind::Jsonl { path, mode } => {
                     v["path"] = json!(path.display().to_string());
@@ -359,8 +367,12 @@ fn config_view(config: &Config) -> ConfigView {
                             user,
                             password,
                             timeout,
+                            pool,
                         } => {
                             v["transport"] = json!("smtp");
+                            if !pool {
+                                v["smtp_pool"] = json!(false);
+                            }
                             v["smtp_host"] = json!(host);
                             v["smtp_port"] = json!(port);
                             v["smtp_security"] = json!(match security {

@@ -99,7 +99,52 @@ pub struct HandlerConfig {
     pub kind: HandlerKind,
     pub guarantee: Guarantee,
     pub retry: RetryPolicy,
+    /// Calls in flight at once (1: one after the other).
+    pub concurrency: usize,
+    /// At most this many calls per time (`rate = "10/s"`).
+    pub rate: Option<Rate>,
 }
+
+/// A pace: at most `calls` calls per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub calls: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Parses `"10/s"`, `"600/m"` (or `/min`), `"5/h"`.
+    pub fn parse(text: &str) -> Option<Rate> {
+        let (calls, unit) = text.trim().split_once('/')?;
+        let calls: u32 = calls.trim().parse().ok().filter(|n| *n > 0)?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return None,
+        };
+        Some(Rate { calls, per })
+    }
+
+    /// The time between two calls.
+    pub fn interval(&self) -> Duration {
+        self.per / self.calls
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.calls)
+    }
+}
+
+/// The most calls a handler may have in flight.
+pub const MAX_CONCURRENCY: i64 = 256;
 
 #[derive(Debug, Clone)]
 pub enum HandlerKind {
@@ -183,6 +228,9 @@ pub enum MailTransport {
         user: Option<String>,
         password: Option<Secret>,
         timeout: Duration,
+        /// Keep connections open for the next mail (`smtp_pool`, default
+        /// true); false opens one per mail.
+        pool: bool,
     },
 }
 
@@ -251,6 +299,37 @@ impl Validator<'_> {
             backoff: self.duration(&entry, "backoff", raw.backoff.as_ref(), defaults.backoff),
             max_backoff: defaults.max_backoff,
         };
+        let concurrency = match &raw.concurrency {
+            None => 1,
+            Some(n) if (1..=MAX_CONCURRENCY).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.report(
+                    n.span(),
+                    Problem::OutOfRange {
+                        entry: entry.clone(),
+                        field: "concurrency",
+                        expected: "a whole number from 1 to 256",
+                        value: *n.get_ref(),
+                    },
+                );
+                1
+            }
+        };
+        let rate = raw.rate.as_ref().and_then(|r| match Rate::parse(r.get_ref()) {
+            Some(rate) => Some(rate),
+            None => {
+                self.bad_value(
+                    &entry,
+                    "rate",
+                    r.span(),
+                    format!(
+                        "{:?} is not a rate: write calls per second, minute or hour, like \"10/s\", \"600/m\", \"5/h\"",
+                        r.get_ref()
+                    ),
+                );
+                None
+            }
+        });
         let kind = self.handler_kind(&name, &entry, raw, registry)?;
         Some(HandlerConfig {
             name,
@@ -258,6 +337,8 @@ impl Validator<'_> {
             kind,
             guarantee,
             retry,
+            concurrency,
+            rate,
         })
     }
 
@@ -289,9 +370,12 @@ impl Validator<'_> {
             ("smtp_port", span(&raw.smtp_port)),
             ("smtp_security", span(&raw.smtp_security)),
         ];
-        let more: [(&'static str, Span); 2] = [
+        let more: [(&'static str, Span); 5] = [
             ("smtp_user", span(&raw.smtp_user)),
             ("smtp_password_env", span(&raw.smtp_password_env)),
+            ("smtp_pool", span(&raw.smtp_pool)),
+            ("concurrency", span(&raw.concurrency)),
+            ("rate", span(&raw.rate)),
         ];
         for (field, span) in fields.into_iter().chain(more) {
             if let Some(span) = span
@@ -390,8 +474,8 @@ impl Validator<'_> {
         let kind_span = raw.kind.span();
         let takes: &[&str] = match kind.as_str() {
             "jsonl" => &["path", "mode"],
-            "command" => &["command", "timeout", "env"],
-            "function" => &["function"],
+            "command" => &["command", "timeout", "env", "concurrency", "rate"],
+            "function" => &["function", "concurrency", "rate"],
             "webhook" => &[
                 "url",
                 "headers",
@@ -399,6 +483,8 @@ impl Validator<'_> {
                 "signing_secret_env",
                 "timeout",
                 "connect_timeout",
+                "concurrency",
+                "rate",
             ],
             "mail" => &[
                 "templates",
@@ -416,8 +502,11 @@ impl Validator<'_> {
                 "smtp_security",
                 "smtp_user",
                 "smtp_password_env",
+                "smtp_pool",
                 "timeout",
                 "mode",
+                "concurrency",
+                "rate",
             ],
             _ => {
                 self.report(
@@ -778,6 +867,7 @@ impl Validator<'_> {
                     user: raw.smtp_user.as_ref().map(|u| u.get_ref().clone()),
                     password,
                     timeout,
+                    pool: raw.smtp_pool.as_ref().is_none_or(|p| *p.get_ref()),
                 })
             }
             other => {

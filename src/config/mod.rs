@@ -297,6 +297,20 @@ pub enum Problem {
     },
 }
 
+/// The key of a `key = value` line holding byte `at` of `text` (only the
+/// key: the value may be a secret).
+fn field_at(text: &str, at: usize) -> Option<&str> {
+    let start = text.get(..at)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text.get(start..)?.lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'));
+    bare.then_some(key)
+}
+
 /// A problem and where it is.
 #[derive(Debug, thiserror::Error)]
 #[error("{at}: {problem}")]
@@ -359,10 +373,14 @@ impl Config {
             withheld_env: Vec::new(),
         };
         let syntax = |v: &Validator<'_>, e: toml::de::Error| {
-            let at = v.at(e.span().unwrap_or(0..0));
+            let span = e.span().unwrap_or(0..0);
+            let mut message = e.message().trim_end().to_owned();
+            if let Some(field) = field_at(text, span.start) {
+                message.push_str(&format!(" (field `{field}`)"));
+            }
             ConfigError::Syntax {
-                at,
-                message: e.message().trim_end().to_owned(),
+                at: v.at(span),
+                message,
             }
         };
         let mut table = toml::de::DeTable::parse(text).map_err(|e| syntax(&v, e))?;

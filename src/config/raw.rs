@@ -106,6 +106,10 @@ pub struct RawHandler {
     pub smtp_security: Option<Spanned<String>>,
     pub smtp_user: Option<Spanned<String>>,
     pub smtp_password_env: Option<Spanned<String>>,
+    pub smtp_pool: Option<Spanned<bool>>,
+    // throughput
+    pub concurrency: Option<Spanned<i64>>,
+    pub rate: Option<Spanned<String>>,
 }
 
 /// A mail handler's templates: a folder of `GROUP.txt` files, or inline.

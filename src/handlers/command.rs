@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use wait_timeout::ChildExt;
 
-use super::{DeliverEach, Dispatch};
+use super::{DeliverEach, Dispatch, Outcome};
 
 /// How much of stderr a failure keeps (its end).
 const STDERR_KEEP: usize = 2048;
@@ -168,7 +168,13 @@ fn write_until(stdin: ChildStdin, input: &[u8], deadline: Instant) -> io::Result
 }
 
 impl DeliverEach for CommandHandler {
-    fn deliver(&mut self, dispatch: &Dispatch<'_>, attempt: u32) -> Result<(), String> {
+    fn deliver(&self, dispatch: &Dispatch<'_>, attempt: u32) -> Outcome {
+        self.call(dispatch, attempt).map_err(Into::into)
+    }
+}
+
+impl CommandHandler {
+    fn call(&self, dispatch: &Dispatch<'_>, attempt: u32) -> Result<(), String> {
         let deadline = Instant::now() + self.timeout;
         let mut child = self.spawn(dispatch, attempt)?;
         let stderr = child.stderr.take().map(|p| drain(p, STDERR_KEEP));

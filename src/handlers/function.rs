@@ -3,7 +3,7 @@
 //!
 //! Also the built-in handler functions every `spark` binary offers.
 
-use super::{DeliverEach, Dispatch};
+use super::{DeliverEach, Dispatch, Outcome};
 use crate::registry::{HandlerFunction, Registry};
 
 pub struct FunctionSink {
@@ -21,17 +21,14 @@ impl FunctionSink {
 }
 
 impl DeliverEach for FunctionSink {
-    fn deliver(&mut self, dispatch: &Dispatch<'_>, _attempt: u32) -> Result<(), String> {
+    fn deliver(&self, dispatch: &Dispatch<'_>, _attempt: u32) -> Outcome {
         let Some(function) = &self.function else {
-            return Err(format!(
-                "no handler function `{}` in this binary",
-                self.name
-            ));
+            return Err(format!("no handler function `{}` in this binary", self.name).into());
         };
         match crate::panics::catch(|| function.call(dispatch.event)) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(msg) => Err(format!("handler function `{}` panicked: {msg}", self.name)),
+            Ok(Err(e)) => Err(e.to_string().into()),
+            Err(msg) => Err(format!("handler function `{}` panicked: {msg}", self.name).into()),
         }
     }
 }

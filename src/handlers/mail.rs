@@ -37,14 +37,12 @@ use std::path::{Path, PathBuf};
 
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, Message};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::{SmtpTransport, Transport};
 use minijinja::value::Serde;
 use minijinja::{AutoEscape, Environment};
 use serde_json::{Map, Value};
 
-use super::{DeliverEach, Dispatch};
-use crate::config::{MailConfig, MailTransport, SmtpSecurity};
+use super::{DeliverEach, Dispatch, Failed, Outcome};
+use crate::config::{MailConfig, MailTransport};
 use crate::event::Event;
 
 /// A mail, rendered, before it becomes a message.
@@ -63,7 +61,8 @@ pub struct MailHandler {
     name: String,
     config: MailConfig,
     env: Environment<'static>,
-    smtp: Option<SmtpTransport>,
+    /// The SMTP connections, for the smtp transport.
+    smtp: Option<super::smtp::Pool>,
 }
 
 /// Splits a rendered template into subject (its first non-empty line) and
@@ -171,11 +170,31 @@ impl MailHandler {
             // there never gets here.
             let _ = env.add_template_owned(group.clone(), source.clone());
         }
+        let smtp = match &config.transport {
+            MailTransport::Smtp {
+                host,
+                port,
+                security,
+                user,
+                password,
+                timeout,
+                pool,
+            } => Some(super::smtp::Pool::new(super::smtp::Server {
+                host: host.clone(),
+                port: *port,
+                security: *security,
+                user: user.clone(),
+                password: password.clone(),
+                timeout: *timeout,
+                pool: *pool,
+            })),
+            MailTransport::Outbox { .. } => None,
+        };
         MailHandler {
             name: name.to_owned(),
             config,
             env,
-            smtp: None,
+            smtp,
         }
     }
 
@@ -325,58 +344,23 @@ impl MailHandler {
             .body(mail.body.clone())
             .map_err(|e| format!("cannot build the mail: {e}"))
     }
-
-    fn smtp(&mut self) -> Result<&SmtpTransport, String> {
-        if self.smtp.is_none() {
-            let MailTransport::Smtp {
-                host,
-                port,
-                security,
-                user,
-                password,
-                timeout,
-            } = &self.config.transport
-            else {
-                return Err("not an SMTP handler".into());
-            };
-            let builder = match security {
-                SmtpSecurity::Tls => SmtpTransport::relay(host),
-                SmtpSecurity::StartTls => SmtpTransport::starttls_relay(host),
-                SmtpSecurity::None => Ok(SmtpTransport::builder_dangerous(host.clone())),
-            }
-            .map_err(|e| format!("SMTP server {host}: {e}"))?;
-            let mut builder = builder.port(*port).timeout(Some(*timeout));
-            if let Some(user) = user {
-                let password = password
-                    .as_ref()
-                    .map(|p| p.expose().to_owned())
-                    .unwrap_or_default();
-                builder = builder.credentials(Credentials::new(user.clone(), password));
-            }
-            self.smtp = Some(builder.build());
-        }
-        self.smtp.as_ref().ok_or_else(|| "no SMTP transport".into())
-    }
 }
 
 impl DeliverEach for MailHandler {
-    fn deliver(&mut self, dispatch: &Dispatch<'_>, _attempt: u32) -> Result<(), String> {
+    fn deliver(&self, dispatch: &Dispatch<'_>, _attempt: u32) -> Outcome {
         let event = dispatch.event;
         let mail = self.render(event)?;
         let message = self.message(event, &mail)?;
-        match &self.config.transport {
-            MailTransport::Outbox { dir, mode } => {
+        match (&self.config.transport, &self.smtp) {
+            (MailTransport::Outbox { dir, mode }, _) => {
                 let path = outbox_file(dir, &event.key);
                 crate::files::write_atomically(&path, &message.formatted(), *mode)
-                    .map_err(|e| format!("cannot write {}: {e}", path.display()))
+                    .map_err(|e| Failed::later(format!("cannot write {}: {e}", path.display())))
             }
-            MailTransport::Smtp { host, port, .. } => {
-                let server = format!("{host}:{port}");
-                self.smtp()?
-                    .send(&message)
-                    .map(|_| ())
-                    .map_err(|e| format!("SMTP {server}: {e}"))
+            (MailTransport::Smtp { .. }, Some(pool)) => {
+                pool.send(message.envelope(), &message.formatted())
             }
+            (MailTransport::Smtp { .. }, None) => Err(Failed::later("no SMTP connection pool")),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod command;
 pub mod function;
 pub mod jsonl;
 pub mod mail;
+pub mod smtp;
 pub mod webhook;
 
 use std::io;
@@ -73,9 +74,48 @@ fn push_json_str(out: &mut String, s: &str) {
     }
 }
 
+/// Why a call failed, and what that means for the next attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    pub error: String,
+    pub retry: Retry,
+}
+
+/// When a failed call may be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Later, on the handler's backoff (counts towards `max_attempts`).
+    Later,
+    /// After this long, as the receiver asked (HTTP 429 or 503 with
+    /// `Retry-After`); not counted towards `max_attempts`.
+    After(std::time::Duration),
+    /// Never: it cannot work (an SMTP 5xx reply). The delivery is dead.
+    Never,
+}
+
+impl Failed {
+    /// A failure to try again later.
+    pub fn later(error: impl Into<String>) -> Failed {
+        Failed {
+            error: error.into(),
+            retry: Retry::Later,
+        }
+    }
+}
+
+impl From<String> for Failed {
+    fn from(error: String) -> Failed {
+        Failed::later(error)
+    }
+}
+
+/// What one call did.
+pub type Outcome = Result<(), Failed>;
+
 /// Called once per event; `Err` is the failure recorded with the delivery.
-pub trait DeliverEach: Send {
-    fn deliver(&mut self, dispatch: &Dispatch<'_>, attempt: u32) -> Result<(), String>;
+/// Shared by the calls a handler has in flight at once (`concurrency`).
+pub trait DeliverEach: Send + Sync {
+    fn deliver(&self, dispatch: &Dispatch<'_>, attempt: u32) -> Outcome;
 }
 
 /// A file that takes whole deliveries and can be cut back to a length.
@@ -102,7 +142,7 @@ pub enum CutError {
 
 /// A configured handler, ready to deliver.
 pub enum Sink {
-    Each(Box<dyn DeliverEach>),
+    Each(std::sync::Arc<dyn DeliverEach>),
     File(Box<dyn FileSink>),
 }
 
@@ -119,7 +159,7 @@ pub fn build(handler: &HandlerConfig, registry: &Registry, withheld: &[String]) 
             timeout,
             workdir,
             env,
-        } => Sink::Each(Box::new(command::CommandHandler::new(
+        } => Sink::Each(std::sync::Arc::new(command::CommandHandler::new(
             &handler.name,
             argv.clone(),
             *timeout,
@@ -127,24 +167,24 @@ pub fn build(handler: &HandlerConfig, registry: &Registry, withheld: &[String]) 
             env.clone(),
             withheld.to_vec(),
         ))),
-        HandlerKind::Function { function } => Sink::Each(Box::new(function::FunctionSink::new(
-            function,
-            registry.handler(function).cloned(),
-        ))),
+        HandlerKind::Function { function } => Sink::Each(std::sync::Arc::new(
+            function::FunctionSink::new(function, registry.handler(function).cloned()),
+        )),
         HandlerKind::Webhook {
             url,
             headers,
             signing_secret,
             timeout,
             connect_timeout,
-        } => Sink::Each(Box::new(webhook::WebhookHandler::new(
+        } => Sink::Each(std::sync::Arc::new(webhook::WebhookHandler::new(
             url.clone(),
             headers.clone(),
             signing_secret.clone(),
             *timeout,
             *connect_timeout,
+            handler.concurrency,
         ))),
-        HandlerKind::Mail(config) => Sink::Each(Box::new(mail::MailHandler::new(
+        HandlerKind::Mail(config) => Sink::Each(std::sync::Arc::new(mail::MailHandler::new(
             &handler.name,
             (**config).clone(),
         ))),

@@ -12,11 +12,14 @@
 //!
 //! A 2xx response is success; any other status, a timeout or a refused
 //! connection is a failure whose error carries the status and the first
-//! bytes of the response body. Redirects are not followed (an HTTP client
+//! bytes of the response body. A 429 or 503 with `Retry-After` (seconds or
+//! an HTTP date) is tried again after the time it asks for, and does not
+//! count towards `max_attempts`: the receiver is throttling, not failing. Redirects are not followed (an HTTP client
 //! would re-send as GET without the body, and hand the signature and the
 //! headers to another address): a 3xx is a failure naming its `Location`.
 //! The response body is read to its end (up to a limit), so that the
-//! connection can be used again.
+//! connection can be used again: one agent per handler keeps as many
+//! connections alive as the handler has calls in flight.
 
 use std::time::Duration;
 
@@ -24,7 +27,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use ureq::Agent;
 
-use super::{DeliverEach, Dispatch};
+use super::{DeliverEach, Dispatch, Failed, Outcome, Retry};
 use crate::config::Secret;
 
 /// How much of an error response's body a failure keeps.
@@ -51,12 +54,15 @@ impl WebhookHandler {
         signing_secret: Option<Secret>,
         timeout: Duration,
         connect_timeout: Duration,
+        concurrency: usize,
     ) -> Self {
         let agent: Agent = Agent::config_builder()
             .timeout_global(Some(timeout))
             .timeout_connect(Some(connect_timeout))
             .http_status_as_error(false)
             .max_redirects(0)
+            .max_idle_connections_per_host(concurrency.max(1))
+            .max_idle_connections(concurrency.max(1) * 2)
             .user_agent(concat!("spark/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
@@ -85,8 +91,19 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &str) -> String {
     )
 }
 
+/// How long a `Retry-After` header asks to wait: seconds, or an HTTP date.
+pub fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+    let wait = at.duration_since(jiff::Timestamp::now());
+    Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
+}
+
 impl DeliverEach for WebhookHandler {
-    fn deliver(&mut self, dispatch: &Dispatch<'_>, _attempt: u32) -> Result<(), String> {
+    fn deliver(&self, dispatch: &Dispatch<'_>, _attempt: u32) -> Outcome {
         let body = dispatch.to_json();
         let mut request = self
             .agent
@@ -105,7 +122,7 @@ impl DeliverEach for WebhookHandler {
         }
         let mut response = request
             .send(body.as_bytes())
-            .map_err(|e| format!("POST {}: {e}", self.url))?;
+            .map_err(|e| Failed::later(format!("POST {}: {e}", self.url)))?;
         let status = response.status();
         if status.is_success() {
             let _ = response
@@ -121,11 +138,16 @@ impl DeliverEach for WebhookHandler {
                 .get("location")
                 .and_then(|l| l.to_str().ok())
                 .unwrap_or("(none)");
-            return Err(format!(
+            return Err(Failed::later(format!(
                 "POST {}: HTTP {status}, redirected to {location}; spark does not follow redirects (point `url` at the final address)",
                 self.url
-            ));
+            )));
         }
+        let throttled = (status.as_u16() == 429 || status.as_u16() == 503)
+            .then(|| response.headers().get("retry-after"))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(retry_after);
         let text = response
             .body_mut()
             .with_config()
@@ -133,10 +155,20 @@ impl DeliverEach for WebhookHandler {
             .read_to_string()
             .unwrap_or_default();
         let text = text.trim();
-        Err(if text.is_empty() {
+        let error = if text.is_empty() {
             format!("POST {}: HTTP {status}", self.url)
         } else {
             format!("POST {}: HTTP {status}: {text}", self.url)
+        };
+        Err(match throttled {
+            Some(after) => Failed {
+                error: format!(
+                    "{error} (retry after {})",
+                    humantime::format_duration(after)
+                ),
+                retry: Retry::After(after),
+            },
+            None => Failed::later(error),
         })
     }
 }
@@ -144,6 +176,18 @@ impl DeliverEach for WebhookHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        assert_eq!(retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "a date in the past: now"
+        );
+        assert_eq!(retry_after("soon"), None);
+    }
 
     #[test]
     fn signature_is_hmac_sha256_of_timestamp_dot_body() {

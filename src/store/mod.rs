@@ -118,6 +118,9 @@ pub struct PlannedDelivery {
     /// Whether the handler writes a local file (its deliveries belong to
     /// this host: another host's file is another file).
     pub file_sink: bool,
+    /// Keys per delivery where workers share the backlog (PostgreSQL): a
+    /// few calls' worth, enough to keep the handler's calls in flight busy.
+    pub chunk: usize,
 }
 
 /// What a batch left in the store.

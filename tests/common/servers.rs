@@ -2,9 +2,10 @@
 //! (tiny_http) that records each request and answers as it is told, and an
 //! SMTP server (mailin-embedded) that collects each mail.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -33,6 +34,8 @@ pub struct Hook {
     pub base: String,
     requests: Arc<Mutex<Vec<Request>>>,
     pub status: Arc<AtomicU16>,
+    /// The most requests a slow server had in hand at once.
+    pub most_at_once: Arc<AtomicUsize>,
 }
 
 impl Hook {
@@ -87,6 +90,7 @@ impl Hook {
             base,
             requests,
             status,
+            most_at_once: Arc::default(),
         }
     }
 
@@ -94,48 +98,47 @@ impl Hook {
         self.requests.lock().unwrap().clone()
     }
 
-    /// A server answering 200 after `delay`, each request on a thread of
-    /// its own (so that concurrent clients are served concurrently), with
-    /// `hold` (if any) called first for each request (a test can make one
-    /// hang).
+    /// A server answering 200 (or the status set in `status`) after
+    /// `delay`, each connection on a thread of its own (so that concurrent
+    /// clients are served concurrently, as a real receiver would), keeping
+    /// connections alive; `hold` is called first for each request (a test
+    /// can make one hang). Plain HTTP/1.1 on a `TcpListener`: tiny_http
+    /// let some concurrent requests wait for its own timeouts.
     pub fn slow(
         delay: std::time::Duration,
         hold: impl Fn(&Request) + Send + Sync + 'static,
     ) -> Hook {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind"));
-        let port = server.server_addr().to_ip().expect("ip").port();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
-        let hold = Arc::new(hold);
-        let (r, s) = (requests.clone(), status.clone());
+        let hold: Arc<dyn Fn(&Request) + Send + Sync> = Arc::new(hold);
+        let most_at_once = Arc::new(AtomicUsize::new(0));
+        let in_hand = Arc::new(AtomicUsize::new(0));
+        let (r, s, most) = (requests.clone(), status.clone(), most_at_once.clone());
         thread::spawn(move || {
-            for mut req in server.incoming_requests() {
+            for stream in listener.incoming().flatten() {
                 let (r, s, hold) = (r.clone(), s.clone(), hold.clone());
+                let (most, in_hand) = (most.clone(), in_hand.clone());
                 thread::spawn(move || {
-                    let mut body = String::new();
-                    let _ = req.as_reader().read_to_string(&mut body);
-                    let headers = req
-                        .headers()
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.field.as_str().as_str().to_ascii_lowercase(),
-                                h.value.as_str().to_owned(),
-                            )
-                        })
-                        .collect();
-                    let request = Request {
-                        method: req.method().as_str().to_owned(),
-                        url: req.url().to_owned(),
-                        headers,
-                        body,
-                        received: std::time::Instant::now(),
-                    };
-                    hold(&request);
-                    thread::sleep(delay);
-                    r.lock().unwrap().push(request);
-                    let code = s.load(Ordering::SeqCst);
-                    let _ = req.respond(tiny_http::Response::empty(code));
+                    let mut reader = BufReader::new(match stream.try_clone() {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    });
+                    let mut writer = stream;
+                    while let Some(request) = read_request(&mut reader) {
+                        let now = in_hand.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        hold(&request);
+                        thread::sleep(delay);
+                        r.lock().unwrap().push(request);
+                        let code = s.load(Ordering::SeqCst);
+                        in_hand.fetch_sub(1, Ordering::SeqCst);
+                        let answer = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
+                        if writer.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
                 });
             }
         });
@@ -145,6 +148,7 @@ impl Hook {
             base,
             requests,
             status,
+            most_at_once,
         }
     }
 
@@ -163,6 +167,41 @@ impl Hook {
     }
 }
 
+/// Reads one HTTP/1.1 request (with a `content-length` body); `None` at
+/// the end of the connection.
+fn read_request(reader: &mut BufReader<std::net::TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    reader.read_line(&mut line).ok().filter(|n| *n > 0)?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_owned();
+    let url = parts.next()?.to_owned();
+    let mut headers = HashMap::new();
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok().filter(|n| *n > 0)?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+        }
+    }
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(Request {
+        method,
+        url,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        received: std::time::Instant::now(),
+    })
+}
+
 /// One mail the SMTP server received: envelope and data.
 #[derive(Debug, Clone, Default)]
 pub struct Received {
@@ -171,16 +210,23 @@ pub struct Received {
     pub data: Vec<u8>,
 }
 
+/// Cloned for each connection: `current` is that connection's mail.
 #[derive(Clone)]
 struct Collector {
-    current: Arc<Mutex<Received>>,
+    current: Received,
     received: Arc<Mutex<Vec<Received>>>,
     refuse: Arc<AtomicBool>,
+    replies: Arc<Mutex<VecDeque<(u16, String)>>>,
+    hellos: Arc<AtomicUsize>,
 }
 
 impl Handler for Collector {
+    fn helo(&mut self, _ip: std::net::IpAddr, _domain: &str) -> Response {
+        self.hellos.fetch_add(1, Ordering::SeqCst);
+        response::OK
+    }
     fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, from: &str) -> Response {
-        *self.current.lock().unwrap() = Received {
+        self.current = Received {
             from: from.to_owned(),
             ..Received::default()
         };
@@ -190,15 +236,18 @@ impl Handler for Collector {
         if self.refuse.load(Ordering::SeqCst) {
             return response::NO_MAILBOX;
         }
-        self.current.lock().unwrap().to.push(to.to_owned());
+        self.current.to.push(to.to_owned());
         response::OK
     }
     fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.current.lock().unwrap().data.extend_from_slice(buf);
+        self.current.data.extend_from_slice(buf);
         Ok(())
     }
     fn data_end(&mut self) -> Response {
-        let mail = std::mem::take(&mut *self.current.lock().unwrap());
+        let mail = std::mem::take(&mut self.current);
+        if let Some((code, text)) = self.replies.lock().unwrap().pop_front() {
+            return Response::custom(code, text);
+        }
         self.received.lock().unwrap().push(mail);
         response::OK
     }
@@ -209,6 +258,8 @@ pub struct Smtp {
     pub port: u16,
     received: Arc<Mutex<Vec<Received>>>,
     pub refuse: Arc<AtomicBool>,
+    replies: Arc<Mutex<VecDeque<(u16, String)>>>,
+    hellos: Arc<AtomicUsize>,
 }
 
 impl Smtp {
@@ -216,16 +267,22 @@ impl Smtp {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let collector = Collector {
-            current: Arc::default(),
+            current: Received::default(),
             received: Arc::default(),
             refuse: Arc::default(),
+            replies: Arc::default(),
+            hellos: Arc::default(),
         };
-        let (received, refuse) = (collector.received.clone(), collector.refuse.clone());
+        let received = collector.received.clone();
+        let refuse = collector.refuse.clone();
+        let replies = collector.replies.clone();
+        let hellos = collector.hellos.clone();
         let mut server = Server::new(collector);
         server
             .with_name("smtp.test")
             .with_ssl(SslConfig::None)
             .unwrap()
+            .with_num_threads(16)
             .with_tcp_listener(listener);
         thread::spawn(move || {
             let _ = server.serve();
@@ -234,7 +291,23 @@ impl Smtp {
             port,
             received,
             refuse,
+            replies,
+            hellos,
         }
+    }
+
+    /// The next mails' end-of-data replies, in order, instead of 250 (a
+    /// mail answered so is not kept).
+    pub fn reply_next(&self, replies: &[(u16, &str)]) {
+        self.replies
+            .lock()
+            .unwrap()
+            .extend(replies.iter().map(|(c, t)| (*c, (*t).to_owned())));
+    }
+
+    /// How many connections said hello.
+    pub fn connections(&self) -> usize {
+        self.hellos.load(Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<Received> {

@@ -15,7 +15,8 @@
 //!   fenced (`AND claimed_by = me`): a process that lost its claim learns it
 //!   (`Error::LostClaim`) and stops working on that delivery.
 //! - **Chunks**: deliveries for handlers called once per event are written
-//!   in chunks of `CHUNK` keys, so that many workers share a backlog evenly.
+//!   in chunks (`PlannedDelivery::chunk`: 10 keys, or four windows of a
+//!   handler's calls in flight), so that many workers share a backlog evenly.
 //!   Deliveries for a file sink (jsonl) belong to the host that recorded
 //!   them (`host`), and are written claimed by the process that holds the
 //!   file, which delivers them at once.
@@ -48,10 +49,6 @@ use crate::store::{
     ContextJson, Delivery, DeliveryQuery, DeliveryState, Failure, FileMark, Forgotten,
     PlannedDelivery, Pruned, Recorded, Store, StoredEvent,
 };
-
-/// Keys per delivery row for handlers called once per event: small enough
-/// that workers share a backlog evenly, large enough to keep the rows few.
-pub const CHUNK: usize = 10;
 
 /// Planner costs for spark's own sessions (see `PgStore::open`).
 pub(crate) const LOOKUP_COSTS: &str = "SET random_page_cost = 1.1";
@@ -976,7 +973,7 @@ impl PgStore {
                 chunk_keys.push(keys_json(&keys));
                 chunk_hosts.push(Some(&host));
             } else {
-                for chunk in keys.chunks(CHUNK) {
+                for chunk in keys.chunks(p.chunk.max(1)) {
                     chunk_handlers.push(&p.handler);
                     chunk_keys.push(keys_json(chunk));
                     chunk_hosts.push(None);
