@@ -3,6 +3,7 @@
 
 Usage: handlers.py SPARK_BIN [--reps 3] [--webhook-events 2000] [--delay-ms 20]
                    [--mails 1000] [--concurrency 1,4,16]
+                   [--mail-concurrency 1,4]
 
 Webhook: an SQLite database with WEBHOOK_EVENTS/2 challenges (each yields
 challenge_created and challenge_inactivity_2d) and a loopback HTTP/1.1
@@ -13,7 +14,7 @@ is from the start to the server's last answer.
 Mail: MAILS challenges, a mail handler for challenge_created, and a loopback
 SMTP server (a thread per connection, no TLS) that takes each mail at once
 and counts connections. The pooled handler (default) against
-`smtp_pool = false` (one connection per mail), each with `concurrency = 1`.
+`smtp_pool = false` (one connection per mail), at each of MAIL_CONCURRENCY.
 
 Every key must arrive exactly once. Prints one line per run and Markdown
 tables with medians and spreads (min-max) over REPS runs; exit 1 if a key
@@ -214,6 +215,8 @@ def main():
     ap.add_argument("--delay-ms", type=float, default=20)
     ap.add_argument("--mails", type=int, default=1000)
     ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--mail-concurrency", default="1,4",
+                    type=lambda v: [int(x) for x in v.split(",")])
     args = ap.parse_args()
     spark = os.path.abspath(args.spark)
     failed = False
@@ -233,7 +236,12 @@ def main():
         hooks.append((n, runs))
 
     mails = []
-    for name, settings in [("pooled", ""), ("one connection per mail", "smtp_pool = false")]:
+    for name, settings in [
+        (f"pooled, concurrency {n}", f"concurrency = {n}") for n in args.mail_concurrency
+    ] + [
+        (f"one connection per mail, concurrency {n}", f"smtp_pool = false\nconcurrency = {n}")
+        for n in args.mail_concurrency
+    ]:
         runs = []
         for _ in range(args.reps):
             seconds, connections, ok = run_spark(spark, mail(settings), args.mails, args.mails,
@@ -259,10 +267,11 @@ def main():
     print()
     print(f"Mail, {args.mails} mails to a loopback SMTP server (median of {args.reps}):")
     print()
-    print("| handler | mails/s | spread | vs one connection per mail | connections |")
+    print("| handler | mails/s | spread | vs one connection per mail (same concurrency) | connections |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    base = statistics.median(r for r, _ in mails[-1][1])
-    for name, runs in mails:
+    k = len(args.mail_concurrency)
+    for j, (name, runs) in enumerate(mails):
+        base = statistics.median(r for r, _ in mails[k + j % k][1])
         rates = [r for r, _ in runs]
         rate = statistics.median(rates)
         print(f"| {name} | {rate:.1f} | {spread(rates)} | {rate / base:.2f}x | "

@@ -516,6 +516,11 @@ impl Engine {
             // Outcomes not recorded yet (`None`: the event is gone).
             let mut pending: BTreeMap<usize, Option<Outcome>> = BTreeMap::new();
             loop {
+                // Recorded first, so that the window moves on before new
+                // calls start.
+                if self.record_ready(store, h, delivery, &mut pending)? {
+                    return Ok(());
+                }
                 while in_flight < calls.n
                     && next < len
                     && next < delivery.done + calls.n
@@ -537,43 +542,20 @@ impl Engine {
                         });
                     }
                 }
-                // Record in key order what the window has.
-                while let Some(outcome) = pending.remove(&delivery.done) {
-                    let i = delivery.done;
-                    match outcome {
-                        None => {
-                            tracing::warn!(key = %delivery.keys[i], handler = %delivery.handler,
-                                "event no longer in the seen table; its delivery is dropped");
-                            store.advance(delivery, i + 1)?;
-                        }
-                        Some(Ok(())) => {
-                            crashpoint::hit("call-returned");
-                            store.advance(delivery, i + 1)?;
-                            self.stats[h].delivered += 1;
-                        }
-                        Some(Err(failed)) => {
-                            let key = delivery.keys[i].clone();
-                            let failure = self.failure(h, delivery, failed);
-                            // Split out to a delivery of its own; the last
-                            // key's failure is the delivery's own (its
-                            // `done` stays: nothing is left to call).
-                            store.fail_next(delivery, &failure)?;
-                            self.note_failure(h, &key, &failure, 1);
-                            if i + 1 == len {
-                                return Ok(());
-                            }
-                        }
-                    }
-                }
                 if in_flight == 0 {
-                    if next >= len || signals::requested().is_some() {
+                    if pending.is_empty() && (next >= len || signals::requested().is_some()) {
                         break;
                     }
                     continue;
                 }
+                // Wait for one outcome, and take every other one ready.
                 if let Ok((i, outcome)) = rx.recv() {
                     in_flight -= 1;
                     pending.insert(i, Some(outcome));
+                    while let Ok((i, outcome)) = rx.try_recv() {
+                        in_flight -= 1;
+                        pending.insert(i, Some(outcome));
+                    }
                 }
             }
             if delivery.done < len {
@@ -581,6 +563,53 @@ impl Engine {
             }
             Ok(())
         })
+    }
+
+    /// Records, in key order, the outcomes `pending` holds from the
+    /// delivery's next key on: a run of successes (and events gone) in one
+    /// transaction, then a failure on its own, and so on. Returns whether
+    /// the delivery's last key failed (the delivery itself is failed then).
+    fn record_ready(
+        &mut self,
+        store: &mut dyn Store,
+        h: usize,
+        delivery: &mut Delivery,
+        pending: &mut BTreeMap<usize, Option<Outcome>>,
+    ) -> Result<bool> {
+        loop {
+            let from = delivery.done;
+            let mut end = from;
+            let mut delivered = 0;
+            while let Some(Some(Ok(())) | None) = pending.get(&end) {
+                if let Some(None) = pending.remove(&end) {
+                    tracing::warn!(key = %delivery.keys[end], handler = %delivery.handler,
+                        "event no longer in the seen table; its delivery is dropped");
+                } else {
+                    delivered += 1;
+                }
+                end += 1;
+            }
+            if end > from {
+                if delivered > 0 {
+                    crashpoint::hit("call-returned");
+                }
+                store.advance(delivery, end)?;
+                self.stats[h].delivered += delivered;
+            }
+            let i = delivery.done;
+            let Some(Some(Err(failed))) = pending.remove(&i) else {
+                return Ok(false);
+            };
+            let key = delivery.keys[i].clone();
+            let failure = self.failure(h, delivery, failed);
+            // Split out to a delivery of its own; the last key's failure is
+            // the delivery's own (its `done` stays: nothing is left to call).
+            store.fail_next(delivery, &failure)?;
+            self.note_failure(h, &key, &failure, 1);
+            if i + 1 == delivery.keys.len() {
+                return Ok(true);
+            }
+        }
     }
 
     /// At-most-once: each key is marked in flight (a delivery of its own)

@@ -322,7 +322,7 @@ fn a_thousand_mails_travel_on_a_handful_of_connections() {
 fn a_mail_refused_after_its_data_is_not_sent_again_within_the_call() {
     let smtp = Smtp::start();
     // 421: the server is closing the connection.
-    smtp.reply_next(&[(421, "4.4.2 idle too long, closing")]);
+    smtp.reply_after_data(&[(421, "4.4.2 idle too long, closing")]);
     let case = challenges_case_on(
         Backend::Sqlite,
         "(1, 'a', 'a@x', 1, '2026-03-09', '2026-03-30'), (2, 'b', 'b@x', 1, '2026-03-09', '2026-03-30')",
@@ -411,4 +411,77 @@ fn config_shows_concurrency_and_rate() {
         .unwrap();
     assert_eq!(hook["concurrency"], 16);
     assert_eq!(hook["rate"], "600/m");
+}
+
+/// A mail handler for `created` events sending through `transport`.
+fn mail_handler(transport: &str) -> String {
+    format!(
+        "[[handlers]]\nname = \"mail\"\ngroup = \"created\"\nkind = \"mail\"\nfrom = \"spark@example.org\"\nto = \"{{{{ challenge.user_email }}}}\"\nsubject = \"hi\"\nbody = \"hello\"\nbackoff = \"0s\"\n{transport}\n"
+    )
+}
+
+#[test]
+fn starttls_to_a_relay_with_a_private_ca_given_in_smtp_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (smtp, cert) = Smtp::start_tls(dir.path());
+    let transport = format!(
+        "transport = \"smtp\"\nsmtp_host = \"localhost\"\nsmtp_port = {}\nsmtp_security = \"starttls\"\ntimeout = \"5s\"",
+        smtp.port
+    );
+    // Not signed by a public authority: refused, named.
+    let case = one_challenge(Backend::Sqlite, &mail_handler(&transport));
+    case.run(&["process-sources", "--as-of", AS_OF])
+        .status(1)
+        .stderr_has(&["mail", "SMTP localhost:", "certificate"]);
+    assert!(smtp.received().is_empty());
+    // Trusted through smtp_ca_file: sent, encrypted.
+    let case = case.file("ca.pem", &cert).file(
+        "spark.toml",
+        &challenge_config(&mail_handler(&format!(
+            "{transport}\nsmtp_ca_file = \"ca.pem\""
+        ))),
+    );
+    case.run(&["process-sources", "--as-of", AS_OF]).success();
+    assert_eq!(smtp.received().len(), 1);
+}
+
+#[test]
+fn a_wrong_smtp_ca_file_or_smtp_settings_beside_an_outbox_are_named() {
+    let smtp = "transport = \"smtp\"\nsmtp_host = \"localhost\"\nsmtp_port = 2525";
+    for (settings, files, expect) in [
+        (
+            format!("{smtp}\nsmtp_ca_file = \"nope.pem\""),
+            vec![],
+            vec!["mail", "smtp_ca_file", "nope.pem"],
+        ),
+        (
+            format!("{smtp}\nsmtp_ca_file = \"ca.pem\""),
+            vec![("ca.pem", "not a certificate")],
+            vec!["mail", "smtp_ca_file", "no PEM certificate"],
+        ),
+        (
+            format!("{smtp}\nsmtp_security = \"none\"\nsmtp_ca_file = \"ca.pem\""),
+            vec![("ca.pem", "")],
+            vec!["mail", "smtp_ca_file", "starttls"],
+        ),
+        (
+            "transport = \"outbox\"\noutbox = \"out\"\nsmtp_host = \"relay.example.org\""
+                .to_owned(),
+            vec![],
+            vec!["mail", "smtp_host", "outbox"],
+        ),
+        (
+            format!("{smtp}\noutbox = \"out\""),
+            vec![],
+            vec!["mail", "outbox", "transport smtp"],
+        ),
+    ] {
+        let mut case = one_challenge(Backend::Sqlite, &mail_handler(&settings));
+        for (name, text) in files {
+            case = case.file(name, text);
+        }
+        case.run(&["check"]).status(2).stderr_has(&expect);
+        case.run(&["process-sources", "--as-of", AS_OF]).status(2);
+        assert!(!case.path("events.jsonl").exists(), "nothing written");
+    }
 }

@@ -368,8 +368,12 @@ fn config_view(config: &Config) -> ConfigView {
                             password,
                             timeout,
                             pool,
+                            ca,
                         } => {
                             v["transport"] = json!("smtp");
+                            if let Some(ca) = ca {
+                                v["smtp_ca_file"] = json!(ca.path.display().to_string());
+                            }
                             if !pool {
                                 v["smtp_pool"] = json!(false);
                             }

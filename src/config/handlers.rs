@@ -143,6 +143,13 @@ impl fmt::Display for Rate {
     }
 }
 
+/// A PEM file of certificate authorities, read when the config is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaFile {
+    pub path: PathBuf,
+    pub pem: Vec<u8>,
+}
+
 /// The most calls a handler may have in flight.
 pub const MAX_CONCURRENCY: i64 = 256;
 
@@ -231,6 +238,9 @@ pub enum MailTransport {
         /// Keep connections open for the next mail (`smtp_pool`, default
         /// true); false opens one per mail.
         pool: bool,
+        /// The certificate authorities to trust instead of the public ones
+        /// (`smtp_ca_file`, PEM), for a relay with a private CA.
+        ca: Option<CaFile>,
     },
 }
 
@@ -370,10 +380,11 @@ impl Validator<'_> {
             ("smtp_port", span(&raw.smtp_port)),
             ("smtp_security", span(&raw.smtp_security)),
         ];
-        let more: [(&'static str, Span); 5] = [
+        let more: [(&'static str, Span); 6] = [
             ("smtp_user", span(&raw.smtp_user)),
             ("smtp_password_env", span(&raw.smtp_password_env)),
             ("smtp_pool", span(&raw.smtp_pool)),
+            ("smtp_ca_file", span(&raw.smtp_ca_file)),
             ("concurrency", span(&raw.concurrency)),
             ("rate", span(&raw.rate)),
         ];
@@ -503,6 +514,7 @@ impl Validator<'_> {
                 "smtp_user",
                 "smtp_password_env",
                 "smtp_pool",
+                "smtp_ca_file",
                 "timeout",
                 "mode",
                 "concurrency",
@@ -799,21 +811,45 @@ impl Validator<'_> {
                     );
                     return None;
                 };
+                // An SMTP setting beside an outbox is a slip that would
+                // leave every mail in a folder: said, not ignored.
+                for (field, span) in [
+                    ("smtp_host", span(&raw.smtp_host)),
+                    ("smtp_port", span(&raw.smtp_port)),
+                    ("smtp_security", span(&raw.smtp_security)),
+                    ("smtp_user", span(&raw.smtp_user)),
+                    ("smtp_password_env", span(&raw.smtp_password_env)),
+                    ("smtp_pool", span(&raw.smtp_pool)),
+                    ("smtp_ca_file", span(&raw.smtp_ca_file)),
+                ] {
+                    if let Some(span) = span {
+                        self.report(
+                            span,
+                            Problem::UnusedField {
+                                entry: entry.to_owned(),
+                                field,
+                                why: "to transport outbox (it sends nothing)".into(),
+                            },
+                        );
+                    }
+                }
                 Some(MailTransport::Outbox {
                     dir: self.resolve(dir.get_ref()),
                     mode: self.mode(entry, raw),
                 })
             }
             "smtp" => {
-                if let Some(mode) = &raw.mode {
-                    self.report(
-                        mode.span(),
-                        Problem::UnusedField {
-                            entry: entry.to_owned(),
-                            field: "mode",
-                            why: "to transport smtp (it writes no files)".into(),
-                        },
-                    );
+                for (field, span) in [("mode", span(&raw.mode)), ("outbox", span(&raw.outbox))] {
+                    if let Some(span) = span {
+                        self.report(
+                            span,
+                            Problem::UnusedField {
+                                entry: entry.to_owned(),
+                                field,
+                                why: "to transport smtp (it writes no files)".into(),
+                            },
+                        );
+                    }
                 }
                 let Some(host) = &raw.smtp_host else {
                     self.missing(
@@ -860,6 +896,10 @@ impl Validator<'_> {
                     .smtp_password_env
                     .as_ref()
                     .map(|var| self.env(entry, "smtp_password_env", var));
+                let ca = raw
+                    .smtp_ca_file
+                    .as_ref()
+                    .and_then(|file| self.ca_file(entry, file, security));
                 Some(MailTransport::Smtp {
                     host: host.get_ref().clone(),
                     port,
@@ -868,6 +908,7 @@ impl Validator<'_> {
                     password,
                     timeout,
                     pool: raw.smtp_pool.as_ref().is_none_or(|p| *p.get_ref()),
+                    ca,
                 })
             }
             other => {
@@ -881,6 +922,42 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+}
+
+impl Validator<'_> {
+    /// Reads `smtp_ca_file`: a readable PEM file with at least one
+    /// certificate, for a handler that uses TLS.
+    fn ca_file(
+        &mut self,
+        entry: &str,
+        file: &Spanned<String>,
+        security: SmtpSecurity,
+    ) -> Option<CaFile> {
+        let path = self.resolve(file.get_ref());
+        let problem = if security == SmtpSecurity::None {
+            Some("smtp_security = \"none\" uses no TLS: set \"starttls\" or \"tls\"".to_owned())
+        } else {
+            match std::fs::read(&path) {
+                Err(e) => Some(format!("cannot read {}: {e}", path.display())),
+                Ok(pem) => {
+                    use rustls_pki_types::CertificateDer;
+                    use rustls_pki_types::pem::PemObject;
+                    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+                    match certs {
+                        Ok(certs) if !certs.is_empty() => {
+                            return Some(CaFile { path, pem });
+                        }
+                        Ok(_) => Some(format!("{} holds no PEM certificate", path.display())),
+                        Err(e) => Some(format!("{}: not PEM certificates ({e})", path.display())),
+                    }
+                }
+            }
+        };
+        if let Some(problem) = problem {
+            self.bad_value(entry, "smtp_ca_file", file.span(), problem);
+        }
+        None
     }
 }
 

@@ -107,6 +107,7 @@ pub struct RawHandler {
     pub smtp_user: Option<Spanned<String>>,
     pub smtp_password_env: Option<Spanned<String>>,
     pub smtp_pool: Option<Spanned<bool>>,
+    pub smtp_ca_file: Option<Spanned<String>>,
     // throughput
     pub concurrency: Option<Spanned<i64>>,
     pub rate: Option<Spanned<String>>,

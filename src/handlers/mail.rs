@@ -179,6 +179,7 @@ impl MailHandler {
                 password,
                 timeout,
                 pool,
+                ca,
             } => Some(super::smtp::Pool::new(super::smtp::Server {
                 host: host.clone(),
                 port: *port,
@@ -187,6 +188,7 @@ impl MailHandler {
                 password: password.clone(),
                 timeout: *timeout,
                 pool: *pool,
+                ca: ca.as_ref().map(|ca| ca.pem.clone()),
             })),
             MailTransport::Outbox { .. } => None,
         };

@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
-use lettre::transport::smtp::client::{SmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{
+    Certificate, CertificateStore, SmtpConnection, TlsParameters,
+};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 
@@ -39,6 +41,8 @@ pub struct Server {
     pub timeout: Duration,
     /// Keep connections for the next mail.
     pub pool: bool,
+    /// PEM certificate authorities to trust instead of the public roots.
+    pub ca: Option<Vec<u8>>,
 }
 
 /// A handler's SMTP connections.
@@ -106,7 +110,13 @@ impl Pool {
     fn connect(&self) -> Result<SmtpConnection, lettre::transport::smtp::Error> {
         let s = &self.server;
         let hello = ClientId::default();
-        let tls = || TlsParameters::new(s.host.clone());
+        let tls = || match &s.ca {
+            None => TlsParameters::new(s.host.clone()),
+            Some(pem) => TlsParameters::builder(s.host.clone())
+                .certificate_store(CertificateStore::None)
+                .add_root_certificate(Certificate::from_pem(pem)?)
+                .build_rustls(),
+        };
         let wrapper = match s.security {
             SmtpSecurity::Tls => Some(tls()?),
             _ => None,
@@ -160,21 +170,31 @@ impl Pool {
             conn = self.connect().map_err(|e| failed(&server, &e))?;
             outcome = transaction(&mut conn, envelope, message);
         }
-        let outcome = outcome.map_err(|(_, e)| e);
         let keep = match &outcome {
             Ok(()) => true,
-            // Refused, but the conversation can go on after a reset.
-            Err(e) if e.status().is_some() && !conn.has_broken() => conn.command(Rset).is_ok(),
-            Err(_) => false,
+            // The server answered the end of the message: the transaction
+            // is over, the next one can start (unless the server said it
+            // is closing: 421).
+            Err((Stage::Message, e)) => {
+                e.status().is_some_and(|c| c.to_string() != "421") && !conn.has_broken()
+            }
+            // Refused before the message: the conversation goes on after a
+            // reset.
+            Err((Stage::Envelope, e)) => {
+                e.status().is_some() && !conn.has_broken() && conn.command(Rset).is_ok()
+            }
         };
+        let outcome = outcome.map_err(|(_, e)| e);
         if keep && self.server.pool {
             self.idle
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(conn);
-        } else {
+        } else if keep {
             let _ = conn.quit();
         }
+        // Otherwise the connection is dropped (closed) without waiting for
+        // a server that may not answer any more.
         outcome.map_err(|e| failed(&server, &e))
     }
 }

@@ -217,6 +217,7 @@ struct Collector {
     received: Arc<Mutex<Vec<Received>>>,
     refuse: Arc<AtomicBool>,
     replies: Arc<Mutex<VecDeque<(u16, String)>>>,
+    data_replies: Arc<Mutex<VecDeque<(u16, String)>>>,
     hellos: Arc<AtomicUsize>,
 }
 
@@ -236,6 +237,9 @@ impl Handler for Collector {
         if self.refuse.load(Ordering::SeqCst) {
             return response::NO_MAILBOX;
         }
+        if let Some((code, text)) = self.replies.lock().unwrap().pop_front() {
+            return Response::custom(code, text);
+        }
         self.current.to.push(to.to_owned());
         response::OK
     }
@@ -245,7 +249,7 @@ impl Handler for Collector {
     }
     fn data_end(&mut self) -> Response {
         let mail = std::mem::take(&mut self.current);
-        if let Some((code, text)) = self.replies.lock().unwrap().pop_front() {
+        if let Some((code, text)) = self.data_replies.lock().unwrap().pop_front() {
             return Response::custom(code, text);
         }
         self.received.lock().unwrap().push(mail);
@@ -259,11 +263,35 @@ pub struct Smtp {
     received: Arc<Mutex<Vec<Received>>>,
     pub refuse: Arc<AtomicBool>,
     replies: Arc<Mutex<VecDeque<(u16, String)>>>,
+    data_replies: Arc<Mutex<VecDeque<(u16, String)>>>,
     hellos: Arc<AtomicUsize>,
 }
 
 impl Smtp {
     pub fn start() -> Smtp {
+        Smtp::with_ssl(SslConfig::None)
+    }
+
+    /// A server offering STARTTLS with a certificate for `localhost` that
+    /// it made itself; returns the server and that certificate (PEM), which
+    /// a client must be told to trust.
+    pub fn start_tls(dir: &std::path::Path) -> (Smtp, String) {
+        // Both of rustls's providers are built into the tests (through
+        // mailin-embedded): say which.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = made.cert.pem();
+        let (cert_path, key_path) = (dir.join("smtp-cert.pem"), dir.join("smtp-key.pem"));
+        std::fs::write(&cert_path, &cert).unwrap();
+        std::fs::write(&key_path, made.signing_key.serialize_pem()).unwrap();
+        let smtp = Smtp::with_ssl(SslConfig::SelfSigned {
+            cert_path: cert_path.display().to_string(),
+            key_path: key_path.display().to_string(),
+        });
+        (smtp, cert)
+    }
+
+    fn with_ssl(ssl: SslConfig) -> Smtp {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let collector = Collector {
@@ -271,16 +299,18 @@ impl Smtp {
             received: Arc::default(),
             refuse: Arc::default(),
             replies: Arc::default(),
+            data_replies: Arc::default(),
             hellos: Arc::default(),
         };
         let received = collector.received.clone();
         let refuse = collector.refuse.clone();
         let replies = collector.replies.clone();
+        let data_replies = collector.data_replies.clone();
         let hellos = collector.hellos.clone();
         let mut server = Server::new(collector);
         server
             .with_name("smtp.test")
-            .with_ssl(SslConfig::None)
+            .with_ssl(ssl)
             .unwrap()
             .with_num_threads(16)
             .with_tcp_listener(listener);
@@ -292,14 +322,25 @@ impl Smtp {
             received,
             refuse,
             replies,
+            data_replies,
             hellos,
         }
     }
 
-    /// The next mails' end-of-data replies, in order, instead of 250 (a
-    /// mail answered so is not kept).
+    /// The replies to the next recipients (RCPT), in order, instead of 250.
     pub fn reply_next(&self, replies: &[(u16, &str)]) {
         self.replies
+            .lock()
+            .unwrap()
+            .extend(replies.iter().map(|(c, t)| (*c, (*t).to_owned())));
+    }
+
+    /// The replies to the next mails' ends (after DATA), in order, instead
+    /// of 250 (a mail answered so is not kept). mailin-embedded stays in
+    /// its DATA state after such a reply, so a client must not use that
+    /// connection again (a 421 says as much).
+    pub fn reply_after_data(&self, replies: &[(u16, &str)]) {
+        self.data_replies
             .lock()
             .unwrap()
             .extend(replies.iter().map(|(c, t)| (*c, (*t).to_owned())));
