@@ -3,7 +3,7 @@
 
 Usage: handlers.py SPARK_BIN [--reps 3] [--webhook-events 2000] [--delay-ms 20]
                    [--mails 1000] [--concurrency 1,4,16]
-                   [--mail-concurrency 1,4]
+                   [--mail-concurrency 1,4] [--mail-security starttls,none]
 
 Webhook: an SQLite database with WEBHOOK_EVENTS/2 challenges (each yields
 challenge_created and challenge_inactivity_2d) and a loopback HTTP/1.1
@@ -12,9 +12,11 @@ DELAY ms. One `spark process-sources` per setting of `concurrency`; the time
 is from the start to the server's last answer.
 
 Mail: MAILS challenges, a mail handler for challenge_created, and a loopback
-SMTP server (a thread per connection, no TLS) that takes each mail at once
-and counts connections. The pooled handler (default) against
-`smtp_pool = false` (one connection per mail), at each of MAIL_CONCURRENCY.
+SMTP server (a thread per connection) that takes each mail at once and
+counts connections: with STARTTLS (as relays require; a certificate for
+localhost made with openssl, given to spark in `smtp_ca_file`) and without
+TLS. The pooled handler (default) against `smtp_pool = false` (one
+connection per mail), at each of MAIL_CONCURRENCY.
 
 Every key must arrive exactly once. Prints one line per run and Markdown
 tables with medians and spreads (min-max) over REPS runs; exit 1 if a key
@@ -25,6 +27,7 @@ import json
 import os
 import shutil
 import socketserver
+import ssl
 import sqlite3
 import statistics
 import subprocess
@@ -81,12 +84,14 @@ def http_server(counter, delay):
     return server
 
 
-def smtp_server(counter):
+def smtp_server(counter, tls=None):
+    """An SMTP server; with `tls` (an ssl.SSLContext) it offers STARTTLS."""
     class Handler(socketserver.StreamRequestHandler):
         def handle(self):
             counter.connected()
             out = self.wfile
             out.write(b"220 smtp.bench ESMTP\r\n")
+            out.flush()
             message_id = None
             while True:
                 line = self.rfile.readline()
@@ -94,7 +99,15 @@ def smtp_server(counter):
                     return
                 verb = line[:4].upper()
                 if verb in (b"EHLO", b"HELO"):
-                    out.write(b"250-smtp.bench\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+                    starttls = b"250-STARTTLS\r\n" if tls and not hasattr(self, "tls") else b""
+                    out.write(b"250-smtp.bench\r\n" + starttls + b"250-8BITMIME\r\n250 SMTPUTF8\r\n")
+                elif verb == b"STAR" and tls:
+                    out.write(b"220 go ahead\r\n")
+                    out.flush()
+                    self.tls = tls.wrap_socket(self.connection, server_side=True)
+                    self.rfile = self.tls.makefile("rb")
+                    self.wfile = out = self.tls.makefile("wb")
+                    continue
                 elif verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP"):
                     out.write(b"250 OK\r\n")
                 elif verb == b"DATA":
@@ -185,7 +198,9 @@ concurrency = {concurrency}
 """
 
 
-def mail(settings):
+def mail(settings, ca=None):
+    security = (f'smtp_host = "localhost"\nsmtp_security = "starttls"\nsmtp_ca_file = {json.dumps(ca)}'
+                if ca else 'smtp_host = "127.0.0.1"\nsmtp_security = "none"')
     return lambda port: f"""
 [[handlers]]
 name = "mail"
@@ -196,11 +211,28 @@ to = "{{{{ challenge.user_email }}}}"
 subject = "Your challenge {{{{ challenge.title }}}}"
 body = "Hello {{{{ challenge.user_email }}}}, good luck!"
 transport = "smtp"
-smtp_host = "127.0.0.1"
 smtp_port = {port}
-smtp_security = "none"
+{security}
 {settings}
 """
+
+
+def tls_context(folder):
+    """A private CA and a certificate for localhost it signed (made with
+    openssl); returns a server context and the CA's file."""
+    path = lambda name: os.path.join(folder, name)
+    openssl = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bench CA",
+            "-keyout", path("ca.key"), "-out", path("ca.pem"))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+            "-keyout", path("key.pem"), "-out", path("req.pem"))
+    with open(path("ext.cnf"), "w") as f:
+        f.write("subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n")
+    openssl("x509", "-req", "-in", path("req.pem"), "-CA", path("ca.pem"), "-CAkey", path("ca.key"),
+            "-CAcreateserial", "-days", "2", "-extfile", path("ext.cnf"), "-out", path("cert.pem"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(path("cert.pem"), path("key.pem"))
+    return context, path("ca.pem")
 
 
 def spread(values):
@@ -217,6 +249,8 @@ def main():
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--mail-concurrency", default="1,4",
                     type=lambda v: [int(x) for x in v.split(",")])
+    ap.add_argument("--mail-security", default="starttls,none",
+                    type=lambda v: v.split(","))
     args = ap.parse_args()
     spark = os.path.abspath(args.spark)
     failed = False
@@ -236,21 +270,26 @@ def main():
         hooks.append((n, runs))
 
     mails = []
-    for name, settings in [
-        (f"pooled, concurrency {n}", f"concurrency = {n}") for n in args.mail_concurrency
-    ] + [
-        (f"one connection per mail, concurrency {n}", f"smtp_pool = false\nconcurrency = {n}")
-        for n in args.mail_concurrency
-    ]:
-        runs = []
-        for _ in range(args.reps):
-            seconds, connections, ok = run_spark(spark, mail(settings), args.mails, args.mails,
-                                                 smtp_server)
-            failed |= not ok
-            runs.append((args.mails / seconds, connections))
-            print(f"mail {name}: seconds={seconds:.2f} mails_per_s={args.mails / seconds:.1f} "
-                  f"connections={connections} ok={ok}", flush=True)
-        mails.append((name, runs))
+    certs = tempfile.mkdtemp(prefix="spark-handlers-tls-")
+    context, ca = tls_context(certs)
+    for security in args.mail_security:
+        tls = security == "starttls"
+        for pooled in (True, False):
+            for n in args.mail_concurrency:
+                name = (f"{security}, {'pooled' if pooled else 'one connection per mail'}, "
+                        f"concurrency {n}")
+                settings = f"concurrency = {n}" + ("" if pooled else "\nsmtp_pool = false")
+                runs = []
+                for _ in range(args.reps):
+                    seconds, connections, ok = run_spark(
+                        spark, mail(settings, ca if tls else None), args.mails, args.mails,
+                        lambda c: smtp_server(c, context if tls else None))
+                    failed |= not ok
+                    runs.append((args.mails / seconds, connections))
+                    print(f"mail {name}: seconds={seconds:.2f} mails_per_s={args.mails / seconds:.1f} "
+                          f"connections={connections} ok={ok}", flush=True)
+                mails.append(((security, pooled, n), name, runs))
+    shutil.rmtree(certs, ignore_errors=True)
 
     print()
     print(f"Webhook, {args.webhook_events} events, server answering after {args.delay_ms:g} ms "
@@ -267,15 +306,14 @@ def main():
     print()
     print(f"Mail, {args.mails} mails to a loopback SMTP server (median of {args.reps}):")
     print()
-    print("| handler | mails/s | spread | vs one connection per mail (same concurrency) | connections |")
+    print("| handler | mails/s | spread | vs one connection per mail (same security, concurrency) | connections |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    k = len(args.mail_concurrency)
-    for j, (name, runs) in enumerate(mails):
-        base = statistics.median(r for r, _ in mails[k + j % k][1])
-        rates = [r for r, _ in runs]
-        rate = statistics.median(rates)
-        print(f"| {name} | {rate:.1f} | {spread(rates)} | {rate / base:.2f}x | "
-              f"{max(c for _, c in runs)} |")
+    rates = {key: statistics.median(r for r, _ in runs) for key, _, runs in mails}
+    for (security, pooled, n), name, runs in mails:
+        values = [r for r, _ in runs]
+        base = rates[(security, False, n)]
+        print(f"| {name} | {rates[(security, pooled, n)]:.1f} | {spread(values)} | "
+              f"{rates[(security, pooled, n)] / base:.2f}x | {max(c for _, c in runs)} |")
     sys.exit(1 if failed else 0)
 
 

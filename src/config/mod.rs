@@ -375,7 +375,9 @@ impl Config {
         let syntax = |v: &Validator<'_>, e: toml::de::Error| {
             let span = e.span().unwrap_or(0..0);
             let mut message = e.message().trim_end().to_owned();
-            if let Some(field) = field_at(text, span.start) {
+            if let Some(field) = field_at(text, span.start)
+                && !message.contains(&format!("`{field}`"))
+            {
                 message.push_str(&format!(" (field `{field}`)"));
             }
             ConfigError::Syntax {
