@@ -122,6 +122,9 @@ struct Slot {
     /// Another process on this host writes this handler's file: its
     /// deliveries are that process's, not owed by this one.
     elsewhere: bool,
+    /// File deliveries staged in the sink, not written yet, with their
+    /// event counts (in the order they were staged).
+    staged: Vec<(Delivery, u64)>,
 }
 
 /// Delivers and records, handler by handler.
@@ -132,9 +135,10 @@ pub struct Engine {
     failures: Vec<FailureReport>,
     /// At-most-once deliveries a dead run left in flight, now dead.
     buried: u64,
-    /// Whether finished file deliveries wait to be recorded with the next
-    /// batch (saving a commit per batch) rather than at once.
-    defer_file_completion: bool,
+    /// Group commit for file sinks: deliveries are staged and written
+    /// several at a time (one write, one fsync), and finished ones wait to
+    /// be recorded with the next batch (saving a commit per batch).
+    group_files: bool,
     /// File deliveries written and fsynced, not yet recorded as done.
     finished: Vec<i64>,
     now: fn() -> i64,
@@ -164,6 +168,7 @@ impl Engine {
                 pace: h.rate.map(|r| Arc::new(Pace::new(r.interval()))),
                 stopped: None,
                 elsewhere: false,
+                staged: Vec::new(),
             })
             .collect();
         let by_name = slots
@@ -184,7 +189,7 @@ impl Engine {
             stats,
             failures: Vec::new(),
             buried: 0,
-            defer_file_completion: false,
+            group_files: false,
             finished: Vec::new(),
             now: clock::now_ms,
             run_started: clock::now_ms(),
@@ -205,12 +210,76 @@ impl Engine {
         &self.failures
     }
 
-    /// From now on, let finished file deliveries wait to be recorded with
-    /// the next batch. Safe because a file delivery that is finished but not
-    /// recorded is simply written again, from its recorded offset, after a
-    /// crash; and the batch that records it is the next thing written.
-    pub fn defer_file_completion(&mut self) {
-        self.defer_file_completion = true;
+    /// From now on (or no longer: `on = false`, after writing what is
+    /// staged), group file deliveries: each is staged in its sink, the
+    /// staged ones are written together by `write_staged` (one write, one
+    /// fsync), and finished ones wait to be recorded with the next batch.
+    /// Safe because a file delivery not recorded as finished is cut back to
+    /// its recorded offset and written again after a crash, and a staged
+    /// delivery's offset counts what was staged before it.
+    pub fn group_file_deliveries(&mut self, on: bool) {
+        self.group_files = on;
+    }
+
+    /// Bytes staged in file sinks, not written yet.
+    pub fn staged_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| match &s.sink {
+                Sink::File(sink) => sink.staged(),
+                Sink::Each(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Writes every file sink's staged deliveries (see `write_staged`).
+    pub fn write_all_staged(&mut self, store: &mut dyn Store) -> Result<()> {
+        for h in 0..self.slots.len() {
+            self.write_staged(store, h)?;
+        }
+        Ok(())
+    }
+
+    /// Writes handler `h`'s staged deliveries with one write and one fsync,
+    /// once their records are durable. On an error the file is cut back to
+    /// where the first of them starts, and each of them fails.
+    fn write_staged(&mut self, store: &mut dyn Store, h: usize) -> Result<()> {
+        let staged = std::mem::take(&mut self.slots[h].staged);
+        if staged.is_empty() {
+            return Ok(());
+        }
+        // Their records (and offsets) are durable before any of their
+        // lines can be.
+        store.make_durable()?;
+        let Sink::File(sink) = &mut self.slots[h].sink else {
+            return Ok(());
+        };
+        match sink.write_staged() {
+            Ok(()) => {
+                for (mut delivery, n) in staged {
+                    if self.group_files {
+                        delivery.done = delivery.keys.len();
+                        self.finished.push(delivery.id);
+                    } else {
+                        let end = delivery.keys.len();
+                        store.advance(&mut delivery, end)?;
+                    }
+                    self.stats[h].delivered += n;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let first = staged.first().and_then(|(d, _)| d.file_mark);
+                let cut = first.is_some_and(|mark| sink.truncate_to(&mark).is_ok());
+                for (i, (mut delivery, _)) in staged.into_iter().enumerate() {
+                    // The first keeps its offset when the cut failed: the
+                    // next run cuts back from there.
+                    let keep = if i == 0 && !cut { first } else { None };
+                    self.file_failed(store, h, &mut delivery, e.to_string(), keep)?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The file deliveries finished since the last call, to record as done.
@@ -307,7 +376,8 @@ impl Engine {
         let mut count = 0;
         let handlers = self.active_handlers();
         let names: Vec<&str> = handlers.iter().map(String::as_str).collect();
-        for mut delivery in store.marked(&names)? {
+        let marked = store.marked(&names)?;
+        for mut delivery in settle_order(store, marked)? {
             let is_due = delivery.state == DeliveryState::Pending
                 || (delivery.state == DeliveryState::Failed && delivery.next_attempt_at < now);
             if is_due {
@@ -414,6 +484,29 @@ impl Engine {
             .flatten()
             .copied()
             .collect();
+        if self.group_files {
+            // Recorded at the position the sink is at (what is staged
+            // included): staged, written later with others.
+            let at_position = match (delivery.file_mark, sink.position()) {
+                (Some(mark), Ok(now)) => mark == now && delivery.done == 0,
+                _ => false,
+            };
+            if at_position {
+                return match sink.stage(&batch) {
+                    Ok(()) => {
+                        let n = batch.len() as u64;
+                        self.slots[h].staged.push((delivery.clone(), n));
+                        Ok(())
+                    }
+                    Err(e) => self.file_failed(store, h, delivery, e.to_string(), None),
+                };
+            }
+            // Anything else is written on its own, after what is staged.
+            self.write_staged(store, h)?;
+        }
+        let Sink::File(sink) = &mut self.slots[h].sink else {
+            return Ok(());
+        };
         let mark = match delivery.file_mark {
             Some(mark) => sink.truncate_to(&mark).map(|()| mark),
             None => sink.position().map_err(CutError::Io),
@@ -429,6 +522,8 @@ impl Engine {
             // Recorded before anything is written, so a crash can cut back.
             store.set_file_mark(delivery, Some(mark))?;
         }
+        // Recorded durably before anything of it is written.
+        store.make_durable()?;
         let Sink::File(sink) = &mut self.slots[h].sink else {
             return Ok(());
         };
@@ -436,7 +531,7 @@ impl Engine {
             Ok(()) => {
                 let n = batch.len() as u64;
                 let end = delivery.keys.len();
-                if self.defer_file_completion {
+                if self.group_files {
                     // Recorded by the next batch's transaction (see `take_finished`).
                     delivery.done = end;
                     self.finished.push(delivery.id);
@@ -482,6 +577,8 @@ impl Engine {
         delivery: &mut Delivery,
         events: &[Option<Dispatch<'_>>],
     ) -> Result<()> {
+        // A handler is called only for deliveries recorded durably.
+        store.make_durable()?;
         let Sink::Each(sink) = &self.slots[h].sink else {
             return Ok(());
         };
@@ -752,6 +849,43 @@ impl Engine {
             });
         }
     }
+}
+
+/// The order in which to settle marked deliveries: per handler and file,
+/// first the one written from the lowest offset, then the others with
+/// their marks dropped. Cutting the file back to the first removes
+/// whatever the others wrote after it (a run writes a file's deliveries in
+/// the order it recorded them), so the others are written again from the
+/// end of the file, wherever the first one's rewrite ends (its events may
+/// be fewer, or stored differently, now). The marks are dropped before
+/// anything is cut, so a crash in between leaves only the first mark.
+fn settle_order(store: &mut dyn Store, marked: Vec<Delivery>) -> Result<Vec<Delivery>> {
+    let mut first: Vec<Delivery> = Vec::new();
+    let mut others: Vec<Delivery> = Vec::new();
+    for delivery in marked {
+        let same = first.iter_mut().find(|f| {
+            f.handler == delivery.handler
+                && f.file_mark.map(|m| m.file) == delivery.file_mark.map(|m| m.file)
+        });
+        match same {
+            None => first.push(delivery),
+            Some(f) => {
+                let offset = |d: &Delivery| d.file_mark.map_or(0, |m| m.offset);
+                if offset(&delivery) < offset(f) {
+                    others.push(std::mem::replace(f, delivery));
+                } else {
+                    others.push(delivery);
+                }
+            }
+        }
+    }
+    for other in &mut others {
+        store.set_file_mark(other, None)?;
+    }
+    first.sort_by_key(|d| d.id);
+    others.sort_by_key(|d| d.id);
+    first.extend(others);
+    Ok(first)
 }
 
 /// The delay before attempt `attempts + 1`: `backoff * 2^(attempts - 1)`,

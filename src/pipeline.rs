@@ -464,7 +464,7 @@ pub fn process_sources(
         0
     };
 
-    engine.defer_file_completion();
+    engine.group_file_deliveries(true);
 
     // Records are read on a connection of their own, so that the store can
     // commit batches while a source's query is still being stepped through.
@@ -476,6 +476,7 @@ pub fn process_sources(
         dispatch: opts.dispatch,
         new_per_source: vec![0u64; sources.len()],
         last_new: 0,
+        staged_batches: 0,
     };
     // Batches go to the writer; emptied ones come back, so that freeing
     // their events (and reusing their memory) happens on the scanner's side.
@@ -564,7 +565,12 @@ pub fn process_sources(
     });
     written?;
     let scanner = scanned?;
+    engine.write_all_staged(store)?;
+    engine.group_file_deliveries(false);
     store.finish(&engine.take_finished())?;
+    // What the run recorded survives a power loss from here on (the last
+    // batches may have been committed lazily).
+    store.make_durable()?;
     if opts.dispatch {
         // What this run recorded but did not deliver at once (on a shared
         // store: what any worker left for whoever claims it first).
@@ -586,6 +592,11 @@ pub fn process_sources(
     Ok(report)
 }
 
+/// File deliveries are staged for this many batches, or this many bytes,
+/// before they are written (with one fsync per file).
+const STAGED_BATCHES: usize = 4;
+const STAGED_LIMIT: usize = 4 << 20;
+
 /// Records batches and hands their new events to the engine; routes groups
 /// to handlers.
 struct Batcher<'c> {
@@ -598,6 +609,8 @@ struct Batcher<'c> {
     new_per_source: Vec<u64>,
     /// New events in the last batch.
     last_new: u64,
+    /// Batches since file deliveries were last written.
+    staged_batches: usize,
 }
 
 impl Batcher<'_> {
@@ -666,6 +679,12 @@ impl Batcher<'_> {
                 })
                 .collect();
             engine.deliver(store, &mut delivery, &dispatches)?;
+        }
+        // File deliveries are written a few batches at a time.
+        self.staged_batches += 1;
+        if self.staged_batches >= STAGED_BATCHES || engine.staged_bytes() >= STAGED_LIMIT {
+            engine.write_all_staged(store)?;
+            self.staged_batches = 0;
         }
         tracing::debug!(
             events = events.len(),

@@ -11,7 +11,10 @@ use std::os::unix::process::ExitStatusExt;
 use common::{Backend, Case, challenge_config, many_challenges_keys, many_challenges_sql, sorted};
 
 const AS_OF: &str = "2026-03-10";
-const N: usize = 400; // 800 events
+const N: usize = 400; // 800 events: 3 batches of 300
+/// Enough batches that file deliveries are written several times, several
+/// batches at a time.
+const MANY: usize = 3000; // 6000 events: 20 batches
 
 fn config(extra: &str) -> String {
     challenge_config(extra).replace("[delivery]\n", "[delivery]\nbatch_size = 300\n")
@@ -64,11 +67,11 @@ fn jsonl_holds_every_key_exactly_once_whatever_the_crash_point(backend: Backend)
         "jsonl-synced",
     ] {
         for n in [1, 2, 3] {
-            let case = Case::on(backend).db(&many_challenges_sql(N)).config(&config(""));
+            let case = Case::on(backend).db(&many_challenges_sql(MANY)).config(&config(""));
             crash_then_recover(&case, &format!("{point}:{n}"), false);
             assert_eq!(
                 sorted(&case.jsonl_keys("events.jsonl")),
-                many_challenges_keys(N),
+                many_challenges_keys(MANY),
                 "{point}:{n}: every key exactly once"
             );
         }
@@ -130,5 +133,36 @@ fn a_crash_after_recording_loses_no_event(backend: Backend) {
     crash_then_recover(&case, "batch-recorded:2", true);
     let calls = case.lines("called.txt");
     assert_eq!(sorted(&calls), many_challenges_keys(N), "each exactly once");
+}
+}
+
+on_every_backend! {
+fn several_deliveries_written_at_once_are_cut_back_together(backend: Backend) {
+    // Killed after writing four batches' lines at once, before recording
+    // them done: four deliveries hold offsets into the file.
+    let case = Case::on(backend).db(&many_challenges_sql(MANY)).config(&config(""));
+    let out = case
+        .command()
+        .env("SPARK_CRASH_AT", "jsonl-written:1")
+        .args(["process-sources", "--as-of", AS_OF])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL));
+    let marked = case.query("SELECT count(*) FROM spark_delivery WHERE file_offset IS NOT NULL");
+    assert_eq!(marked[0][0].as_deref(), Some("4"), "four deliveries written at once");
+    // The first delivery's events are now stored differently (longer):
+    // written again, they end elsewhere than the second delivery's offset.
+    let note = "stored again, longer than before ".repeat(10);
+    case.sql(&format!(
+        "UPDATE spark_event SET context = '{{\"challenge\": {{\"id\": 1, \"note\": \"{note}\"}}}}' \
+         WHERE key = 'challenge_created_1'"
+    ));
+    case.run(&["process-sources", "--as-of", AS_OF]).success();
+    assert_eq!(
+        sorted(&case.jsonl_keys("events.jsonl")), // every line whole JSON
+        many_challenges_keys(MANY),
+        "every key exactly once"
+    );
+    assert!(case.deliveries().is_empty());
 }
 }

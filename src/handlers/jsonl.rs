@@ -4,8 +4,9 @@
 //! The file and its folder are created on the first delivery, readable by
 //! their owner only unless the handler sets `mode`; a symbolic link at the
 //! file's path is refused (spark never writes through a link it did not
-//! create). Each delivery is written with one `write` and made durable with
-//! `fdatasync` before the delivery is recorded as done. Cutting the file
+//! create). Deliveries are staged (rendered in memory), then written with
+//! one `write` and made durable with one `fdatasync` (several deliveries of
+//! a run at once: group commit) before they are recorded as done. Cutting the file
 //! back after a crash happens only if it is still the same file (device and
 //! inode) the delivery wrote to. One process writes a file at a time: the
 //! sink holds an exclusive lock (`flock`) on it while the process lives, so
@@ -75,9 +76,10 @@ impl JsonlSink {
 
 impl FileSink for JsonlSink {
     fn position(&mut self) -> io::Result<FileMark> {
+        let staged = self.buffer.len() as u64;
         let (file, id) = self.file()?;
         Ok(FileMark {
-            offset: file.metadata()?.len(),
+            offset: file.metadata()?.len() + staged,
             file: Some(id),
         })
     }
@@ -102,13 +104,21 @@ impl FileSink for JsonlSink {
         Ok(())
     }
 
-    fn append_all(&mut self, events: &[Dispatch<'_>]) -> io::Result<()> {
-        let mut buffer = std::mem::take(&mut self.buffer);
-        buffer.clear();
+    fn stage(&mut self, events: &[Dispatch<'_>]) -> io::Result<()> {
+        self.file()?;
         for d in events {
-            d.write_json(&mut buffer);
-            buffer.push('\n');
+            d.write_json(&mut self.buffer);
+            self.buffer.push('\n');
         }
+        Ok(())
+    }
+
+    fn staged(&self) -> usize {
+        self.buffer.len()
+    }
+
+    fn write_staged(&mut self) -> io::Result<()> {
+        let mut buffer = std::mem::take(&mut self.buffer);
         let result = (|| {
             let (file, _) = self.file()?;
             if crashpoint::is_next("jsonl-partial") {
@@ -123,7 +133,8 @@ impl FileSink for JsonlSink {
         })();
         // Keep the buffer's memory for the next delivery, unless a big one
         // made it large.
-        if buffer.capacity() <= 4 << 20 {
+        buffer.clear();
+        if buffer.capacity() <= 8 << 20 {
             self.buffer = buffer;
         }
         result.map_err(|e| self.io_context("writing to", e))

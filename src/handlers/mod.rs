@@ -126,7 +126,19 @@ pub trait FileSink: Send {
     /// file `mark` names; another file is an error, and nothing is cut.
     fn truncate_to(&mut self, mark: &FileMark) -> Result<(), CutError>;
     /// Appends the events and makes them durable (fsync) before returning.
-    fn append_all(&mut self, events: &[Dispatch<'_>]) -> io::Result<()>;
+    fn append_all(&mut self, events: &[Dispatch<'_>]) -> io::Result<()> {
+        self.stage(events)?;
+        self.write_staged()
+    }
+    /// Adds the events to what is staged: rendered, not written yet. The
+    /// position (`position`) counts what is staged.
+    fn stage(&mut self, events: &[Dispatch<'_>]) -> io::Result<()>;
+    /// How many bytes are staged.
+    fn staged(&self) -> usize;
+    /// Writes what is staged with one write and makes it durable with one
+    /// fsync (group commit). On an error nothing stays staged; what was
+    /// written of it may be in the file.
+    fn write_staged(&mut self) -> io::Result<()>;
 }
 
 /// Why a file sink did not cut its file back.

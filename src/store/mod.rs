@@ -309,6 +309,11 @@ pub trait Store: Send {
     /// transaction, the deliveries `plan` makes from the new-events mask.
     /// Keys already seen (or repeated within the batch) are not new.
     ///
+    /// The commit may be lazy (not yet durable against a power loss, as
+    /// SQLite's `synchronous = NORMAL`): call `make_durable` before acting
+    /// on what it recorded (calling a handler, writing a file). A crash of
+    /// the process alone loses nothing a commit returned.
+    ///
     /// `contexts` is either empty or each event's context already as JSON
     /// (a caller that expects most events to be new prepares them, so that
     /// the store can insert without looking each key up first).
@@ -324,6 +329,11 @@ pub trait Store: Send {
 
     /// Removes finished deliveries (the ones `record_batch` would have).
     fn finish(&mut self, finished: &[i64]) -> Result<()>;
+
+    /// Makes every commit so far durable (a no-op where every commit is).
+    fn make_durable(&mut self) -> Result<()> {
+        Ok(())
+    }
 
     /// Records `key` as seen without any delivery; `false` if already seen.
     fn mark_seen(&mut self, key: &str, group: &str, context_json: &str) -> Result<bool>;

@@ -1,9 +1,12 @@
 //! The SQLite store: seen keys in the (django-spark compatible) seen table of
 //! the records database, deliveries in `spark_delivery`.
 //!
-//! The connection runs in WAL mode with `synchronous = FULL`, so a committed
-//! batch survives a power loss, and with a busy timeout, so that an
-//! application writing to the same database makes spark wait, not fail.
+//! The connection runs in WAL mode with `synchronous = FULL`, so a commit
+//! survives a power loss, and with a busy timeout, so that an application
+//! writing to the same database makes spark wait, not fail. Batches of new
+//! events are the exception: committed with `synchronous = NORMAL`, and made
+//! durable (the log synced) by `make_durable` before anything acts on them,
+//! so that several batches share one sync.
 //! Every write is one `BEGIN IMMEDIATE` transaction; statements are prepared
 //! once and reused.
 //!
@@ -48,6 +51,9 @@ pub struct SqliteStore {
     seen_table: String,
     busy_timeout: Duration,
     sql: Statements,
+    /// Commits since the write-ahead log was last made durable (batches
+    /// are committed lazily; see `record_batch`).
+    unsynced: std::cell::Cell<bool>,
 }
 
 /// The SQL that names the seen table, built once.
@@ -119,6 +125,7 @@ impl SqliteStore {
             name,
             seen_table: seen_table.to_owned(),
             busy_timeout,
+            unsynced: std::cell::Cell::new(false),
             sql: Statements {
                 exists: format!("SELECT 1 FROM {t} WHERE \"key\" = ?1"),
                 insert: format!(
@@ -168,6 +175,35 @@ impl SqliteStore {
     /// handler waits, the whole transaction is tried again, until
     /// `busy_timeout` has passed.
     pub(super) fn write<T>(
+        &self,
+        action: &str,
+        work: impl FnMut(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        self.transact(action, work)
+    }
+
+    /// Like `write`, but the commit does not wait for the disk
+    /// (`synchronous = NORMAL`): it survives the process being killed, and
+    /// a power loss only once `make_durable` has run.
+    fn write_lazy<T>(
+        &self,
+        action: &str,
+        work: impl FnMut(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let set = |level: &str| {
+            self.conn
+                .pragma_update(None, "synchronous", level)
+                .map_err(self.error(action))
+        };
+        set("NORMAL")?;
+        let value = self.transact(action, work);
+        set("FULL")?;
+        let value = value?;
+        self.unsynced.set(true);
+        Ok(value)
+    }
+
+    fn transact<T>(
         &self,
         action: &str,
         mut work: impl FnMut(&Connection) -> rusqlite::Result<T>,
@@ -362,6 +398,30 @@ impl Store for SqliteStore {
         &self.name
     }
 
+    /// Syncs the write-ahead log, which holds every commit not yet copied
+    /// into the database (a checkpoint syncs the log before it copies).
+    fn make_durable(&mut self) -> Result<()> {
+        if !self.unsynced.get() {
+            return Ok(());
+        }
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        match std::fs::File::open(&wal).and_then(|f| f.sync_data()) {
+            Ok(()) => {}
+            // No log: everything is in the database file already.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Store {
+                    database: self.name.clone(),
+                    action: "syncing the write-ahead log".into(),
+                    error: e.to_string(),
+                });
+            }
+        }
+        self.unsynced.set(false);
+        Ok(())
+    }
+
     fn record_batch(
         &mut self,
         events: &[Event],
@@ -374,7 +434,7 @@ impl Store for SqliteStore {
         let sql = &self.sql;
         let (new, deliveries) = {
             let seen_at = seen_at.as_str();
-            self.write("recording new events", |conn| {
+            self.write_lazy("recording new events", |conn| {
                 delete_deliveries(conn, finished)?;
                 let mut exists = conn.prepare_cached(&sql.exists)?;
                 let mut insert = conn.prepare_cached(&sql.insert)?;
