@@ -30,7 +30,7 @@ fn handler_target(kind: &HandlerKind) -> String {
         }
         HandlerKind::Mail(mail) => match &mail.transport {
             MailTransport::Outbox { dir, .. } => format!("outbox {}", dir.display()),
-            MailTransport::Smtp { host, port, .. } => format!("smtp {host}:{port}"),
+            MailTransport::Smtp(smtp) => format!("smtp {}:{}", smtp.host, smtp.port),
         },
     }
 }
@@ -360,37 +360,28 @@ fn config_view(config: &Config) -> ConfigView {
                             v["outbox"] = json!(dir.display().to_string());
                             v["mode"] = json!(format!("{mode:04o}"));
                         }
-                        MailTransport::Smtp {
-                            host,
-                            port,
-                            security,
-                            user,
-                            password,
-                            timeout,
-                            pool,
-                            ca,
-                        } => {
+                        MailTransport::Smtp(smtp) => {
                             v["transport"] = json!("smtp");
-                            if let Some(ca) = ca {
+                            if let Some(ca) = &smtp.ca {
                                 v["smtp_ca_file"] = json!(ca.path.display().to_string());
                             }
-                            if !pool {
+                            if !smtp.pool {
                                 v["smtp_pool"] = json!(false);
                             }
-                            v["smtp_host"] = json!(host);
-                            v["smtp_port"] = json!(port);
-                            v["smtp_security"] = json!(match security {
+                            v["smtp_host"] = json!(smtp.host);
+                            v["smtp_port"] = json!(smtp.port);
+                            v["smtp_security"] = json!(match smtp.security {
                                 SmtpSecurity::StartTls => "starttls",
                                 SmtpSecurity::Tls => "tls",
                                 SmtpSecurity::None => "none",
                             });
-                            if let Some(user) = user {
+                            if let Some(user) = &smtp.user {
                                 v["smtp_user"] = json!(user);
                             }
-                            if let Some(p) = password {
+                            if let Some(p) = &smtp.password {
                                 v["smtp_password"] = json!(secret(p));
                             }
-                            v["timeout"] = json!(duration(*timeout));
+                            v["timeout"] = json!(duration(smtp.timeout));
                         }
                     }
                 }

@@ -189,7 +189,7 @@ impl HandlerKind {
             HandlerKind::Jsonl { path, .. } => Some(path),
             HandlerKind::Mail(mail) => match &mail.transport {
                 MailTransport::Outbox { dir, .. } => Some(dir),
-                MailTransport::Smtp { .. } => None,
+                MailTransport::Smtp(_) => None,
             },
             _ => None,
         }
@@ -227,21 +227,28 @@ pub struct MailConfig {
 pub enum MailTransport {
     /// One `.eml` file per delivery, named by the event key, created with
     /// `mode`.
-    Outbox { dir: PathBuf, mode: u32 },
-    Smtp {
-        host: String,
-        port: u16,
-        security: SmtpSecurity,
-        user: Option<String>,
-        password: Option<Secret>,
-        timeout: Duration,
-        /// Keep connections open for the next mail (`smtp_pool`, default
-        /// true); false opens one per mail.
-        pool: bool,
-        /// The certificate authorities to trust instead of the public ones
-        /// (`smtp_ca_file`, PEM), for a relay with a private CA.
-        ca: Option<CaFile>,
+    Outbox {
+        dir: PathBuf,
+        mode: u32,
     },
+    Smtp(SmtpServer),
+}
+
+/// The SMTP server a mail handler sends through, and how.
+#[derive(Debug, Clone)]
+pub struct SmtpServer {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub timeout: Duration,
+    /// Keep connections open for the next mail (`smtp_pool`, default
+    /// true); false opens one per mail.
+    pub pool: bool,
+    /// The certificate authorities to trust instead of the public ones
+    /// (`smtp_ca_file`, PEM), for a relay with a private CA.
+    pub ca: Option<CaFile>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,18 +396,23 @@ impl Validator<'_> {
             ("rate", span(&raw.rate)),
         ];
         for (field, span) in fields.into_iter().chain(more) {
-            if let Some(span) = span
-                && !takes.contains(&field)
-            {
-                self.report(
-                    span,
-                    Problem::UnusedField {
-                        entry: entry.to_owned(),
-                        field,
-                        why: format!("to kind {kind}"),
-                    },
-                );
+            if !takes.contains(&field) {
+                self.unused(entry, field, span, &format!("to kind {kind}"));
             }
+        }
+    }
+
+    /// Reports `field` (when set: `span`) as meaning nothing `why`.
+    fn unused(&mut self, entry: &str, field: &'static str, span: Span, why: &str) {
+        if let Some(span) = span {
+            self.report(
+                span,
+                Problem::UnusedField {
+                    entry: entry.to_owned(),
+                    field,
+                    why: why.to_owned(),
+                },
+            );
         }
     }
 
@@ -822,16 +834,7 @@ impl Validator<'_> {
                     ("smtp_pool", span(&raw.smtp_pool)),
                     ("smtp_ca_file", span(&raw.smtp_ca_file)),
                 ] {
-                    if let Some(span) = span {
-                        self.report(
-                            span,
-                            Problem::UnusedField {
-                                entry: entry.to_owned(),
-                                field,
-                                why: "to transport outbox (it sends nothing)".into(),
-                            },
-                        );
-                    }
+                    self.unused(entry, field, span, "to transport outbox (it sends nothing)");
                 }
                 Some(MailTransport::Outbox {
                     dir: self.resolve(dir.get_ref()),
@@ -840,16 +843,7 @@ impl Validator<'_> {
             }
             "smtp" => {
                 for (field, span) in [("mode", span(&raw.mode)), ("outbox", span(&raw.outbox))] {
-                    if let Some(span) = span {
-                        self.report(
-                            span,
-                            Problem::UnusedField {
-                                entry: entry.to_owned(),
-                                field,
-                                why: "to transport smtp (it writes no files)".into(),
-                            },
-                        );
-                    }
+                    self.unused(entry, field, span, "to transport smtp (it writes no files)");
                 }
                 let Some(host) = &raw.smtp_host else {
                     self.missing(
@@ -900,7 +894,7 @@ impl Validator<'_> {
                     .smtp_ca_file
                     .as_ref()
                     .and_then(|file| self.ca_file(entry, file, security));
-                Some(MailTransport::Smtp {
+                Some(MailTransport::Smtp(SmtpServer {
                     host: host.get_ref().clone(),
                     port,
                     security,
@@ -909,7 +903,7 @@ impl Validator<'_> {
                     timeout,
                     pool: raw.smtp_pool.as_ref().is_none_or(|p| *p.get_ref()),
                     ca,
-                })
+                }))
             }
             other => {
                 let span = raw.transport.as_ref().map_or(0..0, Spanned::span);

@@ -12,7 +12,7 @@ mod raw;
 
 pub use handlers::{
     Guarantee, HANDLER_KINDS, HandlerConfig, HandlerKind, MailConfig, MailTransport, Secret,
-    SmtpSecurity, describe_template_error,
+    SmtpSecurity, SmtpServer, describe_template_error,
 };
 
 pub use postgres::{PgConfig, SslMode};

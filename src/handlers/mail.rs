@@ -171,25 +171,7 @@ impl MailHandler {
             let _ = env.add_template_owned(group.clone(), source.clone());
         }
         let smtp = match &config.transport {
-            MailTransport::Smtp {
-                host,
-                port,
-                security,
-                user,
-                password,
-                timeout,
-                pool,
-                ca,
-            } => Some(super::smtp::Pool::new(super::smtp::Server {
-                host: host.clone(),
-                port: *port,
-                security: *security,
-                user: user.clone(),
-                password: password.clone(),
-                timeout: *timeout,
-                pool: *pool,
-                ca: ca.as_ref().map(|ca| ca.pem.clone()),
-            })),
+            MailTransport::Smtp(server) => Some(super::smtp::Pool::new(server.clone())),
             MailTransport::Outbox { .. } => None,
         };
         MailHandler {
@@ -359,10 +341,10 @@ impl DeliverEach for MailHandler {
                 crate::files::write_atomically(&path, &message.formatted(), *mode)
                     .map_err(|e| Failed::later(format!("cannot write {}: {e}", path.display())))
             }
-            (MailTransport::Smtp { .. }, Some(pool)) => {
+            (MailTransport::Smtp(_), Some(pool)) => {
                 pool.send(message.envelope(), &message.formatted())
             }
-            (MailTransport::Smtp { .. }, None) => Err(Failed::later("no SMTP connection pool")),
+            (MailTransport::Smtp(_), None) => Err(Failed::later("no SMTP connection pool")),
         }
     }
 }

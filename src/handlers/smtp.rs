@@ -17,7 +17,6 @@
 
 use std::fmt;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
@@ -28,26 +27,11 @@ use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 
 use super::{Failed, Retry};
-use crate::config::{Secret, SmtpSecurity};
-
-/// Where and how to connect.
-#[derive(Debug, Clone)]
-pub struct Server {
-    pub host: String,
-    pub port: u16,
-    pub security: SmtpSecurity,
-    pub user: Option<String>,
-    pub password: Option<Secret>,
-    pub timeout: Duration,
-    /// Keep connections for the next mail.
-    pub pool: bool,
-    /// PEM certificate authorities to trust instead of the public roots.
-    pub ca: Option<Vec<u8>>,
-}
+use crate::config::{SmtpSecurity, SmtpServer};
 
 /// A handler's SMTP connections.
 pub struct Pool {
-    server: Server,
+    server: SmtpServer,
     idle: Mutex<Vec<SmtpConnection>>,
 }
 
@@ -95,7 +79,7 @@ fn failed(server: &str, e: &lettre::transport::smtp::Error) -> Failed {
 }
 
 impl Pool {
-    pub fn new(server: Server) -> Pool {
+    pub fn new(server: SmtpServer) -> Pool {
         Pool {
             server,
             idle: Mutex::new(Vec::new()),
@@ -112,9 +96,9 @@ impl Pool {
         let hello = ClientId::default();
         let tls = || match &s.ca {
             None => TlsParameters::new(s.host.clone()),
-            Some(pem) => TlsParameters::builder(s.host.clone())
+            Some(ca) => TlsParameters::builder(s.host.clone())
                 .certificate_store(CertificateStore::None)
-                .add_root_certificate(Certificate::from_pem(pem)?)
+                .add_root_certificate(Certificate::from_pem(&ca.pem)?)
                 .build_rustls(),
         };
         let wrapper = match s.security {
