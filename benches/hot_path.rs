@@ -38,9 +38,7 @@ fn challenges(conn: &Connection, n: usize) {
 }
 
 fn today() -> SourceCtx {
-    SourceCtx {
-        today: Date::constant(2026, 3, 10),
-    }
+    SourceCtx::on(Date::constant(2026, 3, 10))
 }
 
 /// The events of the first `n` challenges, as the pipeline produces them.

@@ -6,6 +6,7 @@
 //! Not here: opening databases (`backend`) or writing (`store`).
 
 use crate::config::{Config, SourceConfig, SourceKind};
+use crate::error::ConditionMismatch;
 use crate::error::{Error, Result};
 use crate::records::{Affinity, RecordSet};
 use crate::registry::Registry;
@@ -142,13 +143,23 @@ pub fn check_source(
                     && let Some(declared) = &column.declared
                     && !comparable(&condition.value, column.affinity)
                 {
-                    return Err(Error::ConditionType {
+                    return Err(Error::ConditionType(Box::new(ConditionMismatch {
+                        at: if condition.at.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{}: ", condition.at)
+                        },
+                        hint: if column.affinity == Affinity::Temporal {
+                            " (compare a date column with a date: \"2026-03-01\", 2026-03-01, \"2026-03-01 14:00\", today, today-3d, now-2h)"
+                        } else {
+                            ""
+                        },
                         source_name: source.name.clone(),
                         condition: condition.to_string(),
                         column: condition.variable.clone(),
                         declared: declared.to_owned(),
                         value_kind: condition.value.kind(),
-                    });
+                    })));
                 }
             }
         }
@@ -164,7 +175,10 @@ fn comparable(value: &CondValue, affinity: Affinity) -> bool {
             CondValue::Int(_) | CondValue::Float(_),
             Affinity::Text | Affinity::Boolean | Affinity::Temporal
         ) | (
-            CondValue::Text(_) | CondValue::Date(_),
+            CondValue::Text(_),
+            Affinity::Integer | Affinity::Real | Affinity::Boolean | Affinity::Temporal
+        ) | (
+            CondValue::Date(_) | CondValue::DateTime(_) | CondValue::Relative(_),
             Affinity::Integer | Affinity::Real | Affinity::Boolean
         ) | (
             CondValue::Bool(_),

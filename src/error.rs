@@ -63,16 +63,8 @@ pub enum Error {
         columns: String,
     },
 
-    #[error(
-        "source `{source_name}`: condition `{condition}` compares column `{column}`, declared {declared}, with {value_kind}; it could never match"
-    )]
-    ConditionType {
-        source_name: String,
-        condition: String,
-        column: String,
-        declared: String,
-        value_kind: &'static str,
-    },
+    #[error("{0}")]
+    ConditionType(Box<ConditionMismatch>),
 
     #[error("source `{source_name}`: {what} does not run: {message}")]
     BadQuery {
@@ -171,3 +163,19 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A generator's condition that could never match its column.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{at}source `{source_name}`: condition `{condition}` compares column `{column}`, declared {declared}, with {value_kind}; it could never match{hint}"
+)]
+pub struct ConditionMismatch {
+    /// `spark.toml:14:1: ` (or empty).
+    pub at: String,
+    pub hint: &'static str,
+    pub source_name: String,
+    pub condition: String,
+    pub column: String,
+    pub declared: String,
+    pub value_kind: &'static str,
+}

@@ -56,6 +56,7 @@ pub fn mail(data: &[u8]) {
             variable: "id".into(),
             op: Op::Ne,
             value: CondValue::Text(String::new()),
+            at: String::new(),
         }],
     };
     let mut context = None;

@@ -18,7 +18,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use jiff::civil::Date;
 use serde::Serialize;
 
 use crate::backend;
@@ -31,7 +30,7 @@ use crate::handlers::Dispatch;
 use crate::records::{Record, RecordError};
 use crate::registry::{Registry, SourceCtx, SourceFunction};
 use crate::signals;
-use crate::sources::generator::Generator;
+use crate::sources::generator::{AsOf, Generator};
 use crate::store::{PlannedDelivery, Reader, SeenTable, Store};
 
 /// What a run is asked to do.
@@ -39,8 +38,8 @@ use crate::store::{PlannedDelivery, Reader, SeenTable, Store};
 pub struct RunOptions {
     /// Only these sources (all enabled ones when empty).
     pub only: Vec<String>,
-    /// The date sources treat as today.
-    pub today: Date,
+    /// The date and moment sources treat as today and now (`--as-of`).
+    pub as_of: SourceCtx,
     /// How long to wait for another run to finish.
     pub wait: Duration,
     /// Show a progress spinner on stderr.
@@ -138,7 +137,8 @@ const RECORD_ERRORS_LISTED: usize = 100;
 /// How one source turns a record into events.
 enum Evaluator<'a> {
     Function(&'a SourceFunction),
-    Generator(&'a Generator),
+    /// With its relative values resolved for this run.
+    Generator(Generator),
 }
 
 /// The selected sources grouped by the records they read (same SQL), in
@@ -186,7 +186,7 @@ impl<'a> Scanner<'a> {
         });
         Scanner {
             registry,
-            ctx: SourceCtx { today: opts.today },
+            ctx: opts.as_of.clone(),
             limits,
             stats: sources
                 .iter()
@@ -215,7 +215,10 @@ impl<'a> Scanner<'a> {
                             source.name
                         ))
                     }),
-                SourceKind::Generator(g) => Ok(Evaluator::Generator(g)),
+                SourceKind::Generator(g) => Ok(Evaluator::Generator(g.resolved(&AsOf {
+                    today: self.ctx.today,
+                    now: self.ctx.now,
+                }))),
             })
             .collect()
     }

@@ -324,7 +324,10 @@ pub enum Affinity {
 }
 
 impl Affinity {
-    /// SQLite's affinity for a declared type.
+    /// SQLite's affinity for a declared type, with the types Django
+    /// declares for dates and times (`date`, `datetime`, `time`; also
+    /// `timestamp`) told apart from other numeric ones: SQLite stores them
+    /// as ISO text, and a condition compares them as dates.
     pub fn of(declared: &str) -> Affinity {
         let t = declared.to_ascii_uppercase();
         if t.contains("INT") {
@@ -335,6 +338,8 @@ impl Affinity {
             Affinity::Blob
         } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
             Affinity::Real
+        } else if t.contains("DATE") || t.contains("TIME") {
+            Affinity::Temporal
         } else {
             Affinity::Numeric
         }

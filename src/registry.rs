@@ -18,6 +18,20 @@ use crate::records::{Record, RecordError};
 pub struct SourceCtx {
     /// The date sources treat as "today" (`--as-of`, default the local date).
     pub today: Date,
+    /// The moment sources treat as "now" (`--as-of`, default the clock).
+    pub now: jiff::Timestamp,
+}
+
+impl SourceCtx {
+    /// A run on `today`, now being that date at this time of day (local).
+    pub fn on(today: Date) -> SourceCtx {
+        let now = jiff::ZonedDateTime::now();
+        let now = today
+            .to_datetime(now.time())
+            .to_zoned_datetime(now.time_zone().clone())
+            .map_or_else(|_| now.timestamp(), |z| z.timestamp());
+        SourceCtx { today, now }
+    }
 }
 
 /// The error a function handler returns; its text is recorded with the
@@ -159,9 +173,7 @@ mod tests {
         let mut registry = Registry::new();
         registry.add_source("boom", |_, _| panic!("kaboom"));
         let record = Record::from_map(serde_json::Map::new());
-        let ctx = SourceCtx {
-            today: jiff::civil::Date::constant(2026, 1, 1),
-        };
+        let ctx = SourceCtx::on(jiff::civil::Date::constant(2026, 1, 1));
         let err = registry
             .source("boom")
             .unwrap()

@@ -260,6 +260,8 @@ fn config_view(config: &Config) -> ConfigView {
                                     CondValue::Float(x) => json!(x),
                                     CondValue::Text(t) => json!(t),
                                     CondValue::Date(d) => json!(d.to_string()),
+                                    CondValue::DateTime(t) => json!(t.to_string()),
+                                    CondValue::Relative(r) => json!(r.to_string()),
                                     CondValue::Bool(b) => json!(b),
                                 };
                                 json!({"variable": c.variable, "op": c.op.to_string(), "value": value})

@@ -22,7 +22,7 @@ use crate::config::{self, Config};
 use crate::error::Error;
 use crate::pipeline::RunOptions;
 use crate::records::parse_date;
-use crate::registry::Registry;
+use crate::registry::{Registry, SourceCtx};
 use crate::store::DeliveryState;
 
 /// spark: turns database records into events and hands each new event to the
@@ -203,7 +203,9 @@ pub(crate) struct RunArgs {
     /// Only this source (repeatable)
     #[arg(long = "source", value_name = "NAME")]
     sources: Vec<String>,
-    /// The date sources treat as today, YYYY-MM-DD [default: the local date]
+    /// The date sources and generators treat as today, YYYY-MM-DD, or a
+    /// moment for `now` too, YYYY-MM-DDTHH:MM[:SS][offset]
+    /// [default: the local date and the clock]
     #[arg(long, value_name = "DATE")]
     as_of: Option<String>,
 }
@@ -464,18 +466,43 @@ pub(crate) fn run_options(
     wait: Duration,
     dispatch: bool,
 ) -> anyhow::Result<RunOptions> {
-    let today = match &run.as_of {
-        Some(text) => parse_date(&date_arg("--as-of", text)?)
-            .ok_or_else(|| Error::Usage(format!("--as-of {text:?}: expected a date YYYY-MM-DD")))?,
-        None => local_today(),
+    let as_of = match &run.as_of {
+        Some(text) => as_of_arg(text)?,
+        None => SourceCtx::on(local_today()),
     };
     Ok(RunOptions {
         only: run.sources.clone(),
-        today,
+        as_of,
         wait,
         progress: !cli.quiet && !cli.json && std::io::stderr().is_terminal(),
         dispatch,
     })
+}
+
+/// `--as-of`: a date (now is that date at this time of day) or a datetime
+/// (`2026-03-10T14:00`, local time unless it gives an offset).
+fn as_of_arg(text: &str) -> Result<SourceCtx, Error> {
+    let bad = || {
+        Error::Usage(format!(
+            "--as-of {text:?}: expected a date YYYY-MM-DD or a datetime YYYY-MM-DDTHH:MM[:SS][offset]"
+        ))
+    };
+    let text = text.trim();
+    if text.len() == 10 {
+        return parse_date(text).map(SourceCtx::on).ok_or_else(bad);
+    }
+    parse_date(text).ok_or_else(bad)?;
+    let now = match text.parse::<jiff::Timestamp>() {
+        Ok(t) => t,
+        Err(_) => text
+            .parse::<jiff::civil::DateTime>()
+            .ok()
+            .and_then(|dt| dt.to_zoned_datetime(jiff::tz::TimeZone::system()).ok())
+            .ok_or_else(bad)?
+            .timestamp(),
+    };
+    let today = now.to_zoned_datetime(jiff::tz::TimeZone::system()).date();
+    Ok(SourceCtx { today, now })
 }
 
 fn local_today() -> Date {

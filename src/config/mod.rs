@@ -26,7 +26,7 @@ use toml::Spanned;
 
 use crate::records::{RecordSet, parse_date};
 use crate::registry::Registry;
-use crate::sources::generator::{CondValue, Condition, Generator, Op};
+use crate::sources::generator::{CondValue, Condition, Generator, Op, parse_moment};
 use raw::{RawCondition, RawConfig, RawSource};
 
 /// The default name of the seen-events table (django-spark's).
@@ -906,24 +906,31 @@ impl Validator<'_> {
         let value = match raw.value.get_ref() {
             toml::Value::Integer(i) => CondValue::Int(*i),
             toml::Value::Float(x) if x.is_finite() => CondValue::Float(*x),
-            toml::Value::String(s) => CondValue::Text(s.clone()),
-            toml::Value::Boolean(b) => CondValue::Bool(*b),
-            toml::Value::Datetime(dt) => match (dt.date, dt.time) {
-                (Some(d), None) => match parse_date(&d.to_string()) {
-                    Some(date) => CondValue::Date(date),
-                    None => {
-                        self.report(raw.value.span(), bad("not a valid date"));
-                        return None;
-                    }
-                },
-                _ => {
-                    self.report(
-                        raw.value.span(),
-                        bad("only dates (2026-03-01) are supported, not times"),
-                    );
+            toml::Value::String(s) => match CondValue::from_text(s) {
+                Ok(value) => value,
+                Err(problem) => {
+                    self.report(raw.value.span(), bad(&problem));
                     return None;
                 }
             },
+            toml::Value::Boolean(b) => CondValue::Bool(*b),
+            toml::Value::Datetime(dt) => {
+                let parsed = match (dt.date, dt.time) {
+                    (Some(d), None) => parse_date(&d.to_string()).map(CondValue::Date),
+                    (Some(_), Some(_)) => parse_moment(&dt.to_string()).map(CondValue::DateTime),
+                    _ => None,
+                };
+                match parsed {
+                    Some(value) => value,
+                    None => {
+                        self.report(
+                            raw.value.span(),
+                            bad("not a valid date or datetime (2026-03-01, 2026-03-01T14:00:00Z)"),
+                        );
+                        return None;
+                    }
+                }
+            }
             _ => {
                 self.report(
                     raw.value.span(),
@@ -932,10 +939,12 @@ impl Validator<'_> {
                 return None;
             }
         };
+        let at = self.at(raw.value.span()).to_string();
         Some(Condition {
             variable,
             op,
             value,
+            at,
         })
     }
 

@@ -79,7 +79,7 @@ mod tests {
         let Value::Object(map) = v else {
             unreachable!("tests pass objects")
         };
-        let ctx = SourceCtx { today: TODAY };
+        let ctx = SourceCtx::on(TODAY);
         challenge_events(&Record::from_map(map), &ctx)
             .unwrap()
             .into_iter()
@@ -143,7 +143,7 @@ mod tests {
         let Value::Object(map) = challenge(1, "2026-03-09", "2026-03-20", 5) else {
             unreachable!()
         };
-        let ctx = SourceCtx { today: TODAY };
+        let ctx = SourceCtx::on(TODAY);
         let events = challenge_events(&Record::from_map(map), &ctx).unwrap();
         assert_eq!(events[0].context["challenge"]["id"], 9);
     }
@@ -153,7 +153,7 @@ mod tests {
         let Value::Object(map) = challenge(1, "soon", "2026-03-20", 5) else {
             unreachable!()
         };
-        let ctx = SourceCtx { today: TODAY };
+        let ctx = SourceCtx::on(TODAY);
         let err = challenge_events(&Record::from_map(map), &ctx).unwrap_err();
         assert_eq!(err.column, "start_date");
     }

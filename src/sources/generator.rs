@@ -5,8 +5,14 @@
 //! Comparisons, by the type of the condition's value:
 //! - a number (integer or float) compares with a number column numerically;
 //! - a string compares with a text column, byte by byte;
-//! - a TOML date (`2026-03-01`, unquoted) compares with a text column read as
-//!   a date (`YYYY-MM-DD`, a datetime's date part);
+//! - a date (`2026-03-01`, quoted or not) compares with a column read as a
+//!   date (`YYYY-MM-DD`, a datetime's date part);
+//! - a datetime (`"2026-03-01 14:00"`, `"2026-03-01T14:00:00Z"`) compares
+//!   with a column read as a moment (a date alone is its midnight; a
+//!   datetime without an offset is UTC, as Django stores it);
+//! - a relative value, `today`, `today+3d`, `today-1w` (a date) or `now`,
+//!   `now-2h`, `now+30m` (a moment), is resolved against `--as-of` when a
+//!   run starts, then compares as above;
 //! - a boolean compares with a boolean or a 0/1 column.
 //!
 //! - text holding a plain decimal number (what a PostgreSQL `numeric` column
@@ -22,6 +28,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use jiff::civil::Date;
+use jiff::{Timestamp, ToSpan};
 use serde_json::Value;
 
 use crate::event::{Context, Event, event};
@@ -86,7 +93,132 @@ pub enum CondValue {
     Float(f64),
     Text(String),
     Date(Date),
+    DateTime(Timestamp),
+    Relative(Relative),
     Bool(bool),
+}
+
+/// What a relative value counts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The run's date (`--as-of`, default the local date).
+    Today,
+    /// The run's moment (`--as-of`, default the clock).
+    Now,
+}
+
+/// `today`, `today+3d`, `now-2h`: a date or a moment counted from the run's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relative {
+    pub origin: Origin,
+    /// The offset, in `unit`s (negative: before).
+    pub amount: i64,
+    /// `w`, `d` (both origins), `h`, `m`, `s` (`now` only).
+    pub unit: char,
+}
+
+/// The relative values a condition may use, for messages.
+pub const RELATIVE_FORMS: &str =
+    "today, today+3d, today-1w (a date), now, now-2h, now+30m, now-90s (a moment)";
+
+impl Relative {
+    /// Parses `today[±N(d|w)]` or `now[±N(w|d|h|m|s)]` (spaces allowed
+    /// around the sign). `None`: not a relative value at all; `Some(Err)`:
+    /// one that is written wrong.
+    pub fn parse(text: &str) -> Option<Result<Relative, String>> {
+        let t = text.trim();
+        let (origin, rest) = if let Some(rest) = t.strip_prefix("today") {
+            (Origin::Today, rest)
+        } else if let Some(rest) = t.strip_prefix("now") {
+            (Origin::Now, rest)
+        } else {
+            return None;
+        };
+        let rest = rest.trim_start();
+        if rest.is_empty() {
+            return Some(Ok(Relative {
+                origin,
+                amount: 0,
+                unit: 'd',
+            }));
+        }
+        let negative = match rest.as_bytes()[0] {
+            b'+' => false,
+            b'-' => true,
+            // `nowhere`, `today's`: text, not a relative value.
+            _ => return None,
+        };
+        let rest = rest[1..].trim();
+        let bad = || format!("{text:?} is not a relative value (write {RELATIVE_FORMS})");
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let amount: i64 = match rest[..digits].parse() {
+            Ok(n) if n <= 100_000 => n,
+            _ => return Some(Err(bad())),
+        };
+        let unit = match (origin, rest[digits..].trim()) {
+            (_, "d") => 'd',
+            (_, "w") => 'w',
+            (Origin::Now, "h") => 'h',
+            (Origin::Now, "m") => 'm',
+            (Origin::Now, "s") => 's',
+            _ => return Some(Err(bad())),
+        };
+        Some(Ok(Relative {
+            origin,
+            amount: if negative { -amount } else { amount },
+            unit,
+        }))
+    }
+
+    /// The date or moment this stands for on `today` / at `now`.
+    pub fn resolve(&self, at: &AsOf) -> CondValue {
+        let n = self.amount;
+        let span = match self.unit {
+            'w' => (n * 7).days(),
+            'd' => n.days(),
+            'h' => n.hours(),
+            'm' => n.minutes(),
+            _ => n.seconds(),
+        };
+        match self.origin {
+            Origin::Today => at
+                .today
+                .checked_add(span)
+                .map_or(CondValue::Date(at.today), CondValue::Date),
+            Origin::Now => {
+                // Days and weeks from a moment: 24-hour days (UTC).
+                let span = match self.unit {
+                    'w' => (n * 7 * 24).hours(),
+                    'd' => (n * 24).hours(),
+                    _ => span,
+                };
+                at.now
+                    .checked_add(span)
+                    .map_or(CondValue::DateTime(at.now), CondValue::DateTime)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Relative {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let origin = match self.origin {
+            Origin::Today => "today",
+            Origin::Now => "now",
+        };
+        match self.amount {
+            0 => f.write_str(origin),
+            n if n > 0 => write!(f, "{origin}+{n}{}", self.unit),
+            n => write!(f, "{origin}{n}{}", self.unit),
+        }
+    }
+}
+
+/// When a run happens: the date and moment relative values count from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AsOf {
+    pub today: Date,
+    pub now: Timestamp,
 }
 
 impl CondValue {
@@ -97,9 +229,64 @@ impl CondValue {
             CondValue::Float(_) => "a number",
             CondValue::Text(_) => "a string",
             CondValue::Date(_) => "a date",
+            CondValue::DateTime(_) => "a datetime",
+            CondValue::Relative(r) => match r.origin {
+                Origin::Today => "a date",
+                Origin::Now => "a datetime",
+            },
             CondValue::Bool(_) => "a boolean",
         }
     }
+
+    /// Whether it compares as a date or a moment.
+    pub fn is_temporal(&self) -> bool {
+        matches!(
+            self,
+            CondValue::Date(_) | CondValue::DateTime(_) | CondValue::Relative(_)
+        )
+    }
+
+    /// A string from the config: a relative value, a date, a datetime, or
+    /// text.
+    pub fn from_text(text: &str) -> Result<CondValue, String> {
+        if let Some(relative) = Relative::parse(text) {
+            return relative.map(CondValue::Relative);
+        }
+        if text.len() == 10
+            && let Some(date) = parse_date(text)
+        {
+            return Ok(CondValue::Date(date));
+        }
+        if text.len() > 10
+            && parse_date(text).is_some()
+            && let Some(moment) = parse_moment(text)
+        {
+            return Ok(CondValue::DateTime(moment));
+        }
+        Ok(CondValue::Text(text.to_owned()))
+    }
+}
+
+/// A moment written as ISO 8601 text: `2026-03-01`, `2026-03-01 14:00`,
+/// `2026-03-01T14:00:00.5Z`, `2026-03-01T16:00:00+02:00`. A date alone is
+/// its midnight; a datetime without an offset is UTC (what Django stores
+/// with `USE_TZ = True`).
+pub fn parse_moment(text: &str) -> Option<Timestamp> {
+    let date = parse_date(text)?;
+    if text.len() == 10 {
+        return date
+            .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+            .ok()
+            .map(|z| z.timestamp());
+    }
+    if let Ok(t) = text.parse::<Timestamp>() {
+        return Some(t);
+    }
+    let civil: jiff::civil::DateTime = text.parse().ok()?;
+    civil
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp())
 }
 
 impl fmt::Display for CondValue {
@@ -109,6 +296,8 @@ impl fmt::Display for CondValue {
             CondValue::Float(x) => write!(f, "{x}"),
             CondValue::Text(s) => write!(f, "{s:?}"),
             CondValue::Date(d) => write!(f, "{d}"),
+            CondValue::DateTime(t) => write!(f, "{t}"),
+            CondValue::Relative(r) => write!(f, "{r}"),
             CondValue::Bool(b) => write!(f, "{b}"),
         }
     }
@@ -120,6 +309,9 @@ pub struct Condition {
     pub variable: String,
     pub op: Op,
     pub value: CondValue,
+    /// Where the config says it (`spark.toml:14:1`), for messages; empty
+    /// when unknown.
+    pub at: String,
 }
 
 impl fmt::Display for Condition {
@@ -157,6 +349,9 @@ impl Condition {
             }
             (CondValue::Text(want), Value::String(have)) => Some(have.as_str().cmp(want.as_str())),
             (CondValue::Date(want), Value::String(have)) => parse_date(have).map(|d| d.cmp(want)),
+            (CondValue::DateTime(want), Value::String(have)) => {
+                parse_moment(have).map(|t| t.cmp(want))
+            }
             (CondValue::Bool(want), Value::Bool(have)) => Some(have.cmp(want)),
             (CondValue::Bool(want), Value::Number(n)) => match n.as_i64() {
                 Some(0) => Some(false.cmp(want)),
@@ -166,6 +361,17 @@ impl Condition {
             _ => None,
         };
         ord.is_some_and(|ord| self.op.holds(ord))
+    }
+
+    /// This condition with a relative value resolved for a run at `at`.
+    pub fn resolved(&self, at: &AsOf) -> Condition {
+        match &self.value {
+            CondValue::Relative(r) => Condition {
+                value: r.resolve(at),
+                ..self.clone()
+            },
+            _ => self.clone(),
+        }
     }
 }
 
@@ -209,6 +415,14 @@ impl Generator {
         Ok(Some(event(self.group.clone(), id, context)))
     }
 
+    /// This generator for a run at `at`: relative values resolved.
+    pub fn resolved(&self, at: &AsOf) -> Generator {
+        Generator {
+            conditions: self.conditions.iter().map(|c| c.resolved(at)).collect(),
+            ..self.clone()
+        }
+    }
+
     /// The conditions in readable form: `key_length > 5 and status = "open"`.
     pub fn describe_conditions(&self) -> String {
         if self.conditions.is_empty() {
@@ -232,6 +446,7 @@ mod tests {
             variable: variable.into(),
             op: Op::parse(op).unwrap(),
             value,
+            at: String::new(),
         }
     }
 
@@ -285,6 +500,71 @@ mod tests {
         assert!(b.matches(Some(&json!(true))));
         assert!(!b.matches(Some(&json!(0))));
         assert!(!b.matches(Some(&json!(2))));
+    }
+
+    #[test]
+    fn relative_values_parse_and_resolve() {
+        let at = AsOf {
+            today: Date::constant(2026, 3, 10),
+            now: "2026-03-10T12:00:00Z".parse().unwrap(),
+        };
+        let resolve = |text: &str| Relative::parse(text).unwrap().unwrap().resolve(&at);
+        assert_eq!(
+            resolve("today"),
+            CondValue::Date(Date::constant(2026, 3, 10))
+        );
+        assert_eq!(
+            resolve("today+3d"),
+            CondValue::Date(Date::constant(2026, 3, 13))
+        );
+        assert_eq!(
+            resolve("today - 1w"),
+            CondValue::Date(Date::constant(2026, 3, 3))
+        );
+        assert_eq!(
+            resolve("now-2h"),
+            CondValue::DateTime("2026-03-10T10:00:00Z".parse().unwrap())
+        );
+        assert_eq!(
+            resolve("now+1d"),
+            CondValue::DateTime("2026-03-11T12:00:00Z".parse().unwrap())
+        );
+        assert_eq!(Relative::parse("nowhere"), None);
+        assert_eq!(Relative::parse("today's"), None);
+        for bad in [
+            "today+3",
+            "today+3h",
+            "now+x",
+            "today+-1d",
+            "now-99999999999s",
+        ] {
+            assert!(matches!(Relative::parse(bad), Some(Err(_))), "{bad}");
+        }
+        assert_eq!(
+            Relative::parse("today + 3d").unwrap().unwrap().to_string(),
+            "today+3d"
+        );
+    }
+
+    #[test]
+    fn moments_parse_with_or_without_offsets() {
+        let t = |s: &str| parse_moment(s).map(|t| t.to_string());
+        assert_eq!(t("2026-03-10"), Some("2026-03-10T00:00:00Z".into()));
+        assert_eq!(t("2026-03-10 14:00"), Some("2026-03-10T14:00:00Z".into()));
+        assert_eq!(
+            t("2026-03-10 14:00:00.5"),
+            Some("2026-03-10T14:00:00.5Z".into())
+        );
+        assert_eq!(
+            t("2026-03-10T16:00:00+02:00"),
+            Some("2026-03-10T14:00:00Z".into())
+        );
+        assert_eq!(
+            t("2026-03-10T14:00:00Z"),
+            Some("2026-03-10T14:00:00Z".into())
+        );
+        assert_eq!(t("2026-03-10x"), None);
+        assert_eq!(t("soon"), None);
     }
 
     #[test]
