@@ -63,14 +63,19 @@ pub fn mail(data: &[u8]) {
     let Ok(Some(event)) = generator.evaluate(&record, &mut context) else {
         return;
     };
-    let env = minijinja::Environment::new();
-    if env.template_from_str(&template).is_err() {
+    let env = crate::templates::environment(false);
+    if crate::templates::check(&env, &template).is_err() {
         return;
     }
     let config = MailConfig {
-        templates: [("fuzz".to_owned(), ("fuzz.txt".to_owned(), template))]
+        templates: [("fuzz".to_owned(), ("fuzz.txt".to_owned(), template.clone()))]
             .into_iter()
             .collect(),
+        html_templates: [("fuzz".to_owned(), ("fuzz.html".to_owned(), template))]
+            .into_iter()
+            .collect(),
+        html: None,
+        strict_templates: false,
         from: Some("{{ from | default('spark@example.org') }}".into()),
         subject: Some("{{ subject }}".into()),
         body: None,

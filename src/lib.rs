@@ -49,6 +49,7 @@ pub mod registry;
 pub mod signals;
 pub mod sources;
 pub mod store;
+pub mod templates;
 
 pub use cli::run_cli;
 pub use error::Error;

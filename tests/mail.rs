@@ -23,7 +23,7 @@ good luck with {{ challenge.title }}!
 It ends on {{ challenge.end_date }}.
 
 """
-challenge_ended = """{{ challenge.title | no_such_filter }}"""
+challenge_ended = """{{ challenge.title | indent("x") }}"""
 "#;
 
 fn mail_config(transport: &str) -> String {
@@ -183,7 +183,7 @@ fn a_template_that_fails_to_render_is_a_failed_delivery_naming_it() {
         .stderr_has(&[
             "challenge_ended_1",
             "template challenge_ended (inline) does not render",
-            "no_such_filter",
+            "line 1",
         ]);
     assert!(!case.path("outbox/challenge_ended_1.eml").exists());
 }

@@ -272,7 +272,10 @@ pub fn preview_mail(
         }
     };
     let renderer = MailHandler::new(handler, (**mail).clone());
-    let rendered = renderer.render(&event).map_err(Error::Usage)?;
+    let rendered = renderer.render_parts(&event).map_err(Error::Usage)?;
+    // A mail without a recipient or a sender is shown, with what it lacks
+    // (its delivery would fail), as django-spark's admin preview shows it.
+    let missing = renderer.missing(&event, &rendered);
     if cli.json {
         stdout_json(&json!({
             "key": event.key,
@@ -284,9 +287,18 @@ pub fn preview_mail(
             "reply_to": rendered.reply_to,
             "subject": rendered.subject,
             "body": rendered.body,
+            "html": rendered.html,
+            "headers": rendered.headers.iter().map(|(n, v)| json!([n, v])).collect::<Vec<_>>(),
+            "missing": missing,
         }))?;
     } else {
-        let message = renderer.message(&event, &rendered).map_err(Error::Usage)?;
+        if let Some(problem) = &missing {
+            outln!(
+                "# {}: a delivery of this mail would fail",
+                crate::escape::escape(problem)
+            )?;
+        }
+        let message = renderer.preview(&event, &rendered).map_err(Error::Usage)?;
         let text = String::from_utf8_lossy(&message.formatted()).replace("\r\n", "\n");
         outln!("{}", text.trim_end_matches('\n'))?;
     }

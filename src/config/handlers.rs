@@ -211,6 +211,13 @@ impl HandlerKind {
 pub struct MailConfig {
     /// Template source per event group, with a name for messages.
     pub templates: BTreeMap<String, (String, String)>,
+    /// HTML template source per event group (`<group>.html`).
+    pub html_templates: BTreeMap<String, (String, String)>,
+    /// The default HTML part (a template), for groups without one.
+    pub html: Option<String>,
+    /// Fail a render that looks up something undefined (default: render
+    /// it empty, as Django does).
+    pub strict_templates: bool,
     /// Defaults (each itself a template): `from`, `subject`, `body`.
     pub from: Option<String>,
     pub subject: Option<String>,
@@ -387,7 +394,11 @@ impl Validator<'_> {
             ("smtp_port", span(&raw.smtp_port)),
             ("smtp_security", span(&raw.smtp_security)),
         ];
-        let more: [(&'static str, Span); 6] = [
+        let more: [(&'static str, Span); 10] = [
+            ("method", span(&raw.method)),
+            ("content_type", span(&raw.content_type)),
+            ("strict_templates", span(&raw.strict_templates)),
+            ("html", span(&raw.html)),
             ("smtp_user", span(&raw.smtp_user)),
             ("smtp_password_env", span(&raw.smtp_password_env)),
             ("smtp_pool", span(&raw.smtp_pool)),
@@ -501,6 +512,10 @@ impl Validator<'_> {
             "function" => &["function", "concurrency", "rate"],
             "webhook" => &[
                 "url",
+                "method",
+                "body",
+                "content_type",
+                "strict_templates",
                 "headers",
                 "header_env",
                 "signing_secret_env",
@@ -511,6 +526,8 @@ impl Validator<'_> {
             ],
             "mail" => &[
                 "templates",
+                "html",
+                "strict_templates",
                 "from",
                 "to",
                 "cc",
@@ -705,36 +722,51 @@ impl Validator<'_> {
 
     fn mail(&mut self, entry: &str, raw: RawHandler) -> Option<MailConfig> {
         let transport = self.mail_transport(entry, &raw);
-        let templates = match raw.templates {
-            None => BTreeMap::new(),
+        let strict_templates = raw.strict_templates.as_ref().is_some_and(|s| *s.get_ref());
+        let (templates, html_templates) = match raw.templates {
+            None => (BTreeMap::new(), BTreeMap::new()),
             Some(t) => {
                 let span = t.span();
                 match t.into_inner() {
-                    RawTemplates::Inline(map) => map
-                        .into_iter()
-                        .map(|(group, source)| {
-                            let name = format!("{group} (inline)");
-                            (group, (name, source))
-                        })
-                        .collect(),
+                    RawTemplates::Inline(map) => {
+                        let (mut text, mut html) = (BTreeMap::new(), BTreeMap::new());
+                        for (name, source) in map {
+                            match name.strip_suffix(".html") {
+                                Some(group) => {
+                                    html.insert(
+                                        group.to_owned(),
+                                        (format!("{name} (inline)"), source),
+                                    );
+                                }
+                                None => {
+                                    let group =
+                                        name.strip_suffix(".txt").unwrap_or(&name).to_owned();
+                                    text.insert(group, (format!("{name} (inline)"), source));
+                                }
+                            }
+                        }
+                        (text, html)
+                    }
                     RawTemplates::Folder(dir) => {
                         let dir = self.resolve(&dir);
                         match read_template_folder(&dir) {
-                            Ok(map) => map,
+                            Ok(maps) => maps,
                             Err(message) => {
                                 self.bad_value(entry, "templates", span, message);
-                                BTreeMap::new()
+                                (BTreeMap::new(), BTreeMap::new())
                             }
                         }
                     }
                 }
             }
         };
-        // Every template must parse: check now rather than at the first mail.
+        // Every template must parse and name only filters and tests that
+        // exist: check now rather than at the first mail.
         let defaults = [
             ("from", raw.from.as_ref().map(|s| s.get_ref().clone())),
             ("subject", raw.subject.as_ref().map(|s| s.get_ref().clone())),
             ("body", raw.body.as_ref().map(|s| s.get_ref().clone())),
+            ("html", raw.html.as_ref().map(|s| s.get_ref().clone())),
         ];
         let addresses = |v: &Option<Spanned<OneOrMany>>| {
             v.as_ref()
@@ -749,6 +781,7 @@ impl Validator<'_> {
         );
         let mut sources: Vec<(String, &str)> = templates
             .values()
+            .chain(html_templates.values())
             .map(|(name, source)| (name.clone(), source.as_str()))
             .collect();
         for (field, value) in &defaults {
@@ -766,30 +799,19 @@ impl Validator<'_> {
                 sources.push((format!("`{field}`"), v.as_str()));
             }
         }
-        let env = minijinja::Environment::new();
-        let template_errors: Vec<(String, String)> = sources
+        let owned: Vec<(String, String)> = sources
             .iter()
-            .filter_map(|(name, source)| {
-                env.template_from_str(source)
-                    .err()
-                    .map(|e| (name.clone(), describe_template_error(&e)))
-            })
+            .map(|(name, source)| (name.clone(), (*source).to_owned()))
             .collect();
-        for (name, error) in template_errors {
-            self.report(
-                raw.kind.span(),
-                Problem::BadTemplate {
-                    entry: entry.to_owned(),
-                    name,
-                    error,
-                },
-            );
-        }
+        self.check_templates(entry, raw.kind.span(), &owned);
 
         let transport = transport?;
-        let [(_, from), (_, subject), (_, body)] = defaults;
+        let [(_, from), (_, subject), (_, body), (_, html)] = defaults;
         Some(MailConfig {
             templates,
+            html_templates,
+            html,
+            strict_templates,
             from,
             subject,
             body,
@@ -799,6 +821,24 @@ impl Validator<'_> {
             reply_to,
             transport,
         })
+    }
+
+    /// Reports each template (name, source) that does not parse or names
+    /// a filter or test that does not exist.
+    fn check_templates(&mut self, entry: &str, span: Range<usize>, sources: &[(String, String)]) {
+        let env = crate::templates::environment(false);
+        for (name, source) in sources {
+            if let Err(error) = crate::templates::check(&env, source) {
+                self.report(
+                    span.clone(),
+                    Problem::BadTemplate {
+                        entry: entry.to_owned(),
+                        name: name.clone(),
+                        error,
+                    },
+                );
+            }
+        }
     }
 
     fn mail_transport(&mut self, entry: &str, raw: &RawHandler) -> Option<MailTransport> {
@@ -955,33 +995,29 @@ impl Validator<'_> {
     }
 }
 
-/// A template error in one line: what, and where in the template.
-pub fn describe_template_error(e: &minijinja::Error) -> String {
-    match (e.line(), e.detail()) {
-        (Some(line), Some(detail)) => format!("line {line}: {detail}"),
-        (Some(line), None) => format!("line {line}: {e}"),
-        (None, _) => e.to_string(),
-    }
-}
+/// The templates of a folder: `GROUP.txt` (text) and `GROUP.html` (HTML),
+/// each group -> (file path, source).
+type TemplateMap = BTreeMap<String, (String, String)>;
 
-/// The `GROUP.txt` templates of a folder: group -> (file path, source).
-fn read_template_folder(dir: &Path) -> Result<BTreeMap<String, (String, String)>, String> {
+fn read_template_folder(dir: &Path) -> Result<(TemplateMap, TemplateMap), String> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| format!("cannot read folder {}: {e}", dir.display()))?;
-    let mut templates = BTreeMap::new();
+    let (mut text, mut html) = (BTreeMap::new(), BTreeMap::new());
     for entry in entries {
         let path = entry
             .map_err(|e| format!("cannot read folder {}: {e}", dir.display()))?
             .path();
-        if path.extension().and_then(|e| e.to_str()) != Some("txt") {
-            continue;
-        }
+        let into = match path.extension().and_then(|e| e.to_str()) {
+            Some("txt") => &mut text,
+            Some("html") => &mut html,
+            _ => continue,
+        };
         let Some(group) = path.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
         let source = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        templates.insert(group.to_owned(), (path.display().to_string(), source));
+        into.insert(group.to_owned(), (path.display().to_string(), source));
     }
-    Ok(templates)
+    Ok((text, html))
 }

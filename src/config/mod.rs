@@ -12,7 +12,7 @@ mod raw;
 
 pub use handlers::{
     Guarantee, HANDLER_KINDS, HandlerConfig, HandlerKind, MailConfig, MailTransport, Secret,
-    SmtpSecurity, SmtpServer, describe_template_error,
+    SmtpSecurity, SmtpServer,
 };
 
 pub use postgres::{PgConfig, SslMode};

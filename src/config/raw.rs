@@ -90,7 +90,14 @@ pub struct RawHandler {
     pub header_env: Option<Spanned<BTreeMap<String, String>>>,
     pub signing_secret_env: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
+    /// A webhook's HTTP method (POST, PUT, PATCH).
+    pub method: Option<Spanned<String>>,
+    /// A webhook body's content type.
+    pub content_type: Option<Spanned<String>>,
+    // templates (mail, webhook)
+    pub strict_templates: Option<Spanned<bool>>,
     // mail
+    pub html: Option<Spanned<String>>,
     pub templates: Option<Spanned<RawTemplates>>,
     pub from: Option<Spanned<String>>,
     pub to: Option<Spanned<OneOrMany>>,

@@ -9,7 +9,24 @@
 //! 3. if there is a template for the event's group, it is rendered: the first
 //!    non-empty line is the subject, the rest (blank lines around it removed,
 //!    trailing spaces removed per line) the body; each replaces the one from
-//!    above unless it came out empty.
+//!    above unless it came out empty. Lines break where Python's
+//!    `splitlines` breaks them (`\n`, `\r\n`, a bare `\r`, ...).
+//! 4. an HTML template for the group (`<group>.html`), or else the handler's
+//!    `html`, makes an HTML part: the mail is multipart/alternative with the
+//!    text part first. HTML is autoescaped; text is not (a text/plain mail
+//!    shows `<` as `<`; django-spark escapes it as `&lt;`).
+//!
+//! `context.spark_mail` takes the keys Django's mail class takes that make
+//! sense here: `from` (or `from_email`), `to`, `cc`, `bcc`, `reply_to`,
+//! `subject`, `body`, and `headers` (an object of extra header fields,
+//! checked: no line breaks, a valid name, and never one spark or the
+//! addresses own: `To`, `Cc`, `Bcc`, `From`, `Sender`, `Reply-To`,
+//! `Subject`, `Date`, `Message-ID`, `MIME-Version`, `Content-*`, ...). Any
+//! other key fails the delivery, naming it.
+//!
+//! A subject too long for one header line is folded; a word that cannot be
+//! folded (no spaces) is written as RFC 2047 encoded words, so no header
+//! line passes 78 characters.
 //!
 //! Each entry of `from`, `to`, `cc`, `bcc` and `reply_to` (a string or a
 //! list in the config; a string or a JSON array in `spark_mail`) must render
@@ -35,10 +52,11 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
-use lettre::message::{Mailbox, Message};
+use lettre::message::{Mailbox, Message, MultiPart, SinglePart};
+use minijinja::Environment;
 use minijinja::value::Serde;
-use minijinja::{AutoEscape, Environment};
 use serde_json::{Map, Value};
 
 use super::{DeliverEach, Dispatch, Failed, Outcome};
@@ -55,7 +73,81 @@ pub struct RenderedMail {
     pub reply_to: Vec<String>,
     pub subject: String,
     pub body: String,
+    /// The HTML part, when there is one.
+    pub html: Option<String>,
+    /// Extra header fields (`spark_mail.headers`), checked.
+    pub headers: Vec<(String, String)>,
 }
+
+/// The keys `context.spark_mail` takes.
+const SPARK_MAIL_KEYS: &str = "from, from_email, to, cc, bcc, reply_to, subject, body, headers";
+
+/// Header fields `spark_mail.headers` may not set: the addresses and the
+/// subject have their own keys, and the rest spark writes itself.
+const OWN_HEADERS: [&str; 14] = [
+    "to",
+    "cc",
+    "bcc",
+    "from",
+    "sender",
+    "reply-to",
+    "subject",
+    "date",
+    "message-id",
+    "mime-version",
+    "x-spark-key",
+    "return-path",
+    "received",
+    "content-",
+];
+
+/// One extra header field from `spark_mail.headers`, or why it is refused.
+fn extra_header(name: &str, value: &Value, key: &str) -> Result<(String, String), String> {
+    let refuse = |why: &str| {
+        format!(
+            "context.spark_mail.headers for {key}: {:?}: {why}",
+            crate::escape::escape(name)
+        )
+    };
+    if name.is_empty()
+        || name.len() > 76
+        || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+    {
+        return Err(refuse("not a header field name"));
+    }
+    let lower = name.to_ascii_lowercase();
+    if OWN_HEADERS
+        .iter()
+        .any(|own| lower == *own || (own.ends_with('-') && lower.starts_with(own)))
+    {
+        return Err(refuse(
+            "spark sets this field itself (addresses and the subject have their own spark_mail keys)",
+        ));
+    }
+    let Some(text) = value.as_str() else {
+        return Err(refuse("the value must be a string"));
+    };
+    if text.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(refuse(
+            "the value holds a line break or a control character",
+        ));
+    }
+    if name.len() + 2 + text.len() > 998 {
+        return Err(refuse("longer than a header line may be (998 characters)"));
+    }
+    Ok((name.to_owned(), text.to_owned()))
+}
+
+/// The names templates are kept under (their suffix picks the escaping).
+fn text_name(group: &str) -> String {
+    format!("text:{group}.txt")
+}
+
+fn html_name(group: &str) -> String {
+    format!("html:{group}.html")
+}
+
+const DEFAULT_HTML: &str = "default:html.html";
 
 pub struct MailHandler {
     name: String,
@@ -69,7 +161,10 @@ pub struct MailHandler {
 /// body (the lines after it, trailing spaces and surrounding blank lines
 /// removed), as django-spark's `Mail.render` does.
 pub fn split_subject_body(rendered: &str) -> (String, String) {
-    let lines: Vec<&str> = rendered.lines().map(str::trim_end).collect();
+    let lines: Vec<&str> = split_lines(rendered)
+        .into_iter()
+        .map(str::trim_end)
+        .collect();
     let Some(first) = lines.iter().position(|l| !l.is_empty()) else {
         return (String::new(), String::new());
     };
@@ -78,6 +173,42 @@ pub fn split_subject_body(rendered: &str) -> (String, String) {
         lines[first].trim_start().to_owned(),
         body.trim_matches('\n').to_owned(),
     )
+}
+
+/// `text` cut into lines where Python's `str.splitlines` cuts it: `\r\n`,
+/// `\n`, a bare `\r`, and `\v`, `\f`, `\x1c`-`\x1e`, `\u{85}`,
+/// `\u{2028}`, `\u{2029}`.
+pub fn split_lines(text: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let breaks = matches!(
+            c,
+            '\n' | '\r'
+                | '\u{b}'
+                | '\u{c}'
+                | '\u{1c}'
+                | '\u{1d}'
+                | '\u{1e}'
+                | '\u{85}'
+                | '\u{2028}'
+                | '\u{2029}'
+        );
+        if !breaks {
+            continue;
+        }
+        lines.push(&text[start..i]);
+        start = i + c.len_utf8();
+        if c == '\r' && chars.peek().map(|(_, n)| *n) == Some('\n') {
+            chars.next();
+            start += 1;
+        }
+    }
+    if start < text.len() {
+        lines.push(&text[start..]);
+    }
+    lines
 }
 
 /// `text` with every byte outside `[A-Za-z0-9._-]` percent-encoded: safe in
@@ -139,6 +270,55 @@ impl Header for SparkKey {
     }
 }
 
+/// The `Subject` header, folded so that no line passes 78 characters: at
+/// spaces where the words fit, and as RFC 2047 encoded words (UTF-8,
+/// base64, 39 bytes each) when a word is too long to fold.
+#[derive(Debug, Clone)]
+struct FoldedSubject(String);
+
+/// Longest word written as it is in a subject.
+const SUBJECT_WORD_MAX: usize = 60;
+
+impl Header for FoldedSubject {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("Subject")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(FoldedSubject(s.to_owned()))
+    }
+
+    fn display(&self) -> HeaderValue {
+        let text = &self.0;
+        if text.split(' ').all(|w| w.len() <= SUBJECT_WORD_MAX) {
+            // lettre folds at spaces and encodes what is not ASCII.
+            return HeaderValue::new(Self::name(), text.clone());
+        }
+        let mut words = Vec::new();
+        let mut chunk_start = 0;
+        let mut last = 0;
+        for (i, c) in text.char_indices() {
+            if i + c.len_utf8() - chunk_start > 39 {
+                words.push(&text[chunk_start..last]);
+                chunk_start = last;
+            }
+            last = i + c.len_utf8();
+        }
+        words.push(&text[chunk_start..]);
+        let encoded = words
+            .iter()
+            .map(|w| {
+                format!(
+                    "=?utf-8?b?{}?=",
+                    base64::engine::general_purpose::STANDARD.encode(w)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\r\n ");
+        HeaderValue::dangerous_new_pre_encoded(Self::name(), text.clone(), encoded)
+    }
+}
+
 /// One address entry as one mailbox, or a failure naming the key.
 fn mailbox(field: &str, text: &str, key: &str) -> Result<Mailbox, String> {
     text.trim().parse::<Mailbox>().map_err(|_| {
@@ -163,12 +343,17 @@ fn strings(value: &Value) -> Option<Vec<String>> {
 
 impl MailHandler {
     pub fn new(name: &str, config: MailConfig) -> MailHandler {
-        let mut env = Environment::new();
-        env.set_auto_escape_callback(|_| AutoEscape::None);
+        let mut env = crate::templates::environment(config.strict_templates);
         for (group, (_, source)) in &config.templates {
             // Checked when the config was loaded; a template that failed
             // there never gets here.
-            let _ = env.add_template_owned(group.clone(), source.clone());
+            let _ = env.add_template_owned(text_name(group), source.clone());
+        }
+        for (group, (_, source)) in &config.html_templates {
+            let _ = env.add_template_owned(html_name(group), source.clone());
+        }
+        if let Some(html) = &config.html {
+            let _ = env.add_template_owned(DEFAULT_HTML, html.clone());
         }
         let smtp = match &config.transport {
             MailTransport::Smtp(server) => Some(super::smtp::Pool::new(server.clone())),
@@ -201,7 +386,7 @@ impl MailHandler {
         self.env.render_str(source, ctx.clone()).map_err(|e| {
             format!(
                 "handler default `{what}` does not render: {}",
-                crate::config::describe_template_error(&e)
+                crate::templates::describe_error(&e)
             )
         })
     }
@@ -224,8 +409,26 @@ impl MailHandler {
         Ok(out)
     }
 
-    /// Renders the mail for `event` (see the module documentation).
-    pub fn render(&self, event: &Event) -> Result<RenderedMail, String> {
+    fn render_named(
+        &self,
+        template: &str,
+        what: &str,
+        ctx: &minijinja::Value,
+    ) -> Result<String, String> {
+        self.env
+            .get_template(template)
+            .and_then(|t| t.render(ctx.clone()))
+            .map_err(|e| {
+                format!(
+                    "template {what} does not render: {}",
+                    crate::templates::describe_error(&e)
+                )
+            })
+    }
+
+    /// Renders the mail for `event` (see the module documentation),
+    /// without asking for a sender or a recipient (`render` does).
+    pub fn render_parts(&self, event: &Event) -> Result<RenderedMail, String> {
         let c = &self.config;
         let ctx = Self::context(event);
         let opt = |what: &str, v: &Option<String>| -> Result<String, String> {
@@ -240,34 +443,51 @@ impl MailHandler {
             reply_to: self.render_list("reply_to", &c.reply_to, &ctx)?,
             subject: opt("subject", &c.subject)?.trim().to_owned(),
             body: opt("body", &c.body)?,
+            html: None,
+            headers: Vec::new(),
         };
-        if let Some(Value::Object(over)) = event.context.get("spark_mail") {
+        if let Some(over) = event.context.get("spark_mail") {
+            let Value::Object(over) = over else {
+                return Err(format!(
+                    "context.spark_mail for {} must be an object (keys: {SPARK_MAIL_KEYS})",
+                    event.key
+                ));
+            };
             for (field, value) in over {
                 let bad =
                     || format!("context.spark_mail.{field} must be a string or a list of strings");
                 match field.as_str() {
-                    "from" => mail.from = value.as_str().ok_or_else(bad)?.to_owned(),
+                    "from" | "from_email" => mail.from = value.as_str().ok_or_else(bad)?.to_owned(),
                     "subject" => mail.subject = value.as_str().ok_or_else(bad)?.to_owned(),
                     "body" => mail.body = value.as_str().ok_or_else(bad)?.to_owned(),
                     "to" => mail.to = strings(value).ok_or_else(bad)?,
                     "cc" => mail.cc = strings(value).ok_or_else(bad)?,
                     "bcc" => mail.bcc = strings(value).ok_or_else(bad)?,
                     "reply_to" => mail.reply_to = strings(value).ok_or_else(bad)?,
-                    _ => {}
+                    "headers" => {
+                        let Value::Object(headers) = value else {
+                            return Err(format!(
+                                "context.spark_mail.headers for {} must be an object of header fields",
+                                event.key
+                            ));
+                        };
+                        mail.headers = headers
+                            .iter()
+                            .map(|(name, value)| extra_header(name, value, &event.key))
+                            .collect::<Result<_, _>>()?;
+                    }
+                    other => {
+                        return Err(format!(
+                            "context.spark_mail.{} for {}: spark does not take this key (it takes {SPARK_MAIL_KEYS})",
+                            crate::escape::escape(other),
+                            event.key
+                        ));
+                    }
                 }
             }
         }
         if let Some((name, _)) = c.templates.get(&event.group) {
-            let rendered = self
-                .env
-                .get_template(&event.group)
-                .and_then(|t| t.render(ctx.clone()))
-                .map_err(|e| {
-                    format!(
-                        "template {name} does not render: {}",
-                        crate::config::describe_template_error(&e)
-                    )
-                })?;
+            let rendered = self.render_named(&text_name(&event.group), name, &ctx)?;
             let (subject, body) = split_subject_body(&rendered);
             if !subject.is_empty() {
                 mail.subject = subject;
@@ -276,30 +496,65 @@ impl MailHandler {
                 mail.body = body;
             }
         }
+        if let Some((name, _)) = c.html_templates.get(&event.group) {
+            mail.html = Some(self.render_named(&html_name(&event.group), name, &ctx)?);
+        } else if c.html.is_some() {
+            mail.html = Some(self.render_named(DEFAULT_HTML, "`html`", &ctx)?);
+        }
+        Ok(mail)
+    }
+
+    /// What a rendered mail lacks to be sent: a recipient, a sender.
+    pub fn missing(&self, event: &Event, mail: &RenderedMail) -> Option<String> {
         if mail.to.is_empty() {
-            return Err(format!(
+            return Some(format!(
                 "no recipient for {}: set `to` on the handler or context.spark_mail.to",
                 event.key
             ));
         }
         if mail.from.is_empty() {
-            return Err(format!(
+            return Some(format!(
                 "no sender for {}: set `from` on the handler or context.spark_mail.from",
                 event.key
             ));
         }
-        Ok(mail)
+        None
+    }
+
+    /// Renders the mail for `event`: a failure when it has no recipient or
+    /// no sender.
+    pub fn render(&self, event: &Event) -> Result<RenderedMail, String> {
+        let mail = self.render_parts(event)?;
+        match self.missing(event, &mail) {
+            Some(problem) => Err(problem),
+            None => Ok(mail),
+        }
     }
 
     /// The message for a rendered mail. Bcc is kept in the message only
     /// for the outbox (where a pickup service needs it).
     pub fn message(&self, event: &Event, mail: &RenderedMail) -> Result<Message, String> {
+        self.build(event, mail, false)
+    }
+
+    /// The message as `preview-mail` shows it: like `message`, but a mail
+    /// without a sender shows a placeholder one, and one without a
+    /// recipient is shown without (see `missing`).
+    pub fn preview(&self, event: &Event, mail: &RenderedMail) -> Result<Message, String> {
+        let mut mail = mail.clone();
+        if mail.from.is_empty() {
+            mail.from = "no sender <no-sender@invalid>".into();
+        }
+        self.build(event, &mail, true)
+    }
+
+    fn build(&self, event: &Event, mail: &RenderedMail, preview: bool) -> Result<Message, String> {
         let parse = |field: &str, text: &str| mailbox(field, text, &event.key);
         let from = parse("from", &mail.from)?;
         let domain = from.email.domain().to_owned();
         let mut builder = Message::builder()
             .from(from)
-            .subject(mail.subject.clone())
+            .header(FoldedSubject(mail.subject.clone()))
             .message_id(Some(format!(
                 "<{}.{}@{domain}>",
                 key_name(&event.key),
@@ -320,13 +575,35 @@ impl MailHandler {
         for reply_to in &mail.reply_to {
             builder = builder.reply_to(parse("reply_to", reply_to)?);
         }
+        for (name, value) in &mail.headers {
+            let name = HeaderName::new_from_ascii(name.clone())
+                .map_err(|_| format!("{name:?} is not a header field name"))?;
+            builder = builder.raw_header(HeaderValue::new(name, value.clone()));
+        }
         if matches!(self.config.transport, MailTransport::Outbox { .. }) {
             builder = builder.keep_bcc();
         }
-        builder
-            .header(ContentType::TEXT_PLAIN)
-            .body(mail.body.clone())
-            .map_err(|e| format!("cannot build the mail: {e}"))
+        if preview && mail.to.is_empty() && mail.cc.is_empty() && mail.bcc.is_empty() {
+            let nobody = "no-recipient@invalid"
+                .parse()
+                .map_err(|e| format!("cannot build the preview: {e}"))?;
+            let envelope = lettre::address::Envelope::new(None, vec![nobody])
+                .map_err(|e| format!("cannot build the preview: {e}"))?;
+            builder = builder.envelope(envelope);
+        }
+        let built = match &mail.html {
+            None => builder
+                .header(ContentType::TEXT_PLAIN)
+                .body(mail.body.clone()),
+            Some(html) if mail.body.trim().is_empty() => {
+                builder.singlepart(SinglePart::html(html.clone()))
+            }
+            Some(html) => builder.multipart(MultiPart::alternative_plain_html(
+                mail.body.clone(),
+                html.clone(),
+            )),
+        };
+        built.map_err(|e| format!("cannot build the mail: {e}"))
     }
 }
 
@@ -352,6 +629,7 @@ impl DeliverEach for MailHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn first_non_empty_line_is_the_subject() {
@@ -384,6 +662,9 @@ mod tests {
                 cc: Vec::new(),
                 bcc: Vec::new(),
                 reply_to: Vec::new(),
+                html_templates: BTreeMap::new(),
+                html: None,
+                strict_templates: false,
                 transport: MailTransport::Outbox {
                     dir: PathBuf::from("outbox"),
                     mode: crate::files::PRIVATE,
