@@ -6,7 +6,8 @@
 //!   `{{ user.email|default("x") }}` gives `x`, as Django does; a handler
 //!   with `strict_templates = true` fails the render instead.
 //! - `date(format)` formats a date, a datetime or ISO text with Django's
-//!   format codes (`{{ end_date|date("d.m.Y") }}`); `default_if_none`;
+//!   format codes (`{{ end_date|date("d.m.Y") }}`); `default_if_none`,
+//!   `truncatechars(n)`;
 //!   `default(x, true)` is Django's `default` (falsy values too).
 //! - Every template is checked when the config loads: syntax, and filters
 //!   and tests that do not exist (`{{ name|titel }}`), as Django does when it
@@ -36,6 +37,9 @@ pub enum Flavor {
     Html,
     /// JSON: values escaped as JSON string content.
     Json,
+    /// A URL: values percent-encoded (all but `A-Z a-z 0-9 - . _ ~`), so
+    /// that a value fills one path segment or query value and nothing more.
+    Url,
 }
 
 impl Flavor {
@@ -44,16 +48,19 @@ impl Flavor {
             Flavor::Text => AutoEscape::None,
             Flavor::Html => AutoEscape::Html,
             Flavor::Json => AutoEscape::Custom("json-string".into()),
+            Flavor::Url => AutoEscape::Custom("url-part".into()),
         }
     }
 
     /// The flavor a template's name implies (`*.html`: HTML, `*.json`:
-    /// JSON, anything else text).
+    /// JSON, `*.url`: URL, anything else text).
     pub fn of_name(name: &str) -> Flavor {
         if name.ends_with(".html") {
             Flavor::Html
         } else if name.ends_with(".json") {
             Flavor::Json
+        } else if name.ends_with(".url") {
+            Flavor::Url
         } else {
             Flavor::Text
         }
@@ -72,14 +79,37 @@ pub fn environment(strict: bool) -> Environment<'static> {
     });
     env.set_auto_escape_callback(|name| Flavor::of_name(name).auto_escape());
     env.set_formatter(|out, state, value| {
-        if let AutoEscape::Custom(_) = state.auto_escape() {
-            return write_json_string_content(out, value);
+        match state.auto_escape() {
+            AutoEscape::Custom(name) if name == "json-string" => {
+                return write_json_string_content(out, value);
+            }
+            AutoEscape::Custom(_) => return write_url_part(out, value),
+            _ => {}
         }
         minijinja::escape_formatter(out, state, value)
     });
     env.add_filter("date", django_date::date_filter);
     env.add_filter("default_if_none", default_if_none);
+    env.add_filter("truncatechars", truncatechars);
     env
+}
+
+/// Django's `truncatechars(n)`: at most `n` characters, the last one `…`
+/// when the text was cut.
+fn truncatechars(value: Value, n: usize) -> String {
+    let text = if value.is_none() || value.is_undefined() {
+        String::new()
+    } else {
+        value.to_string()
+    };
+    if text.chars().count() <= n {
+        return text;
+    }
+    let mut out: String = text.chars().take(n.saturating_sub(1)).collect();
+    if n > 0 {
+        out.push('…');
+    }
+    out
 }
 
 /// `{{ value|default_if_none("x") }}`: `x` only for none (and undefined).
@@ -119,6 +149,45 @@ fn write_json_string_content(
                 .map_err(fail)
         }
     }
+}
+
+/// A value written into a URL: percent-encoded, none and undefined as
+/// nothing.
+fn write_url_part(out: &mut minijinja::Output, value: &Value) -> Result<(), minijinja::Error> {
+    if value.is_none() || value.is_undefined() {
+        return Ok(());
+    }
+    let text = value.to_string();
+    let mut encoded = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(b));
+        } else {
+            let _ = write!(encoded, "%{b:02X}");
+        }
+    }
+    out.write_str(&encoded)
+        .map_err(|_| minijinja::Error::new(ErrorKind::WriteFailure, "cannot write the output"))
+}
+
+/// The context templates see: the event's context at the top level, and
+/// `spark_event` with its `key`, `group` (and `seen_at` when known).
+pub fn event_context(event: &crate::event::Event, seen_at: Option<&str>) -> Value {
+    let mut ctx: serde_json::Map<String, serde_json::Value> = (*event.context).clone();
+    let mut about = serde_json::Map::new();
+    about.insert("key".into(), serde_json::Value::String(event.key.clone()));
+    about.insert(
+        "group".into(),
+        serde_json::Value::String(event.group.clone()),
+    );
+    if let Some(seen_at) = seen_at {
+        about.insert(
+            "seen_at".into(),
+            serde_json::Value::String(seen_at.to_owned()),
+        );
+    }
+    ctx.insert("spark_event".into(), serde_json::Value::Object(about));
+    Value::from(minijinja::value::Serde(ctx))
 }
 
 /// A template error in one line: what, and where in the template.
@@ -229,6 +298,8 @@ mod tests {
         assert_eq!(r("{{ none|default_if_none('x') }}"), "x");
         assert_eq!(r("{{ empty|default_if_none('x') }}"), "");
         assert_eq!(r("{{ name|default_if_none('x') }}"), "Ana");
+        assert_eq!(r("{{ 'abcdef'|truncatechars(4) }}"), "abc…");
+        assert_eq!(r("{{ 'abc'|truncatechars(4) }}"), "abc");
     }
 
     #[test]
@@ -275,6 +346,24 @@ mod tests {
         assert_eq!(parsed["n"], 3);
         assert_eq!(parsed["tags"], json!(["x", "y"]));
         assert_eq!(parsed["raw"], json!({"name": "Zoë"}));
+    }
+
+    #[test]
+    fn url_flavor_percent_encodes_values() {
+        let mut env = environment(false);
+        env.add_template_owned("u.url", "https://h.example/send/{{ key }}?q={{ q }}")
+            .unwrap();
+        let out = env
+            .get_template("u.url")
+            .unwrap()
+            .render(to_value(
+                json!({"key": "a/b@evil.example:1 ü", "q": "x&y=z#"}),
+            ))
+            .unwrap();
+        assert_eq!(
+            out,
+            "https://h.example/send/a%2Fb%40evil.example%3A1%20%C3%BC?q=x%26y%3Dz%23"
+        );
     }
 
     #[test]

@@ -22,10 +22,12 @@ fn handler_target(kind: &HandlerKind) -> String {
             humantime::format_duration(*timeout)
         ),
         HandlerKind::Function { function } => function.clone(),
-        HandlerKind::Webhook { url, timeout, .. } => {
+        HandlerKind::Webhook(hook) => {
             format!(
-                "POST {url} (timeout {})",
-                humantime::format_duration(*timeout)
+                "{} {} (timeout {})",
+                hook.method,
+                hook.url,
+                humantime::format_duration(hook.timeout)
             )
         }
         HandlerKind::Mail(mail) => match &mail.transport {
@@ -310,25 +312,27 @@ fn config_view(config: &Config) -> ConfigView {
                     }
                 }
                 HandlerKind::Function { function } => v["function"] = json!(function),
-                HandlerKind::Webhook {
-                    url,
-                    headers,
-                    signing_secret,
-                    timeout,
-                    connect_timeout,
-                } => {
-                    v["url"] = json!(url);
+                HandlerKind::Webhook(hook) => {
+                    v["url"] = json!(hook.url);
+                    v["method"] = json!(hook.method.to_string());
+                    if let Some(body) = &hook.body {
+                        v["body"] = json!(body);
+                        v["content_type"] = json!(hook.content_type);
+                    }
+                    if hook.strict_templates {
+                        v["strict_templates"] = json!(true);
+                    }
                     v["headers"] = json!(
-                        headers
+                        hook.headers
                             .iter()
                             .map(|(k, s)| (k.clone(), secret(s)))
                             .collect::<std::collections::BTreeMap<_, _>>()
                     );
-                    if let Some(s) = signing_secret {
+                    if let Some(s) = &hook.signing_secret {
                         v["signing_secret"] = json!(secret(s));
                     }
-                    v["timeout"] = json!(duration(*timeout));
-                    v["connect_timeout"] = json!(duration(*connect_timeout));
+                    v["timeout"] = json!(duration(hook.timeout));
+                    v["connect_timeout"] = json!(duration(hook.connect_timeout));
                 }
                 HandlerKind::Mail(m) => {
                     v["templates"] = json!(

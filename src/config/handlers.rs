@@ -167,14 +167,8 @@ pub enum HandlerKind {
     },
     /// Calls a compiled-in handler function.
     Function { function: String },
-    /// POSTs the event JSON to `url`.
-    Webhook {
-        url: String,
-        headers: Vec<(String, Secret)>,
-        signing_secret: Option<Secret>,
-        timeout: Duration,
-        connect_timeout: Duration,
-    },
+    /// Sends the event to `url`: its JSON, or the rendered `body`.
+    Webhook(Box<WebhookConfig>),
     /// Renders a mail per event and sends it (SMTP) or writes it (outbox).
     Mail(Box<MailConfig>),
 }
@@ -200,9 +194,57 @@ impl HandlerKind {
             HandlerKind::Jsonl { .. } => "jsonl",
             HandlerKind::Command { .. } => "command",
             HandlerKind::Function { .. } => "function",
-            HandlerKind::Webhook { .. } => "webhook",
+            HandlerKind::Webhook(_) => "webhook",
             HandlerKind::Mail(_) => "mail",
         }
+    }
+}
+
+/// A webhook handler: where, how, and what it sends.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// The address; a template when it holds `{{`/`{%` (values rendered
+    /// into it are percent-encoded, and scheme and host are literal).
+    pub url: String,
+    pub method: HttpMethod,
+    /// The body template (default: the event JSON).
+    pub body: Option<String>,
+    /// The body's content type (default `application/json`).
+    pub content_type: String,
+    /// Extra headers: literal values are templates, `header_env` ones
+    /// secrets sent as they are (`Secret::var` tells them apart).
+    pub headers: Vec<(String, Secret)>,
+    pub signing_secret: Option<Secret>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Fail a render that looks up something undefined.
+    pub strict_templates: bool,
+}
+
+impl WebhookConfig {
+    /// Whether the body must be JSON (its content type says so).
+    pub fn json_body(&self) -> bool {
+        let t = self.content_type.to_ascii_lowercase();
+        let essence = t.split(';').next().unwrap_or_default().trim().to_owned();
+        essence == "application/json" || essence.ends_with("+json")
+    }
+}
+
+/// The HTTP methods a webhook may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    Post,
+    Put,
+    Patch,
+}
+
+impl fmt::Display for HttpMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+        })
     }
 }
 
@@ -692,10 +734,75 @@ impl Validator<'_> {
                 url.span(),
                 format!("{:?} is not an http:// or https:// URL", url.get_ref()),
             );
+        } else if let Some(at) = url.get_ref().find(['{']) {
+            // A templated URL: the scheme and the host stay literal.
+            let literal = &url.get_ref()[..at];
+            let after_scheme = literal.split_once("://").map_or("", |(_, rest)| rest);
+            if !after_scheme.contains('/') {
+                self.bad_value(
+                    entry,
+                    "url",
+                    url.span(),
+                    format!(
+                        "{:?}: a template may fill in the path and the query, not the scheme or the host (write them literally, up to the first `/`)",
+                        url.get_ref()
+                    ),
+                );
+            }
+        }
+        let method = match raw
+            .method
+            .as_ref()
+            .map(|m| m.get_ref().to_ascii_uppercase())
+        {
+            None => HttpMethod::Post,
+            Some(m) if m == "POST" => HttpMethod::Post,
+            Some(m) if m == "PUT" => HttpMethod::Put,
+            Some(m) if m == "PATCH" => HttpMethod::Patch,
+            Some(other) => {
+                let span = raw.method.as_ref().map_or(0..0, Spanned::span);
+                self.bad_value(
+                    entry,
+                    "method",
+                    span,
+                    format!("{other:?}: expected \"POST\", \"PUT\" or \"PATCH\""),
+                );
+                HttpMethod::Post
+            }
+        };
+        let content_type = match &raw.content_type {
+            None => "application/json".to_owned(),
+            Some(t) => {
+                let text = t.get_ref().trim();
+                if text.is_empty() || text.chars().any(char::is_control) || !text.contains('/') {
+                    self.bad_value(
+                        entry,
+                        "content_type",
+                        t.span(),
+                        format!(
+                            "{:?} is not a media type (like \"application/json\")",
+                            t.get_ref()
+                        ),
+                    );
+                }
+                text.to_owned()
+            }
+        };
+        if raw.content_type.is_some() && raw.body.is_none() {
+            let span = raw.content_type.as_ref().map_or(0..0, Spanned::span);
+            self.bad_value(
+                entry,
+                "content_type",
+                span,
+                "without `body` the event is sent as JSON; set `body` to send something else"
+                    .into(),
+            );
         }
         let mut headers: Vec<(String, Secret)> = Vec::new();
+        let mut templates: Vec<(String, String)> = Vec::new();
         if let Some(literal) = raw.headers {
             for (name, value) in literal.into_inner() {
+                templates.push((format!("header `{name}`"), value.clone()));
                 headers.push((name, Secret::literal(value)));
             }
         }
@@ -707,17 +814,28 @@ impl Validator<'_> {
                 headers.push((name, secret));
             }
         }
+        if let Some(body) = &raw.body {
+            templates.push(("`body`".into(), body.get_ref().clone()));
+        }
+        if url.get_ref().contains('{') {
+            templates.push(("`url`".into(), url.get_ref().clone()));
+        }
+        self.check_templates(entry, raw.kind.span(), &templates);
         let signing_secret = raw
             .signing_secret_env
             .as_ref()
             .map(|var| self.env(entry, "signing_secret_env", var));
-        Some(HandlerKind::Webhook {
+        Some(HandlerKind::Webhook(Box::new(WebhookConfig {
             url: url.into_inner(),
+            method,
+            body: raw.body.map(Spanned::into_inner),
+            content_type,
             headers,
             signing_secret,
             timeout,
             connect_timeout,
-        })
+            strict_templates: raw.strict_templates.is_some_and(|s| *s.get_ref()),
+        })))
     }
 
     fn mail(&mut self, entry: &str, raw: RawHandler) -> Option<MailConfig> {

@@ -56,8 +56,7 @@ use base64::Engine as _;
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, Message, MultiPart, SinglePart};
 use minijinja::Environment;
-use minijinja::value::Serde;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{DeliverEach, Dispatch, Failed, Outcome};
 use crate::config::{MailConfig, MailTransport};
@@ -369,12 +368,7 @@ impl MailHandler {
 
     /// The template context: the event's context, plus `spark_event`.
     fn context(event: &Event) -> minijinja::Value {
-        let mut ctx: Map<String, Value> = (*event.context).clone();
-        let mut about = Map::new();
-        about.insert("key".into(), Value::String(event.key.clone()));
-        about.insert("group".into(), Value::String(event.group.clone()));
-        ctx.insert("spark_event".into(), Value::Object(about));
-        minijinja::Value::from(Serde(ctx))
+        crate::templates::event_context(event, None)
     }
 
     fn render_str(

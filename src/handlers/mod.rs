@@ -182,20 +182,9 @@ pub fn build(handler: &HandlerConfig, registry: &Registry, withheld: &[String]) 
         HandlerKind::Function { function } => Sink::Each(std::sync::Arc::new(
             function::FunctionSink::new(function, registry.handler(function).cloned()),
         )),
-        HandlerKind::Webhook {
-            url,
-            headers,
-            signing_secret,
-            timeout,
-            connect_timeout,
-        } => Sink::Each(std::sync::Arc::new(webhook::WebhookHandler::new(
-            url.clone(),
-            headers.clone(),
-            signing_secret.clone(),
-            *timeout,
-            *connect_timeout,
-            handler.concurrency,
-        ))),
+        HandlerKind::Webhook(hook) => Sink::Each(std::sync::Arc::new(
+            webhook::WebhookHandler::new((**hook).clone(), handler.concurrency),
+        )),
         HandlerKind::Mail(config) => Sink::Each(std::sync::Arc::new(mail::MailHandler::new(
             &handler.name,
             (**config).clone(),

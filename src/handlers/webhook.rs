@@ -1,6 +1,14 @@
-//! `webhook`: an HTTP POST of the event JSON per event.
+//! `webhook`: an HTTP request per event (POST by default; PUT or PATCH with
+//! `method`), carrying the event JSON, or the handler's `body` template
+//! rendered against the event (Slack, Discord, Teams, Matrix, ...).
 //!
-//! Headers: `Content-Type: application/json`, `Idempotency-Key: <event key>`
+//! A `body` is a template whose values are JSON-escaped (see
+//! `crate::templates`); when the content type is JSON (the default) the
+//! rendered body must parse as JSON, or the delivery fails naming the key.
+//! Literal header values and the URL may be templates too (values rendered
+//! into the URL are percent-encoded; scheme and host are literal).
+//!
+//! Headers: `Content-Type` (default `application/json`), `Idempotency-Key: <event key>`
 //! (a receiver that stores it can drop the duplicate an at-least-once
 //! redelivery may bring), `User-Agent: spark/<version>`, the configured extra
 //! headers (values given literally or read from the environment), and, when
@@ -28,7 +36,7 @@ use sha2::Sha256;
 use ureq::Agent;
 
 use super::{DeliverEach, Dispatch, Failed, Outcome, Retry};
-use crate::config::Secret;
+use crate::config::{HttpMethod, WebhookConfig};
 
 /// How much of an error response's body a failure keeps.
 const BODY_KEEP: u64 = 300;
@@ -41,24 +49,25 @@ const BODY_DRAIN: u64 = 64 * 1024;
 pub const SIGNATURE_HEADER: &str = "Spark-Signature";
 
 pub struct WebhookHandler {
-    url: String,
-    headers: Vec<(String, Secret)>,
-    signing_secret: Option<Secret>,
+    config: WebhookConfig,
     agent: Agent,
+    /// The templates (body, URL, literal headers), when there are any.
+    env: minijinja::Environment<'static>,
+}
+
+const BODY: &str = "body.json";
+const TEXT_BODY: &str = "body.txt";
+const URL: &str = "url.url";
+
+fn header_template(i: usize) -> String {
+    format!("header-{i}.txt")
 }
 
 impl WebhookHandler {
-    pub fn new(
-        url: String,
-        headers: Vec<(String, Secret)>,
-        signing_secret: Option<Secret>,
-        timeout: Duration,
-        connect_timeout: Duration,
-        concurrency: usize,
-    ) -> Self {
+    pub fn new(config: WebhookConfig, concurrency: usize) -> Self {
         let agent: Agent = Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .timeout_connect(Some(connect_timeout))
+            .timeout_global(Some(config.timeout))
+            .timeout_connect(Some(config.connect_timeout))
             .http_status_as_error(false)
             .max_redirects(0)
             .max_idle_connections_per_host(concurrency.max(1))
@@ -66,12 +75,107 @@ impl WebhookHandler {
             .user_agent(concat!("spark/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        WebhookHandler {
-            url,
-            headers,
-            signing_secret,
-            agent,
+        // Checked when the config was loaded; a template that failed there
+        // never gets here.
+        let mut env = crate::templates::environment(config.strict_templates);
+        if let Some(body) = &config.body {
+            let name = if config.json_body() { BODY } else { TEXT_BODY };
+            let _ = env.add_template_owned(name, body.clone());
         }
+        if config.url.contains('{') {
+            let _ = env.add_template_owned(URL, config.url.clone());
+        }
+        for (i, (_, value)) in config.headers.iter().enumerate() {
+            if value.var.is_empty() {
+                let _ = env.add_template_owned(header_template(i), value.expose().to_owned());
+            }
+        }
+        WebhookHandler { config, agent, env }
+    }
+
+    fn render(
+        &self,
+        template: &str,
+        what: &str,
+        key: &str,
+        ctx: &minijinja::Value,
+    ) -> Result<String, Failed> {
+        self.env
+            .get_template(template)
+            .and_then(|t| t.render(ctx.clone()))
+            .map_err(|e| {
+                Failed::later(format!(
+                    "{what} for {key} does not render: {}",
+                    crate::templates::describe_error(&e)
+                ))
+            })
+    }
+
+    /// The URL, body and headers of the request for `dispatch`.
+    fn request_parts(
+        &self,
+        dispatch: &Dispatch<'_>,
+    ) -> Result<RequestParts<'_>, Failed> {
+        let key = &dispatch.event.key;
+        let c = &self.config;
+        if c.body.is_none()
+            && !c.url.contains('{')
+            && c.headers.iter().all(|(_, v)| !v.var.is_empty())
+        {
+            let headers = c
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.expose().to_owned()))
+                .collect();
+            return Ok((c.url.clone(), dispatch.to_json(), headers));
+        }
+        let ctx = crate::templates::event_context(dispatch.event, Some(dispatch.seen_at));
+        let url = if c.url.contains('{') {
+            self.render(URL, "`url`", key, &ctx)?
+        } else {
+            c.url.clone()
+        };
+        let body = match &c.body {
+            None => dispatch.to_json(),
+            Some(_) if c.json_body() => {
+                let body = self.render(BODY, "`body`", key, &ctx)?;
+                if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&body) {
+                    return Err(Failed::later(format!(
+                        "`body` for {key} is not JSON ({e}): {}",
+                        crate::escape::escape(&excerpt(&body))
+                    )));
+                }
+                body
+            }
+            Some(_) => self.render(TEXT_BODY, "`body`", key, &ctx)?,
+        };
+        let mut headers = Vec::with_capacity(c.headers.len());
+        for (i, (name, value)) in c.headers.iter().enumerate() {
+            let value = if value.var.is_empty() {
+                let v = self.render(&header_template(i), &format!("header `{name}`"), key, &ctx)?;
+                if v.chars().any(|c| c.is_control() && c != '\t') {
+                    return Err(Failed::later(format!(
+                        "header `{name}` for {key}: the rendered value holds a line break or a control character"
+                    )));
+                }
+                v
+            } else {
+                value.expose().to_owned()
+            };
+            headers.push((name.as_str(), value));
+        }
+        Ok((url, body, headers))
+    }
+}
+
+/// A request's URL, body and headers.
+type RequestParts<'a> = (String, String, Vec<(&'a str, String)>);
+
+/// The first 200 characters of `text`, for an error.
+fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(200) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_owned(),
     }
 }
 
@@ -104,16 +208,20 @@ pub fn retry_after(value: &str) -> Option<Duration> {
 
 impl DeliverEach for WebhookHandler {
     fn deliver(&self, dispatch: &Dispatch<'_>, _attempt: u32) -> Outcome {
-        let body = dispatch.to_json();
-        let mut request = self
-            .agent
-            .post(&self.url)
-            .header("Content-Type", "application/json")
+        let (url, body, headers) = self.request_parts(dispatch)?;
+        let method = self.config.method;
+        let request = match method {
+            HttpMethod::Post => self.agent.post(&url),
+            HttpMethod::Put => self.agent.put(&url),
+            HttpMethod::Patch => self.agent.patch(&url),
+        };
+        let mut request = request
+            .header("Content-Type", &self.config.content_type)
             .header("Idempotency-Key", &dispatch.event.key);
-        for (name, value) in &self.headers {
-            request = request.header(name, value.expose());
+        for (name, value) in &headers {
+            request = request.header(*name, value);
         }
-        if let Some(secret) = &self.signing_secret {
+        if let Some(secret) = &self.config.signing_secret {
             let now = jiff::Timestamp::now().as_second();
             request = request.header(
                 SIGNATURE_HEADER,
@@ -122,7 +230,7 @@ impl DeliverEach for WebhookHandler {
         }
         let mut response = request
             .send(body.as_bytes())
-            .map_err(|e| Failed::later(format!("POST {}: {e}", self.url)))?;
+            .map_err(|e| Failed::later(format!("{method} {url}: {e}")))?;
         let status = response.status();
         if status.is_success() {
             let _ = response
@@ -139,8 +247,7 @@ impl DeliverEach for WebhookHandler {
                 .and_then(|l| l.to_str().ok())
                 .unwrap_or("(none)");
             return Err(Failed::later(format!(
-                "POST {}: HTTP {status}, redirected to {location}; spark does not follow redirects (point `url` at the final address)",
-                self.url
+                "{method} {url}: HTTP {status}, redirected to {location}; spark does not follow redirects (point `url` at the final address)"
             )));
         }
         let throttled = (status.as_u16() == 429 || status.as_u16() == 503)
@@ -156,9 +263,9 @@ impl DeliverEach for WebhookHandler {
             .unwrap_or_default();
         let text = text.trim();
         let error = if text.is_empty() {
-            format!("POST {}: HTTP {status}", self.url)
+            format!("{method} {url}: HTTP {status}")
         } else {
-            format!("POST {}: HTTP {status}: {text}", self.url)
+            format!("{method} {url}: HTTP {status}: {text}")
         };
         Err(match throttled {
             Some(after) => Failed {
