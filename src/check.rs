@@ -66,10 +66,37 @@ fn runnable(program: &str) -> bool {
 
 /// Checks `config` against its database; writes nothing.
 pub fn check(config: &Config, registry: &Registry) -> CheckReport {
-    let mut report = CheckReport::default();
-    match backend::reader(config) {
-        Err(e) => report.errors.push(e.to_string()),
-        Ok(mut reader) => {
+    check_partial(
+        &crate::config::PartialConfig {
+            config: config.clone(),
+            problems: Vec::new(),
+            database_usable: true,
+        },
+        registry,
+    )
+}
+
+/// Checks a config that may have problems of its own: they are reported
+/// first, and what is valid of it is checked against its database too (the
+/// database when `[database]` itself is valid). Writes nothing.
+pub fn check_partial(partial: &crate::config::PartialConfig, registry: &Registry) -> CheckReport {
+    let config = &partial.config;
+    let mut report = CheckReport {
+        errors: partial.problems.iter().map(ToString::to_string).collect(),
+        ..CheckReport::default()
+    };
+    let reader = if partial.database_usable {
+        Some(backend::reader(config))
+    } else {
+        report
+            .warnings
+            .push("the database was not checked: fix `[database]` first".into());
+        None
+    };
+    match reader {
+        None => {}
+        Some(Err(e)) => report.errors.push(e.to_string()),
+        Some(Ok(mut reader)) => {
             for source in &config.sources {
                 match database::check_source(&mut *reader, registry, source) {
                     Ok(warnings) => report.warnings.extend(warnings),
@@ -97,6 +124,11 @@ pub fn check(config: &Config, registry: &Registry) -> CheckReport {
             .iter()
             .map(|m| m.problem().to_string()),
     );
+    if !partial.problems.is_empty() {
+        // Handlers or sources left out for their problems would make the
+        // warnings below about groups and regexes misleading.
+        return report;
+    }
 
     // Groups no handler receives: their events would be recorded as seen
     // and never delivered.

@@ -168,6 +168,25 @@ pub fn render(outcome: &RunOutcome<'_>, last_success: Option<f64>) -> String {
                 })
                 .collect::<Vec<_>>(),
         );
+        w.metric(
+            "spark_dead_events",
+            "Events in dead deliveries after the last run (given up; see `spark deliveries --state dead`), per handler.",
+            "gauge",
+            &r.outstanding
+                .iter()
+                .filter(|(_, state, _)| state == "dead")
+                .map(|(h, _, n)| (format!("{{handler=\"{}\"}}", label(h)), *n as f64))
+                .collect::<Vec<_>>(),
+        );
+        w.metric(
+            "spark_orphaned_events",
+            "Events owed to handlers no longer in the config (see `spark deliveries --orphaned`), per handler.",
+            "gauge",
+            &r.orphaned
+                .iter()
+                .map(|o| (format!("{{handler=\"{}\"}}", label(&o.handler)), o.events as f64))
+                .collect::<Vec<_>>(),
+        );
     }
     w.out
 }

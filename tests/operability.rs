@@ -154,6 +154,107 @@ fn gauge(scrape: &prometheus_parse::Scrape, metric: &str, label: Option<(&str, &
 }
 
 #[test]
+fn check_json_reports_an_unreadable_config_file_too() {
+    let case = challenges("");
+    std::fs::write(case.path("spark.toml"), "[database\npath = 1").unwrap();
+    let run = case.run(&["check", "--json"]).status(2);
+    let json = run.json();
+    assert_eq!(json["ok"], false);
+    let errors = json["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{json}");
+    assert!(
+        errors[0].as_str().unwrap().contains("spark.toml:1:"),
+        "{json}"
+    );
+    // And a file that is not there.
+    std::fs::remove_file(case.path("spark.toml")).unwrap();
+    let json = case.run(&["check", "--json"]).status(2).json();
+    assert!(
+        json["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("no config file")
+    );
+}
+
+#[test]
+fn check_reports_config_and_database_errors_together() {
+    let case = challenges(
+        r#"
+[[handlers]]
+name = "bad-regex"
+group = "(unclosed"
+kind = "jsonl"
+path = "other.jsonl"
+
+[[sources]]
+name = "ghosts"
+table = "no_such_table"
+group = "ghost"
+"#,
+    );
+    let (before, names) = (case.db_bytes(), files(case.dir.path()));
+    let json = case.run(&["check", "--json"]).status(2).json();
+    let errors: Vec<&str> = json["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(errors.iter().any(|e| e.contains("bad-regex")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("no_such_table")),
+        "{errors:?}"
+    );
+    case.run(&["check"])
+        .status(2)
+        .stderr_has(&["bad-regex", "no_such_table"]);
+    assert_eq!(case.db_bytes(), before, "nothing written");
+    assert_eq!(files(case.dir.path()), names);
+}
+
+#[test]
+fn dead_and_orphaned_deliveries_are_gauges() {
+    let case = challenges(
+        r#"
+[[handlers]]
+name = "broken"
+group = "created"
+kind = "command"
+max_attempts = 1
+command = ["false"]
+"#,
+    );
+    let run = |case: &Case| {
+        case.run(&[
+            "process-sources",
+            "--as-of",
+            "2026-03-10",
+            "--metrics-file",
+            "spark.prom",
+        ])
+    };
+    run(&case).status(1);
+    let s = scrape(&case.path("spark.prom"));
+    assert_eq!(
+        gauge(&s, "spark_dead_events", Some(("handler", "broken"))),
+        2.0
+    );
+    // The handler is renamed: what it was owed is orphaned.
+    let path = case.path("spark.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("name = \"broken\"", "name = \"renamed\"");
+    std::fs::write(&path, text).unwrap();
+    run(&case).status(1);
+    let s = scrape(&case.path("spark.prom"));
+    assert_eq!(
+        gauge(&s, "spark_orphaned_events", Some(("handler", "broken"))),
+        2.0
+    );
+}
+
+#[test]
 fn the_metrics_file_parses_and_carries_the_run() {
     let case = challenges(
         r#"

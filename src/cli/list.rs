@@ -172,8 +172,36 @@ fn receives(handler: &crate::config::HandlerConfig, groups: &[&str], complete: b
     }
 }
 
-pub fn check(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Result<ExitCode> {
-    let report = crate::check::check(config, registry);
+/// `check`: the config file's own problems and its database's together,
+/// in text or JSON, whatever is wrong.
+pub fn check(cli: &Cli, path: &std::path::Path, registry: &Registry) -> anyhow::Result<ExitCode> {
+    let partial = match Config::load_partial(path, registry) {
+        Ok(partial) => partial,
+        Err(e) => {
+            // Nothing could be made of the file: its one error.
+            let report = crate::check::CheckReport {
+                errors: vec![e.to_string()],
+                ..Default::default()
+            };
+            return print_check(cli, &report, &path.display().to_string(), "(not read)");
+        }
+    };
+    let report = crate::check::check_partial(&partial, registry);
+    let config = &partial.config;
+    print_check(
+        cli,
+        &report,
+        &config.path.display().to_string(),
+        &config.database.describe(),
+    )
+}
+
+fn print_check(
+    cli: &Cli,
+    report: &crate::check::CheckReport,
+    path: &str,
+    database: &str,
+) -> anyhow::Result<ExitCode> {
     if cli.json {
         stdout_json(&json!({
             "ok": report.errors.is_empty(),
@@ -191,9 +219,7 @@ pub fn check(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Result<
         super::run::print_orphaned(&report.orphaned);
         if !cli.quiet || !report.errors.is_empty() {
             outln!(
-                "check: {} against {}: {} errors, {} warnings",
-                config.path.display(),
-                config.database.describe(),
+                "check: {path} against {database}: {} errors, {} warnings",
                 report.errors.len(),
                 report.warnings.len()
             )?;

@@ -304,6 +304,9 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
+    if let Command::Check = &cli.command {
+        return list::check(cli, &config_path(cli), registry);
+    }
     if let Command::ProcessSources {
         run,
         lock,
@@ -319,7 +322,7 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
             let opts = run_options(cli, run, lock.wait()?, true)?;
             run::process_sources(cli, &config, registry, &opts)
         }
-        Command::Check => list::check(cli, &config, registry),
+        Command::Check => list::check(cli, &config_path(cli), registry),
         Command::Config => list::config(cli, &config),
         Command::SkipBackfill { run, lock } => {
             let opts = run_options(cli, run, lock.wait()?, false)?;

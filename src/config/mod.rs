@@ -319,6 +319,16 @@ pub struct Located {
     pub problem: Problem,
 }
 
+/// A config as far as it could be made, and what is wrong with it.
+#[derive(Debug)]
+pub struct PartialConfig {
+    /// The sources and handlers that are valid (the others left out).
+    pub config: Config,
+    pub problems: Vec<Located>,
+    /// Whether `[database]` itself is valid (its database can be checked).
+    pub database_usable: bool,
+}
+
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -364,6 +374,41 @@ impl Config {
     /// Validates config `text` as if read from `path` (relative paths in it
     /// are resolved against `path`'s folder).
     pub fn parse(text: &str, path: &Path, registry: &Registry) -> Result<Config, ConfigError> {
+        let partial = Config::parse_partial(text, path, registry)?;
+        if partial.problems.is_empty() {
+            Ok(partial.config)
+        } else {
+            Err(ConfigError::Invalid {
+                problems: partial.problems,
+            })
+        }
+    }
+
+    /// Reads the config at `path` for `check`: what could be made of it,
+    /// with its problems, so that the database can be checked too. `Err`
+    /// when nothing could be made of it (missing, unreadable, not TOML).
+    pub fn load_partial(path: &Path, registry: &Registry) -> Result<PartialConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::NotFound {
+                    path: path.to_owned(),
+                }
+            } else {
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    error,
+                }
+            }
+        })?;
+        Config::parse_partial(&text, path, registry)
+    }
+
+    /// `parse`, keeping what is valid beside the problems.
+    pub fn parse_partial(
+        text: &str,
+        path: &Path,
+        registry: &Registry,
+    ) -> Result<PartialConfig, ConfigError> {
         let mut v = Validator {
             text,
             path,
@@ -371,6 +416,7 @@ impl Config {
             problems: Vec::new(),
             missing_secrets: Vec::new(),
             withheld_env: Vec::new(),
+            database_failed: false,
         };
         let syntax = |v: &Validator<'_>, e: toml::de::Error| {
             let span = e.span().unwrap_or(0..0);
@@ -407,13 +453,11 @@ impl Config {
         let mut config = v.config(raw, registry);
         config.withheld_env = std::mem::take(&mut v.withheld_env);
         config.missing_secrets = std::mem::take(&mut v.missing_secrets);
-        if v.problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
-                problems: v.problems,
-            })
-        }
+        Ok(PartialConfig {
+            config,
+            problems: v.problems,
+            database_usable: !v.database_failed,
+        })
     }
 
     /// Fails, naming each, when a `*_env` key names a variable that is not
@@ -469,6 +513,8 @@ struct Validator<'a> {
     problems: Vec<Located>,
     missing_secrets: Vec<MissingSecret>,
     withheld_env: Vec<String>,
+    /// Whether `[database]` had a problem.
+    database_failed: bool,
 }
 
 impl Validator<'_> {
@@ -557,7 +603,9 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig, registry: &Registry) -> Config {
+        let before = self.problems.len();
         let database = self.database(raw.database);
+        self.database_failed = self.problems.len() > before;
         let delivery = self.delivery(raw.delivery);
         let mut sources: Vec<SourceConfig> = Vec::new();
         for source in raw.sources {

@@ -112,10 +112,7 @@ impl WebhookHandler {
     }
 
     /// The URL, body and headers of the request for `dispatch`.
-    fn request_parts(
-        &self,
-        dispatch: &Dispatch<'_>,
-    ) -> Result<RequestParts<'_>, Failed> {
+    fn request_parts(&self, dispatch: &Dispatch<'_>) -> Result<RequestParts<'_>, Failed> {
         let key = &dispatch.event.key;
         let c = &self.config;
         if c.body.is_none()
