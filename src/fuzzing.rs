@@ -76,6 +76,7 @@ pub fn mail(data: &[u8]) {
             .collect(),
         html: None,
         strict_templates: false,
+        templates_folder: None,
         from: Some("{{ from | default('spark@example.org') }}".into()),
         subject: Some("{{ subject }}".into()),
         body: None,

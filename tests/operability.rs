@@ -500,7 +500,7 @@ fn variables_in_the_config_come_from_the_environment() {
     run(&[("OUT", "x")])
         .status(2)
         .stderr_has(&["spark.toml:3:", "${APP_DIR}", "not set"]);
-    std::fs::create_dir(case.path("out")).unwrap();
+    std::fs::create_dir(case.path("outbox-dir")).unwrap();
     run(&[("APP_DIR", "."), ("OUT", "out")]).success();
     assert_eq!(case.jsonl_keys("out/events-${literal}.jsonl").len(), 3);
 }
@@ -530,12 +530,139 @@ header_env = { "Authorization" = "HOOK_AUTH" }
         !out.contains("t0p-s3cret") && !out.contains("abc123"),
         "{out}"
     );
-    assert!(out.contains("token=***"), "{out}");
-    assert!(out.contains("${HOOK_AUTH} (hidden)"), "{out}");
+    // Written back the way the file says it, so that it can be fed back.
+    assert!(out.contains("token=${API_TOKEN}"), "{out}");
+    assert!(out.contains("Authorization = \"HOOK_AUTH\""), "{out}");
     assert!(out.contains(CHALLENGE_QUERY.split_whitespace().next().unwrap()));
     // The TOML printed is itself a TOML document.
     let parsed: toml::Table = toml::from_str(out.trim_start_matches(|c| c != '\n')).unwrap();
     assert!(parsed.contains_key("handlers"));
+}
+
+#[test]
+fn spark_config_output_can_be_fed_back_as_the_same_config() {
+    let case = challenges(
+        r#"
+[[handlers]]
+name = "hook"
+group = "ended"
+kind = "webhook"
+url = "https://hooks.example.org/x?token=${API_TOKEN}"
+method = "PUT"
+headers = { "X-Source" = "spark", "X-Group" = "{{ spark_event.group }}" }
+header_env = { "Authorization" = "HOOK_AUTH" }
+signing_secret_env = "HOOK_SECRET"
+body = '{"text": "literal $${not a var} {{ challenge.title }}"}'
+
+[[handlers]]
+name = "mail-inline"
+group = "created"
+kind = "mail"
+from = "Shop <shop@example.org>"
+to = ["{{ challenge.user_email }}", "audit@example.org"]
+outbox = "${OUTBOX_DIR}"
+strict_templates = true
+html = "<p>{{ challenge.title }}</p>"
+[handlers.templates]
+challenge_created = "Hi\n\n{{ challenge.title|date('Y') }}"
+"challenge_created.html" = "<b>{{ challenge.title }}</b>"
+
+[[handlers]]
+name = "mail-smtp"
+group = "ends"
+kind = "mail"
+templates = "mails"
+from = "a@example.org"
+to = "b@example.org"
+smtp_host = "smtp.example.org"
+smtp_user = "spark"
+smtp_password_env = "SMTP_PASSWORD"
+smtp_pool = false
+
+[[sources]]
+name = "overdue"
+table = "challenge"
+group = "overdue"
+conditions = [
+  { variable = "end_date", op = "<", value = "today-3d" },
+  { variable = "end_date", op = ">=", value = 2026-01-01 },
+  { variable = "title", op = "!=", value = "x" },
+  { variable = "is_active", op = "=", value = 1 },
+]
+"#,
+    );
+    std::fs::create_dir(case.path("mails")).unwrap();
+    std::fs::create_dir(case.path("outbox-dir")).unwrap();
+    let env = [
+        ("API_TOKEN", "t0p-s3cret"),
+        ("HOOK_AUTH", "Bearer abc123"),
+        ("HOOK_SECRET", "whsec"),
+        ("SMTP_PASSWORD", "pw-123456"),
+        ("OUTBOX_DIR", "outbox-dir"),
+    ];
+    let spark = |file: &str| {
+        let mut cmd = std::process::Command::new(case.command().get_program());
+        cmd.current_dir(case.dir.path()).args(["--config", file]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    };
+    let config_of = |file: &str| {
+        let output = spark(file).arg("config").output().unwrap();
+        let run = common::Run { output }.success();
+        let out = run.stdout();
+        out[out.find('\n').unwrap() + 1..].to_owned()
+    };
+    let first = config_of("spark.toml");
+    for (_, secret) in &env[..4] {
+        assert!(!first.contains(secret), "{secret}: {first}");
+    }
+    std::fs::write(case.path("again.toml"), &first).unwrap();
+    let second = config_of("again.toml");
+    assert_eq!(first, second, "the printed config reads back as itself");
+    // And it is a config spark accepts as it is.
+    let out = spark("again.toml").arg("check").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same keys as the file: no quotes around header values, *_env
+    // keys naming variables, templates as written.
+    let parsed: toml::Table = toml::from_str(&first).unwrap();
+    let handlers = parsed["handlers"].as_array().unwrap();
+    let hook = handlers
+        .iter()
+        .find(|h| h["name"].as_str() == Some("hook"))
+        .unwrap();
+    assert_eq!(hook["headers"]["X-Source"].as_str(), Some("spark"));
+    assert_eq!(
+        hook["header_env"]["Authorization"].as_str(),
+        Some("HOOK_AUTH")
+    );
+    assert_eq!(hook["signing_secret_env"].as_str(), Some("HOOK_SECRET"));
+    assert_eq!(
+        hook["body"].as_str(),
+        Some("{\"text\": \"literal $${not a var} {{ challenge.title }}\"}")
+    );
+    let inline = handlers
+        .iter()
+        .find(|h| h["name"].as_str() == Some("mail-inline"))
+        .unwrap();
+    assert!(
+        inline["outbox"]
+            .as_str()
+            .unwrap()
+            .ends_with("/${OUTBOX_DIR}")
+    );
+    assert!(inline["templates"]["challenge_created.html"].is_str());
+    let smtp = handlers
+        .iter()
+        .find(|h| h["name"].as_str() == Some("mail-smtp"))
+        .unwrap();
+    assert_eq!(smtp["smtp_password_env"].as_str(), Some("SMTP_PASSWORD"));
+    assert!(smtp["templates"].as_str().unwrap().ends_with("/mails"));
 }
 
 #[test]

@@ -6,9 +6,7 @@ use serde_json::json;
 
 use super::Cli;
 use super::output::{clip, errln, outln, print_table, stdout_json};
-use crate::config::{
-    BackendConfig, Config, HandlerKind, MailTransport, Secret, SmtpSecurity, SourceKind,
-};
+use crate::config::{BackendConfig, Config, HandlerKind, MailTransport, SmtpSecurity, SourceKind};
 use crate::records::RecordSet;
 use crate::registry::Registry;
 use crate::sources::generator::CondValue;
@@ -228,10 +226,6 @@ fn print_check(
     Ok(ExitCode::from(report.exit_code()))
 }
 
-fn secret(s: &Secret) -> String {
-    format!("{s:?}")
-}
-
 fn duration(d: std::time::Duration) -> String {
     humantime::format_duration(d).to_string()
 }
@@ -241,21 +235,14 @@ fn config_view(config: &Config) -> ConfigView {
     let mut database = json!({ "seen_table": config.database.seen_table });
     match &config.database.backend {
         BackendConfig::Sqlite(db) => {
-            database["path"] = json!(db.path.display().to_string());
+            database["path"] = json!(absolute(&db.path));
             database["busy_timeout"] = json!(duration(db.busy_timeout));
             if let Some(script) = &db.create_from {
-                database["create_from"] = json!(script.display().to_string());
+                database["create_from"] = json!(absolute(script));
             }
         }
         BackendConfig::Postgres(pg) => {
-            database["url"] = json!(format!(
-                "postgresql://{}@{}:{}/{}?sslmode={}",
-                pg.user,
-                pg.hosts.join(","),
-                pg.port,
-                pg.dbname,
-                pg.sslmode.as_str()
-            ));
+            database["url"] = json!(pg.written);
             database["lease"] = json!(duration(pg.lease));
         }
     }
@@ -321,12 +308,16 @@ fn config_view(config: &Config) -> ConfigView {
             }
             match &h.kind {
                 HandlerKind::Jsonl { path, mode } => {
-                    v["path"] = json!(path.display().to_string());
+                    v["path"] = json!(absolute(path));
                     v["mode"] = json!(format!("{mode:04o}"));
                 }
                 HandlerKind::Command {
                     argv, timeout, env, ..
                 } => {
+                    let mut argv = argv.clone();
+                    if argv[0].contains('/') {
+                        argv[0] = absolute(std::path::Path::new(&argv[0]));
+                    }
                     v["command"] = json!(argv);
                     v["timeout"] = json!(duration(*timeout));
                     if !env.is_empty() {
@@ -348,25 +339,51 @@ fn config_view(config: &Config) -> ConfigView {
                     if hook.strict_templates {
                         v["strict_templates"] = json!(true);
                     }
-                    v["headers"] = json!(
-                        hook.headers
-                            .iter()
-                            .map(|(k, s)| (k.clone(), secret(s)))
-                            .collect::<std::collections::BTreeMap<_, _>>()
-                    );
+                    let (literal, from_env): (Vec<_>, Vec<_>) =
+                        hook.headers.iter().partition(|(_, s)| s.var.is_empty());
+                    if !literal.is_empty() {
+                        v["headers"] = json!(
+                            literal
+                                .iter()
+                                .map(|(k, s)| (k.clone(), s.expose().to_owned()))
+                                .collect::<std::collections::BTreeMap<_, _>>()
+                        );
+                    }
+                    if !from_env.is_empty() {
+                        v["header_env"] = json!(
+                            from_env
+                                .iter()
+                                .map(|(k, s)| (k.clone(), s.var.clone()))
+                                .collect::<std::collections::BTreeMap<_, _>>()
+                        );
+                    }
                     if let Some(s) = &hook.signing_secret {
-                        v["signing_secret"] = json!(secret(s));
+                        v["signing_secret_env"] = json!(s.var);
                     }
                     v["timeout"] = json!(duration(hook.timeout));
                     v["connect_timeout"] = json!(duration(hook.connect_timeout));
                 }
                 HandlerKind::Mail(m) => {
-                    v["templates"] = json!(
-                        m.templates
-                            .values()
-                            .map(|(n, _)| n.clone())
-                            .collect::<Vec<_>>()
-                    );
+                    match &m.templates_folder {
+                        Some(folder) => v["templates"] = json!(folder_path(config, folder)),
+                        None if !m.templates.is_empty() || !m.html_templates.is_empty() => {
+                            let mut inline = serde_json::Map::new();
+                            for (group, (_, source)) in &m.templates {
+                                inline.insert(group.clone(), json!(source));
+                            }
+                            for (group, (_, source)) in &m.html_templates {
+                                inline.insert(format!("{group}.html"), json!(source));
+                            }
+                            v["templates"] = serde_json::Value::Object(inline);
+                        }
+                        None => {}
+                    }
+                    if let Some(html) = &m.html {
+                        v["html"] = json!(html);
+                    }
+                    if m.strict_templates {
+                        v["strict_templates"] = json!(true);
+                    }
                     for (key, value) in [
                         ("from", &m.from),
                         ("subject", &m.subject),
@@ -389,13 +406,13 @@ fn config_view(config: &Config) -> ConfigView {
                     match &m.transport {
                         MailTransport::Outbox { dir, mode } => {
                             v["transport"] = json!("outbox");
-                            v["outbox"] = json!(dir.display().to_string());
+                            v["outbox"] = json!(absolute(dir));
                             v["mode"] = json!(format!("{mode:04o}"));
                         }
                         MailTransport::Smtp(smtp) => {
                             v["transport"] = json!("smtp");
                             if let Some(ca) = &smtp.ca {
-                                v["smtp_ca_file"] = json!(ca.path.display().to_string());
+                                v["smtp_ca_file"] = json!(absolute(&ca.path));
                             }
                             if !smtp.pool {
                                 v["smtp_pool"] = json!(false);
@@ -411,7 +428,7 @@ fn config_view(config: &Config) -> ConfigView {
                                 v["smtp_user"] = json!(user);
                             }
                             if let Some(p) = &smtp.password {
-                                v["smtp_password"] = json!(secret(p));
+                                v["smtp_password_env"] = json!(p.var);
                             }
                             v["timeout"] = json!(duration(smtp.timeout));
                         }
@@ -443,9 +460,57 @@ struct ConfigView {
     handlers: Vec<serde_json::Value>,
 }
 
+/// A folder as the config wrote it, made absolute so that the printed
+/// config works wherever it is saved.
+fn folder_path(config: &Config, written: &str) -> String {
+    let dir = config.path.parent().unwrap_or(std::path::Path::new(""));
+    absolute(&dir.join(written))
+}
+
+/// `path` (already resolved against the config's folder) as an absolute
+/// path.
+fn absolute(path: &std::path::Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .display()
+        .to_string()
+}
+
+/// Every string in `value` written so that the config reads it back the
+/// same: a literal `${` as `$${`, and each value a `${VAR}` expanded to as
+/// that `${VAR}` again (so a value from the environment is never printed;
+/// one shorter than 4 characters is printed as it is, neither masked nor
+/// replaced, as it could stand for any text).
+fn as_written(value: &mut serde_json::Value, env_values: &[(String, String)]) {
+    match value {
+        serde_json::Value::String(s) => {
+            let mut text = s.replace("${", "$${");
+            for (var, expanded) in env_values {
+                // As short values are not masked either (see `redact`).
+                if expanded.chars().count() >= crate::redact::MIN_LEN {
+                    text = text.replace(expanded.as_str(), &format!("${{{var}}}"));
+                }
+            }
+            *s = text;
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| as_written(v, env_values)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| as_written(v, env_values)),
+        _ => {}
+    }
+}
+
 pub fn config(cli: &Cli, config: &Config) -> anyhow::Result<ExitCode> {
-    // Secrets are masked on the way out, like everything printed.
-    let view = config_view(config);
+    // Values from the environment are written back as `${VAR}`; other
+    // secrets are masked on the way out, like everything printed.
+    let mut env_values = config.env_values.clone();
+    env_values.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+    let mut view = config_view(config);
+    for part in [&mut view.database, &mut view.delivery] {
+        as_written(part, &env_values);
+    }
+    for part in view.sources.iter_mut().chain(view.handlers.iter_mut()) {
+        as_written(part, &env_values);
+    }
     if cli.json {
         stdout_json(&serde_json::to_value(&view)?)?;
     } else {

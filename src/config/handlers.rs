@@ -260,6 +260,8 @@ pub struct MailConfig {
     /// Fail a render that looks up something undefined (default: render
     /// it empty, as Django does).
     pub strict_templates: bool,
+    /// `templates` as the config wrote it when it named a folder.
+    pub templates_folder: Option<String>,
     /// Defaults (each itself a template): `from`, `subject`, `body`.
     pub from: Option<String>,
     pub subject: Option<String>,
@@ -841,6 +843,10 @@ impl Validator<'_> {
     fn mail(&mut self, entry: &str, raw: RawHandler) -> Option<MailConfig> {
         let transport = self.mail_transport(entry, &raw);
         let strict_templates = raw.strict_templates.as_ref().is_some_and(|s| *s.get_ref());
+        let templates_folder = match raw.templates.as_ref().map(Spanned::get_ref) {
+            Some(RawTemplates::Folder(dir)) => Some(dir.clone()),
+            _ => None,
+        };
         let (templates, html_templates) = match raw.templates {
             None => (BTreeMap::new(), BTreeMap::new()),
             Some(t) => {
@@ -930,6 +936,7 @@ impl Validator<'_> {
             html_templates,
             html,
             strict_templates,
+            templates_folder,
             from,
             subject,
             body,

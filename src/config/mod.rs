@@ -47,6 +47,9 @@ pub struct Config {
     /// Secrets named by `*_env` keys whose variables are not set. Only
     /// commands that deliver need them (see `require_secrets`).
     pub missing_secrets: Vec<MissingSecret>,
+    /// Each `${VAR}` the file used and what it expanded to (for `spark
+    /// config`, which writes them back as `${VAR}`).
+    pub env_values: Vec<(String, String)>,
 }
 
 /// A `*_env` key naming a variable that is not set.
@@ -453,6 +456,7 @@ impl Config {
         let mut config = v.config(raw, registry);
         config.withheld_env = std::mem::take(&mut v.withheld_env);
         config.missing_secrets = std::mem::take(&mut v.missing_secrets);
+        config.env_values = done.values.clone();
         Ok(PartialConfig {
             config,
             problems: v.problems,
@@ -686,6 +690,7 @@ impl Validator<'_> {
             handlers,
             withheld_env: Vec::new(),
             missing_secrets: Vec::new(),
+            env_values: Vec::new(),
         }
     }
 

@@ -76,6 +76,8 @@ pub struct PgConfig {
     /// How long a claim on a delivery lasts without being renewed: after a
     /// worker dies, others take its deliveries over when it runs out.
     pub lease: Duration,
+    /// The `url` as the config wrote it (for `spark config`).
+    pub written: String,
 }
 
 impl fmt::Debug for PgConfig {
@@ -179,6 +181,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<PgConfi
             .unwrap_or_else(|| "spark".to_owned()),
         connect_timeout,
         lease: Duration::from_secs(60),
+        written: text.to_owned(),
     })
 }
 

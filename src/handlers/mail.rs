@@ -659,6 +659,7 @@ mod tests {
                 html_templates: BTreeMap::new(),
                 html: None,
                 strict_templates: false,
+                templates_folder: None,
                 transport: MailTransport::Outbox {
                     dir: PathBuf::from("outbox"),
                     mode: crate::files::PRIVATE,
