@@ -69,14 +69,27 @@ struct Calls {
     sink: Arc<dyn DeliverEach>,
     pace: Option<Arc<Pace>>,
     n: usize,
+    /// The handler's name, for the log.
+    handler: String,
 }
 
 impl Calls {
+    /// Calls the handler; with `-v`, one log line per call: key, handler,
+    /// outcome, attempt, milliseconds.
     fn call(&self, dispatch: &Dispatch<'_>, attempt: u32) -> Outcome {
         if let Some(pace) = &self.pace {
             pace.wait();
         }
-        self.sink.deliver(dispatch, attempt)
+        let started = Instant::now();
+        let outcome = self.sink.deliver(dispatch, attempt);
+        let ms = started.elapsed().as_millis() as u64;
+        match &outcome {
+            Ok(()) => tracing::info!(key = %dispatch.event.key, handler = %self.handler,
+                outcome = "delivered", attempt, ms, "delivery"),
+            Err(failed) => tracing::info!(key = %dispatch.event.key, handler = %self.handler,
+                outcome = "failed", attempt, ms, error = %failed.error, "delivery"),
+        }
+        outcome
     }
 }
 
@@ -254,8 +267,16 @@ impl Engine {
         let Sink::File(sink) = &mut self.slots[h].sink else {
             return Ok(());
         };
-        match sink.write_staged() {
+        let started = Instant::now();
+        let written = sink.write_staged();
+        let (events, ms) = (
+            staged.iter().map(|(_, n)| n).sum::<u64>(),
+            started.elapsed().as_millis() as u64,
+        );
+        match written {
             Ok(()) => {
+                tracing::info!(handler = %self.slots[h].name, events, deliveries = staged.len(),
+                    outcome = "delivered", ms, "file write");
                 for (mut delivery, n) in staged {
                     if self.group_files {
                         delivery.done = delivery.keys.len();
@@ -586,6 +607,7 @@ impl Engine {
             sink: Arc::clone(sink),
             pace: self.slots[h].pace.clone(),
             n: self.slots[h].concurrency.max(1),
+            handler: self.slots[h].name.clone(),
         };
         match self.slots[h].guarantee {
             Guarantee::AtLeastOnce => self.at_least_once(store, h, delivery, events, &calls),

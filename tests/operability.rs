@@ -214,6 +214,100 @@ group = "ghost"
 }
 
 #[test]
+fn verbosity_logs_a_line_per_delivery_and_per_batch_in_text_or_json() {
+    let case = challenges(
+        r#"
+[[handlers]]
+name = "cmd"
+group = "created"
+kind = "command"
+command = ["sh", "-c", "test \"$SPARK_EVENT_KEY\" != challenge_created_2"]
+"#,
+    );
+    let quiet = case
+        .run(&["process-sources", "--as-of", "2026-03-10"])
+        .status(1);
+    assert!(
+        !quiet.stderr().contains("delivery key="),
+        "{}",
+        quiet.stderr()
+    );
+    case.run(&[
+        "forget",
+        "challenge_created_1",
+        "challenge_created_2",
+        "challenge_inactivity_2d_1",
+    ])
+    .success();
+
+    let v = case
+        .run(&["process-sources", "--as-of", "2026-03-10", "-v"])
+        .status(1);
+    let stderr = v.stderr();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(" delivery key="))
+        .collect();
+    assert_eq!(lines.len(), 2, "one line per call: {}", v.stderr());
+    assert!(
+        lines.iter().any(|l| l.contains("key=challenge_created_1")
+            && l.contains("handler=cmd")
+            && l.contains("outcome=\"delivered\"")
+            && l.contains("attempt=1")
+            && l.contains("ms=")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("key=challenge_created_2") && l.contains("outcome=\"failed\""))
+    );
+    assert!(
+        v.stderr().contains("file write handler=log events=3"),
+        "{}",
+        v.stderr()
+    );
+    assert!(!v.stderr().contains("DEBUG batch"), "{}", v.stderr());
+    case.run(&[
+        "forget",
+        "challenge_created_1",
+        "challenge_created_2",
+        "challenge_inactivity_2d_1",
+    ])
+    .success();
+
+    let vv = case
+        .run(&[
+            "process-sources",
+            "--as-of",
+            "2026-03-10",
+            "-vv",
+            "--log-format",
+            "json",
+        ])
+        .status(1);
+    let logs: Vec<serde_json::Value> = vv
+        .stderr()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let calls: Vec<&serde_json::Value> =
+        logs.iter().filter(|l| l["message"] == "delivery").collect();
+    assert_eq!(calls.len(), 2, "{logs:?}");
+    let failed = calls.iter().find(|l| l["outcome"] == "failed").unwrap();
+    assert_eq!(failed["key"], "challenge_created_2");
+    assert_eq!(failed["handler"], "cmd");
+    assert_eq!(failed["attempt"], 1);
+    assert!(failed["ms"].is_u64() && failed["timestamp"].is_string());
+    assert!(
+        logs.iter()
+            .any(|l| l["message"] == "batch" && l["events"] == 3),
+        "{logs:?}"
+    );
+}
+
+#[test]
 fn dead_and_orphaned_deliveries_are_gauges() {
     let case = challenges(
         r#"

@@ -39,11 +39,23 @@ pub struct Cli {
     /// Print nothing on success (for cron)
     #[arg(short, long, global = true)]
     quiet: bool,
-    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides
+    /// More log output on stderr: -v a line per delivery (key, handler,
+    /// outcome, attempt, milliseconds), -vv also a line per batch;
+    /// RUST_LOG (e.g. spark=debug) overrides
     #[arg(short, long, global = true, action = ArgAction::Count)]
     verbose: u8,
+    /// Log lines as text, or as one JSON object per line (for log shippers)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,7 +255,7 @@ pub fn run_cli(registry: Registry) -> ExitCode {
             };
         }
     };
-    init_logging(cli.verbose, cli.quiet);
+    init_logging(cli.verbose, cli.quiet, cli.log_format);
     crate::panics::install_hook();
     match dispatch(&cli, &registry) {
         Ok(code) => code,
@@ -261,7 +273,7 @@ pub fn run_cli(registry: Registry) -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -273,13 +285,21 @@ fn init_logging(verbose: u8, quiet: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("spark={default}")));
     // No colours: every log line is escaped (values from the database must
     // not drive the terminal), which would escape colours too.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| output::LogWriter)
         .with_target(false)
-        .without_time()
-        .with_ansi(false)
-        .try_init();
+        .with_ansi(false);
+    let _ = match format {
+        LogFormat::Text => builder.without_time().try_init(),
+        // A log shipper wants the time and the fields as fields.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 /// The config file to use: `--config`, else `$SPARK_CONFIG`, else `./spark.toml`.
