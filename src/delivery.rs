@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::handlers::{self, CutError, DeliverEach, Dispatch, Failed, Outcome, Retry, Sink};
 use crate::registry::Registry;
 use crate::signals;
-use crate::store::{Delivery, DeliveryState, Failure, FileMark, Store, StoredEvent};
+use crate::store::{Delivery, DeliveryState, Failure, FileMark, HistoryEntry, Store, StoredEvent};
 
 /// Spaces a handler's calls `interval` apart, however many are in flight
 /// (`rate = "10/s"`: 100 ms).
@@ -73,10 +73,17 @@ struct Calls {
     handler: String,
 }
 
+/// A call's outcome, with its attempt and how long it took.
+struct Called {
+    outcome: Outcome,
+    attempt: u32,
+    ms: i64,
+}
+
 impl Calls {
     /// Calls the handler; with `-v`, one log line per call: key, handler,
     /// outcome, attempt, milliseconds.
-    fn call(&self, dispatch: &Dispatch<'_>, attempt: u32) -> Outcome {
+    fn call(&self, dispatch: &Dispatch<'_>, attempt: u32) -> Called {
         if let Some(pace) = &self.pace {
             pace.wait();
         }
@@ -89,7 +96,11 @@ impl Calls {
             Err(failed) => tracing::info!(key = %dispatch.event.key, handler = %self.handler,
                 outcome = "failed", attempt, ms, error = %failed.error, "delivery"),
         }
-        outcome
+        Called {
+            outcome,
+            attempt,
+            ms: i64::try_from(ms).unwrap_or(i64::MAX),
+        }
     }
 }
 
@@ -158,6 +169,8 @@ pub struct Engine {
     /// When the run started (Unix ms): failed deliveries due before it are
     /// retried in this run; one failing during it waits for a later run.
     run_started: i64,
+    /// Whether calls are written to the delivery history.
+    history: bool,
 }
 
 /// Keys per delivery where workers share the backlog, for a handler with
@@ -206,7 +219,41 @@ impl Engine {
             finished: Vec::new(),
             now: clock::now_ms,
             run_started: clock::now_ms(),
+            history: !config.delivery.keep_history.is_zero(),
         }
+    }
+
+    /// The history entry of one call of handler `h`.
+    fn entry(
+        &self,
+        h: usize,
+        key: &str,
+        called: &Called,
+        failure: Option<&Failure>,
+    ) -> HistoryEntry {
+        HistoryEntry {
+            key: key.to_owned(),
+            handler: self.slots[h].name.clone(),
+            at: clock::now_text(),
+            outcome: match failure {
+                None => "delivered",
+                Some(f) if f.next_attempt_at.is_none() => "dead",
+                Some(_) => "failed",
+            }
+            .to_owned(),
+            attempt: called.attempt,
+            ms: Some(called.ms),
+            error: failure.map(|f| f.error.clone()),
+            by: None,
+        }
+    }
+
+    /// Writes `entries` to the history, when it is kept.
+    fn log(&self, store: &mut dyn Store, entries: &[HistoryEntry]) -> Result<()> {
+        if self.history && !entries.is_empty() {
+            store.add_history(entries)?;
+        }
+        Ok(())
     }
 
     /// Starts a new round: failed deliveries whose retry time came since the
@@ -629,11 +676,11 @@ impl Engine {
         let attempt = delivery.attempts + 1;
         let len = delivery.keys.len();
         std::thread::scope(|scope| -> Result<()> {
-            let (tx, rx) = mpsc::channel::<(usize, Outcome)>();
+            let (tx, rx) = mpsc::channel::<(usize, Called)>();
             let mut next = delivery.done;
             let mut in_flight = 0usize;
             // Outcomes not recorded yet (`None`: the event is gone).
-            let mut pending: BTreeMap<usize, Option<Outcome>> = BTreeMap::new();
+            let mut pending: BTreeMap<usize, Option<Called>> = BTreeMap::new();
             loop {
                 // Recorded first, so that the window moves on before new
                 // calls start.
@@ -693,18 +740,27 @@ impl Engine {
         store: &mut dyn Store,
         h: usize,
         delivery: &mut Delivery,
-        pending: &mut BTreeMap<usize, Option<Outcome>>,
+        pending: &mut BTreeMap<usize, Option<Called>>,
     ) -> Result<bool> {
         loop {
             let from = delivery.done;
             let mut end = from;
             let mut delivered = 0;
-            while let Some(Some(Ok(())) | None) = pending.get(&end) {
-                if let Some(None) = pending.remove(&end) {
-                    tracing::warn!(key = %delivery.keys[end], handler = %delivery.handler,
-                        "event no longer in the seen table; its delivery is dropped");
-                } else {
-                    delivered += 1;
+            let mut entries = Vec::new();
+            while let Some(None)
+            | Some(Some(Called {
+                outcome: Ok(()), ..
+            })) = pending.get(&end)
+            {
+                match pending.remove(&end).flatten() {
+                    None => tracing::warn!(key = %delivery.keys[end], handler = %delivery.handler,
+                        "event no longer in the seen table; its delivery is dropped"),
+                    Some(called) => {
+                        delivered += 1;
+                        if self.history {
+                            entries.push(self.entry(h, &delivery.keys[end], &called, None));
+                        }
+                    }
                 }
                 end += 1;
             }
@@ -713,10 +769,16 @@ impl Engine {
                     crashpoint::hit("call-returned");
                 }
                 store.advance(delivery, end)?;
+                self.log(store, &entries)?;
                 self.stats[h].delivered += delivered;
             }
             let i = delivery.done;
-            let Some(Some(Err(failed))) = pending.remove(&i) else {
+            let Some(Some(Called {
+                outcome: Err(failed),
+                attempt,
+                ms,
+            })) = pending.remove(&i)
+            else {
                 return Ok(false);
             };
             let key = delivery.keys[i].clone();
@@ -724,6 +786,12 @@ impl Engine {
             // Split out to a delivery of its own; the last key's failure is
             // the delivery's own (its `done` stays: nothing is left to call).
             store.fail_next(delivery, &failure)?;
+            let called = Called {
+                outcome: Ok(()),
+                attempt,
+                ms,
+            };
+            self.log(store, &[self.entry(h, &key, &called, Some(&failure))])?;
             self.note_failure(h, &key, &failure, 1);
             if i + 1 == delivery.keys.len() {
                 return Ok(true);
@@ -744,7 +812,7 @@ impl Engine {
     ) -> Result<()> {
         let len = delivery.keys.len();
         std::thread::scope(|scope| -> Result<()> {
-            let (tx, rx) = mpsc::channel::<(Delivery, String, Outcome)>();
+            let (tx, rx) = mpsc::channel::<(Delivery, String, Called)>();
             let mut in_flight = 0usize;
             let mut last_taken = false;
             loop {
@@ -797,18 +865,30 @@ impl Engine {
         h: usize,
         mut single: Delivery,
         key: &str,
-        outcome: Outcome,
+        called: Called,
     ) -> Result<()> {
+        let Called {
+            outcome,
+            attempt,
+            ms,
+        } = called;
+        let called = Called {
+            outcome: Ok(()),
+            attempt,
+            ms,
+        };
         match outcome {
             Ok(()) => {
                 crashpoint::hit("call-returned");
                 let end = single.keys.len();
                 store.advance(&mut single, end)?;
+                self.log(store, &[self.entry(h, key, &called, None)])?;
                 self.stats[h].delivered += 1;
             }
             Err(failed) => {
                 let failure = self.failure(h, &single, failed);
                 store.fail_rest(&mut single, &failure)?;
+                self.log(store, &[self.entry(h, key, &called, Some(&failure))])?;
                 self.note_failure(h, key, &failure, 1);
             }
         }

@@ -50,6 +50,7 @@ pub mod signals;
 pub mod sources;
 pub mod store;
 pub mod templates;
+pub mod watch;
 
 pub use cli::run_cli;
 pub use error::Error;

@@ -47,6 +47,9 @@ pub struct RunOptions {
     /// Deliver new events (`false`: only record them as seen, for
     /// `skip-backfill`).
     pub dispatch: bool,
+    /// The caller holds the run lock already (`watch` holds it for its
+    /// whole life).
+    pub lock_held: bool,
 }
 
 /// One source's figures.
@@ -457,7 +460,11 @@ pub fn process_sources(
     let first_run = !seen.exists || check_reader.seen_is_empty()?;
     drop(check_reader);
 
-    let _guard = backend::run_guard(config, opts.wait)?;
+    let _guard = if opts.lock_held {
+        None
+    } else {
+        Some(backend::run_guard(config, opts.wait)?)
+    };
     let mut store = backend::store(config)?;
     let store = &mut *store;
     let mut engine = Engine::new(config, registry);

@@ -8,11 +8,29 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use signal_hook::consts::signal::{SIGINT, SIGTERM};
+use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::flag;
 
 static STOP: AtomicUsize = AtomicUsize::new(0);
 static ARMED: AtomicBool = AtomicBool::new(false);
+static HUP: AtomicBool = AtomicBool::new(false);
+
+/// For a long-lived process (`watch`): SIGHUP asks it to reload its config
+/// (instead of ending it). See `hangup`.
+pub fn install_hangup() -> std::io::Result<()> {
+    flag::register(SIGHUP, &HUP)?;
+    Ok(())
+}
+
+/// Whether SIGHUP came since the last call (taking it).
+pub fn hangup() -> bool {
+    HUP.swap(false, Ordering::SeqCst)
+}
+
+/// Whether SIGHUP came and is not taken yet.
+pub fn hangup_pending() -> bool {
+    HUP.load(Ordering::SeqCst)
+}
 
 /// Installs the handlers. Until this is called, signals keep their default
 /// action (the process ends).

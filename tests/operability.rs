@@ -485,12 +485,18 @@ fn the_systemd_units_verify() {
     let worker = std::fs::read_to_string(root.join("spark-deliver@.service"))
         .unwrap()
         .replace("/usr/local/bin/spark", &bin.display().to_string());
+    let watch = std::fs::read_to_string(root.join("spark-watch.service"))
+        .unwrap()
+        .replace("/usr/local/bin/spark", &bin.display().to_string());
     assert!(timer.contains("Persistent=true"));
     assert!(service.contains("Type=oneshot"));
     assert!(worker.contains(" deliver --linger "));
+    assert!(watch.contains("Type=simple") && watch.contains(" watch --interval "));
+    assert!(watch.contains("ExecReload=/bin/kill -HUP $MAINPID"));
     std::fs::write(dir.path().join("spark.service"), &service).unwrap();
     std::fs::write(dir.path().join("spark.timer"), &timer).unwrap();
     std::fs::write(dir.path().join("spark-deliver@.service"), &worker).unwrap();
+    std::fs::write(dir.path().join("spark-watch.service"), &watch).unwrap();
     let analyze = Process::new("systemd-analyze")
         .args([
             "verify",
@@ -498,6 +504,7 @@ fn the_systemd_units_verify() {
             "./spark.service",
             "./spark.timer",
             "./spark-deliver@1.service",
+            "./spark-watch.service",
         ])
         .current_dir(dir.path())
         .output();
@@ -512,6 +519,7 @@ fn the_systemd_units_verify() {
                 (&service, ["[Unit]", "[Service]"]),
                 (&timer, ["[Unit]", "[Timer]"]),
                 (&worker, ["[Unit]", "[Service]"]),
+                (&watch, ["[Unit]", "[Service]"]),
             ] {
                 for section in sections {
                     assert!(text.contains(section), "{section}");

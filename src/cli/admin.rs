@@ -18,7 +18,7 @@ use crate::store::admin::{self, DeliveryQuery, EventQuery};
 
 /// Checks the database read-only (so that a bad one is left untouched) and
 /// tells whether the seen table exists yet.
-fn check_database(config: &Config) -> Result<bool> {
+pub(super) fn check_database(config: &Config) -> Result<bool> {
     Ok(backend::reader(config)?.seen_table()?.exists)
 }
 
@@ -123,8 +123,18 @@ pub fn events(cli: &Cli, config: &Config, query: &EventQuery) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn deliveries(cli: &Cli, config: &Config, query: &DeliveryQuery) -> anyhow::Result<ExitCode> {
-    let lines = admin::list_deliveries(&backend::reader(config)?.deliveries()?, query);
+pub fn deliveries(
+    cli: &Cli,
+    config: &Config,
+    query: &DeliveryQuery,
+    orphaned: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut owed = backend::reader(config)?.deliveries()?;
+    if orphaned {
+        let known = config.handler_names();
+        owed.retain(|d| !known.contains(&d.handler.as_str()));
+    }
+    let lines = admin::list_deliveries(&owed, query);
     if cli.json {
         stdout_json(&json!(lines))?;
     } else if !cli.quiet {
@@ -199,13 +209,24 @@ pub fn prune(
     dry_run: bool,
     wait: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-    let cutoff = clock::utc_text(clock::now_ms().saturating_sub(age_ms));
-    let report = if check_database(config)? {
+    let ago = |d: Duration| {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        clock::utc_text(clock::now_ms().saturating_sub(ms))
+    };
+    let cutoff = ago(age);
+    let history_cutoff = ago(config.delivery.keep_history);
+    let (report, history) = if check_database(config)? {
         let _guard = backend::run_guard(config, wait)?;
-        backend::store(config)?.prune(&cutoff, group, dry_run)?
+        let mut store = backend::store(config)?;
+        let report = store.prune(&cutoff, group, dry_run)?;
+        let history = if dry_run {
+            0
+        } else {
+            store.prune_history(&history_cutoff)?
+        };
+        (report, history)
     } else {
-        admin::Pruned::default()
+        (admin::Pruned::default(), 0)
     };
     if cli.json {
         stdout_json(&json!({
@@ -213,6 +234,8 @@ pub fn prune(
             "dry_run": dry_run,
             "pruned": report.pruned,
             "kept_undelivered": report.kept_undelivered,
+            "history_cutoff": history_cutoff,
+            "history_pruned": history,
         }))?;
     } else if !cli.quiet {
         let verb = if dry_run { "would prune" } else { "pruned" };
@@ -221,6 +244,11 @@ pub fn prune(
             report.pruned,
             report.kept_undelivered
         )?;
+        if !dry_run {
+            outln!(
+                "pruned {history} history entries from before {history_cutoff} UTC (keep_history)"
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

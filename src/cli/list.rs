@@ -243,6 +243,9 @@ fn config_view(config: &Config) -> ConfigView {
         }
         BackendConfig::Postgres(pg) => {
             database["url"] = json!(pg.written);
+            if let Some(channel) = &pg.listen {
+                database["listen"] = json!(channel);
+            }
             database["lease"] = json!(duration(pg.lease));
         }
     }

@@ -6,9 +6,11 @@
 //! Not here: any logic a library user would want without the CLI.
 
 mod admin;
+mod history;
 mod list;
 mod output;
 mod run;
+mod watch;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -71,6 +73,25 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         metrics_file: Option<PathBuf>,
     },
+    /// process-sources in a loop, for systemd: wakes when the database
+    /// changes, a retry comes due, or the interval passes; SIGTERM stops it
+    /// cleanly, SIGHUP reloads the config
+    Watch {
+        /// Only this source (repeatable)
+        #[arg(long = "source", value_name = "NAME")]
+        sources: Vec<String>,
+        /// The longest wait between two cycles, e.g. "30s"
+        #[arg(long, default_value = "30s", value_name = "DURATION")]
+        interval: String,
+        /// Write each cycle's figures here in Prometheus text format
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
+        /// Stop after this many cycles (for tests and benchmarks)
+        #[arg(long, value_name = "N", hide = true)]
+        cycles: Option<u64>,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
     /// Show what process-sources would dispatch now; writes nothing
     DryRun {
         #[command(flatten)]
@@ -116,8 +137,9 @@ enum Command {
     },
     /// List deliveries not finished yet: failed, dead, pending
     Deliveries {
-        /// Only this state: failed, dead, pending or in_flight (repeatable)
-        #[arg(long, value_name = "STATE")]
+        /// Only this state (repeatable): pending, failed, dead, in_flight
+        /// (owed), or done, discarded (the history)
+        #[arg(long, value_name = "STATE", value_parser = ["pending", "failed", "dead", "in_flight", "done", "discarded"])]
         state: Vec<String>,
         /// Only this handler
         #[arg(long, value_name = "NAME")]
@@ -125,6 +147,66 @@ enum Command {
         /// Only this event key (repeatable)
         #[arg(long, value_name = "KEY")]
         key: Vec<String>,
+        /// Only deliveries owed to handlers no longer in the config
+        #[arg(long, conflicts_with = "handler")]
+        orphaned: bool,
+        /// At most this many lines of history (with done, discarded)
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        limit: usize,
+    },
+    /// Show one event: its context, and for each handler what is owed and
+    /// every attempt (time, outcome, error, duration)
+    Show {
+        /// The event key
+        key: String,
+    },
+    /// Hand every delivery owed to handler OLD (renamed or removed) to NEW
+    Reassign {
+        /// The handler the deliveries are owed to (need not be in the config)
+        old: String,
+        /// A handler of the config
+        new: String,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Acknowledge owed deliveries without delivering them (kept in the
+    /// history with who, when and why)
+    Discard {
+        /// The deliveries of this event key (repeatable)
+        #[arg(long, value_name = "KEY")]
+        key: Vec<String>,
+        /// Every delivery owed to this handler (need not be in the config)
+        #[arg(long, value_name = "NAME")]
+        handler: Option<String>,
+        /// Only dead deliveries
+        #[arg(long)]
+        dead: bool,
+        /// Why (kept in the history)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Deliver already-seen events to one handler (a handler added later,
+    /// or one whose deliveries must be redone); other handlers get nothing
+    Replay {
+        /// The handler to deliver to
+        #[arg(long, value_name = "NAME")]
+        handler: String,
+        /// Only events whose group matches this regex
+        #[arg(long, value_name = "REGEX")]
+        group: Option<String>,
+        /// Only events seen on or after this day (UTC, YYYY-MM-DD)
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+        /// Only these event keys (repeatable)
+        #[arg(long, value_name = "KEY")]
+        key: Vec<String>,
+        /// Say what would be replayed; change nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        lock: LockArgs,
     },
     /// Deliver what is due (pending, and failed ones whose retry time came)
     /// without reading the sources: a delivery worker beside the scanning
@@ -327,6 +409,28 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
     if let Command::Check = &cli.command {
         return list::check(cli, &config_path(cli), registry);
     }
+    if let Command::Watch {
+        sources,
+        interval,
+        metrics_file,
+        cycles,
+        lock,
+    } = &cli.command
+    {
+        let interval = config::parse_duration(interval)
+            .map_err(|e| Error::Usage(format!("--interval {interval:?}: {e}")))?;
+        return watch::watch(
+            cli,
+            registry,
+            &watch::WatchArgs {
+                sources,
+                interval,
+                metrics_file: metrics_file.as_deref(),
+                wait: lock.wait()?,
+                cycles: *cycles,
+            },
+        );
+    }
     if let Command::ProcessSources {
         run,
         lock,
@@ -337,7 +441,7 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
     }
     let config = Config::load(&config_path(cli), registry).map_err(Error::from)?;
     match &cli.command {
-        Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
+        Command::Completions { .. } | Command::Man | Command::Watch { .. } => Ok(ExitCode::SUCCESS),
         Command::ProcessSources { run, lock, .. } => {
             let opts = run_options(cli, run, lock.wait()?, true)?;
             run::process_sources(cli, &config, registry, &opts)
@@ -425,23 +529,91 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
             state,
             handler,
             key,
+            orphaned,
+            limit,
         } => {
-            let states = state
+            let (owed, history): (Vec<&String>, Vec<&String>) = state
                 .iter()
-                .map(|s| {
-                    DeliveryState::parse(s).ok_or_else(|| {
-                        Error::Usage(format!(
-                            "--state {s}: expected failed, dead, pending or in_flight"
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+                .partition(|s| DeliveryState::parse(s).is_some());
             let query = crate::store::admin::DeliveryQuery {
-                states,
+                states: owed
+                    .iter()
+                    .filter_map(|s| DeliveryState::parse(s))
+                    .collect(),
                 handler: handler.clone(),
                 keys: key.clone(),
             };
-            admin::deliveries(cli, &config, &query)
+            if !history.is_empty() {
+                if !owed.is_empty() || *orphaned {
+                    return Err(Error::Usage(
+                        "deliveries: --state done/discarded (the history) cannot be mixed with owed states or --orphaned".into(),
+                    )
+                    .into());
+                }
+                let query = crate::store::HistoryQuery {
+                    outcomes: history
+                        .iter()
+                        .map(|s| {
+                            if *s == "done" {
+                                "delivered".to_owned()
+                            } else {
+                                (*s).clone()
+                            }
+                        })
+                        .collect(),
+                    handler: handler.clone(),
+                    keys: key.clone(),
+                    limit: Some(*limit),
+                };
+                return history::list(cli, &config, &query);
+            }
+            admin::deliveries(cli, &config, &query, *orphaned)
+        }
+        Command::Show { key } => history::show(cli, &config, key),
+        Command::Reassign { old, new, lock } => {
+            history::reassign(cli, &config, old, new, lock.wait()?)
+        }
+        Command::Discard {
+            key,
+            handler,
+            dead,
+            reason,
+            lock,
+        } => {
+            if key.is_empty() && handler.is_none() && !dead {
+                return Err(Error::Usage(
+                    "discard: say which deliveries: --key KEY, --handler NAME or --dead".into(),
+                )
+                .into());
+            }
+            let query = crate::store::admin::DeliveryQuery {
+                states: if *dead {
+                    vec![DeliveryState::Dead]
+                } else {
+                    Vec::new()
+                },
+                handler: handler.clone(),
+                keys: key.clone(),
+            };
+            history::discard(cli, &config, &query, reason.as_deref(), lock.wait()?)
+        }
+        Command::Replay {
+            handler,
+            group,
+            since,
+            key,
+            dry_run,
+            lock,
+        } => {
+            let query = crate::store::admin::EventQuery {
+                group: group.as_deref().map(regex_arg).transpose()?,
+                since: since
+                    .as_deref()
+                    .map(|d| date_arg("--since", d))
+                    .transpose()?,
+                ..Default::default()
+            };
+            history::replay(cli, &config, handler, &query, key, *dry_run, lock.wait()?)
         }
         Command::Forget { keys, lock } => admin::forget(cli, &config, keys, lock.wait()?),
         Command::PreviewMail {
@@ -499,6 +671,7 @@ pub(crate) fn run_options(
         wait,
         progress: !cli.quiet && !cli.json && std::io::stderr().is_terminal(),
         dispatch,
+        lock_held: false,
     })
 }
 

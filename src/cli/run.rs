@@ -212,6 +212,11 @@ fn print_run(cli: &Cli, command: &str, r: &RunReport) -> anyhow::Result<u8> {
     finish(cli, r)
 }
 
+/// A `watch` cycle's summary, failures and orphans; its exit status.
+pub(super) fn print_cycle(cli: &Cli, r: &RunReport) -> anyhow::Result<u8> {
+    print_run(cli, "watch", r)
+}
+
 /// One `skipped:` line per record a source could not read.
 fn print_record_errors(r: &RunReport) {
     for e in &r.record_errors {

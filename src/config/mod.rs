@@ -126,6 +126,8 @@ pub struct DeliveryConfig {
     pub retry: RetryPolicy,
     /// Events per store transaction.
     pub batch_size: usize,
+    /// How long the delivery history is kept (zero: none is written).
+    pub keep_history: Duration,
 }
 
 /// When a failed delivery is tried again, and when it is given up (dead).
@@ -729,6 +731,12 @@ impl Validator<'_> {
                     raw.lease.as_ref().map(Spanned::span),
                     "to an SQLite database (one run at a time works on it)",
                 );
+                unused(
+                    self,
+                    "listen",
+                    raw.listen.as_ref().map(Spanned::span),
+                    "to an SQLite database (`watch` sees its changes by itself)",
+                );
                 let busy_timeout = self.duration(
                     entry,
                     "busy_timeout",
@@ -759,6 +767,25 @@ impl Validator<'_> {
                 match postgres::parse(url.get_ref(), &lookup) {
                     Ok(mut pg) => {
                         pg.lease = self.duration(entry, "lease", raw.lease.as_ref(), pg.lease);
+                        if let Some(channel) = &raw.listen {
+                            let name = channel.get_ref();
+                            let ok = name
+                                .chars()
+                                .next()
+                                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                                && name.len() <= 63;
+                            if ok {
+                                pg.listen = Some(name.clone());
+                            } else {
+                                self.bad_value(
+                                    entry,
+                                    "listen",
+                                    channel.span(),
+                                    format!("{name:?} is not a channel name (letters, digits and _, up to 63)"),
+                                );
+                            }
+                        }
                         if pg.lease < Duration::from_secs(3) {
                             self.bad_value(
                                 entry,
@@ -833,6 +860,12 @@ impl Validator<'_> {
             Duration::from_secs(6 * 3600),
         );
         let batch_size = self.positive(entry, "batch_size", raw.batch_size.as_ref(), 2500);
+        let keep_history = self.duration(
+            entry,
+            "keep_history",
+            raw.keep_history.as_ref(),
+            Duration::from_secs(30 * 86_400),
+        );
         DeliveryConfig {
             retry: RetryPolicy {
                 max_attempts,
@@ -840,6 +873,7 @@ impl Validator<'_> {
                 max_backoff,
             },
             batch_size: batch_size as usize,
+            keep_history,
         }
     }
 

@@ -78,6 +78,9 @@ pub struct PgConfig {
     pub lease: Duration,
     /// The `url` as the config wrote it (for `spark config`).
     pub written: String,
+    /// The channel `watch` listens on (`LISTEN`), woken by a trigger's
+    /// `pg_notify`; `None`: it polls.
+    pub listen: Option<String>,
 }
 
 impl fmt::Debug for PgConfig {
@@ -182,6 +185,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<PgConfi
         connect_timeout,
         lease: Duration::from_secs(60),
         written: text.to_owned(),
+        listen: None,
     })
 }
 

@@ -31,6 +31,8 @@ pub struct RawDatabase {
     pub busy_timeout: Option<Spanned<String>>,
     /// PostgreSQL: how long a claim on a delivery lasts unrenewed.
     pub lease: Option<Spanned<String>>,
+    /// PostgreSQL: the channel `watch` listens on for changes.
+    pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +42,7 @@ pub struct RawDelivery {
     pub backoff: Option<Spanned<String>>,
     pub max_backoff: Option<Spanned<String>>,
     pub batch_size: Option<Spanned<i64>>,
+    pub keep_history: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -186,29 +186,42 @@ impl Forgotten {
         keys: &[String],
     ) -> Vec<(i64, Option<Vec<String>>)> {
         let wanted: std::collections::HashSet<&String> = keys.iter().collect();
-        let mut changes = Vec::new();
-        for d in deliveries {
-            let kept: Vec<String> = d
-                .remaining()
-                .iter()
-                .filter(|k| !wanted.contains(k))
-                .cloned()
-                .collect();
-            let dropped = d.remaining().len() - kept.len();
-            if dropped == 0 {
-                continue;
-            }
-            self.deliveries_dropped += dropped;
-            if kept.is_empty() {
-                changes.push((d.id, None));
-            } else {
-                let mut keys = d.keys[..d.done].to_vec();
-                keys.extend(kept);
-                changes.push((d.id, Some(keys)));
-            }
-        }
+        let (changes, dropped) = drop_plan(deliveries, &|_, key| wanted.contains(key));
+        self.deliveries_dropped += dropped.len();
         changes
     }
+}
+
+/// A change to one owed delivery: its id, and the keys it keeps (`None`:
+/// it goes).
+pub type Change = (i64, Option<Vec<String>>);
+
+/// How owed deliveries change when the (delivery, key) pairs `pick`
+/// selects are dropped: for each delivery that owes any of them, its id
+/// and the keys it keeps (`None`: it owes nothing else and goes); and the
+/// dropped (handler, key) pairs.
+pub fn drop_plan(
+    deliveries: &[Delivery],
+    pick: &dyn Fn(&Delivery, &String) -> bool,
+) -> (Vec<Change>, Vec<(String, String)>) {
+    let mut changes = Vec::new();
+    let mut dropped = Vec::new();
+    for d in deliveries {
+        let (gone, kept): (Vec<&String>, Vec<&String>) =
+            d.remaining().iter().partition(|k| pick(d, k));
+        if gone.is_empty() {
+            continue;
+        }
+        dropped.extend(gone.into_iter().map(|k| (d.handler.clone(), k.clone())));
+        if kept.is_empty() {
+            changes.push((d.id, None));
+        } else {
+            let mut keys = d.keys[..d.done].to_vec();
+            keys.extend(kept.into_iter().cloned());
+            changes.push((d.id, Some(keys)));
+        }
+    }
+    (changes, dropped)
 }
 
 /// What `prune` did (or would do).

@@ -19,6 +19,7 @@
 //! calling handlers, or SQL (the backends).
 
 pub mod admin;
+pub mod history;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -30,6 +31,7 @@ use crate::event::Event;
 use crate::records::{Affinity, Record};
 
 pub use admin::{DeliveryQuery, EventQuery, Forgotten, Orphaned, Pruned, SeenEvent};
+pub use history::{HistoryEntry, HistoryQuery};
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,6 +297,10 @@ pub trait Reader: Send {
     /// How many deliveries a run would work on at `now_ms`.
     fn count_due(&mut self, now_ms: i64) -> Result<u64>;
 
+    /// The history `query` selects, newest first (empty where spark has not
+    /// made its history table yet).
+    fn history(&mut self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>>;
+
     /// Reading is done (SQLite: its snapshot no longer holds the WAL back,
     /// so committed batches can be copied into the database file now).
     fn finish(self: Box<Self>) {}
@@ -400,4 +406,39 @@ pub trait Store: Send {
     /// before it is called, and returns the one-key delivery to finish
     /// (with `advance`) or fail once the call returns.
     fn begin_at_most_once(&mut self, delivery: &mut Delivery) -> Result<Delivery>;
+
+    /// Appends to the history (in a commit of its own that need not wait
+    /// for the disk: see `history`).
+    fn add_history(&mut self, entries: &[HistoryEntry]) -> Result<()>;
+
+    /// Deletes history entries from before `cutoff` (UTC text); returns how
+    /// many.
+    fn prune_history(&mut self, cutoff: &str) -> Result<u64>;
+
+    /// Applies an operator's change to owed deliveries (see
+    /// `admin::drop_plan`: each delivery's id and the keys it keeps, `None`
+    /// for none) and records `history`, in one transaction; returns how
+    /// many deliveries changed (on a shared store, one another process is
+    /// working on right now is left alone).
+    fn drop_owed(
+        &mut self,
+        changes: &[(i64, Option<Vec<String>>)],
+        history: &[HistoryEntry],
+    ) -> Result<usize>;
+
+    /// Hands every delivery owed to handler `from` to handler `to`, and
+    /// records `history`; returns how many deliveries moved.
+    fn reassign(&mut self, from: &str, to: &str, history: &[HistoryEntry]) -> Result<u64>;
+
+    /// Adds pending deliveries of `keys` (already seen) to `handler`, in
+    /// deliveries of at most `chunk` keys (a file sink's are this host's),
+    /// and records `history`.
+    fn add_deliveries(
+        &mut self,
+        handler: &str,
+        keys: &[String],
+        chunk: usize,
+        file_sink: bool,
+        history: &[HistoryEntry],
+    ) -> Result<u64>;
 }

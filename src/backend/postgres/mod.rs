@@ -547,6 +547,18 @@ impl Reader for PgReader {
         all_deliveries(&mut self.client).map_err(self.err("listing deliveries"))
     }
 
+    fn history(
+        &mut self,
+        query: &crate::store::HistoryQuery,
+    ) -> Result<Vec<crate::store::HistoryEntry>> {
+        if !schema::table_exists(&mut self.client, "spark_history")
+            .map_err(self.err("looking up a table"))?
+        {
+            return Ok(Vec::new());
+        }
+        history(&mut self.client, query).map_err(self.err("reading the delivery history"))
+    }
+
     fn count_due(&mut self, now_ms: i64) -> Result<u64> {
         if !schema::table_exists(&mut self.client, "spark_delivery")
             .map_err(self.err("looking up a table"))?
@@ -564,4 +576,33 @@ impl Reader for PgReader {
             .map_err(self.err("counting due deliveries"))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+}
+
+/// The history entries `query` selects, newest first.
+pub(crate) fn history(
+    client: &mut impl postgres::GenericClient,
+    query: &crate::store::HistoryQuery,
+) -> std::result::Result<Vec<crate::store::HistoryEntry>, postgres::Error> {
+    let limit = query.limit.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+    let rows = client.query(
+        "SELECT key, handler, at, outcome, attempt, ms, error, by_whom FROM spark_history \
+         WHERE (cardinality($1::text[]) = 0 OR outcome = ANY($1)) \
+         AND ($2::text IS NULL OR handler = $2) \
+         AND (cardinality($3::text[]) = 0 OR key = ANY($3)) \
+         ORDER BY at DESC, id DESC LIMIT $4",
+        &[&query.outcomes, &query.handler, &query.keys, &limit],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| crate::store::HistoryEntry {
+            key: r.get(0),
+            handler: r.get(1),
+            at: r.get(2),
+            outcome: r.get(3),
+            attempt: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
+            ms: r.get(5),
+            error: r.get(6),
+            by: r.get(7),
+        })
+        .collect())
 }

@@ -38,6 +38,20 @@ pub const MIGRATIONS: &[&str] = &[
         updated_at text NOT NULL
     );
     CREATE INDEX spark_delivery_due ON spark_delivery (state, next_attempt_at);",
+    // 2: the delivery history (store/history.rs).
+    "CREATE TABLE spark_history (
+        id bigserial PRIMARY KEY,
+        key text NOT NULL,
+        handler text NOT NULL,
+        at text NOT NULL,
+        outcome text NOT NULL,
+        attempt integer NOT NULL DEFAULT 0,
+        ms bigint,
+        error text,
+        by_whom text
+    );
+    CREATE INDEX spark_history_key ON spark_history (key);
+    CREATE INDEX spark_history_at ON spark_history (at);",
 ];
 
 /// The key of the advisory lock migrations take.

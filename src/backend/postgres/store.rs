@@ -47,7 +47,7 @@ use crate::records::quote_ident;
 use crate::store::admin::owed_keys;
 use crate::store::{
     ContextJson, Delivery, DeliveryQuery, DeliveryState, Failure, FileMark, Forgotten,
-    PlannedDelivery, Pruned, Recorded, Store, StoredEvent,
+    HistoryEntry, PlannedDelivery, Pruned, Recorded, Store, StoredEvent,
 };
 
 /// Planner costs for spark's own sessions (see `PgStore::open`).
@@ -301,6 +301,58 @@ fn rand_u32() -> u32 {
             .unwrap_or(0),
     );
     h.finish() as u32
+}
+
+/// Applies a `drop_plan`: deletes the deliveries that keep nothing, and
+/// rewrites the keys of the others.
+fn apply_changes(
+    tx: &mut impl GenericClient,
+    changes: &[(i64, Option<Vec<String>>)],
+    now: &str,
+) -> std::result::Result<(), postgres::Error> {
+    for (id, kept) in changes {
+        match kept {
+            None => tx.execute("DELETE FROM spark_delivery WHERE id = $1", &[id])?,
+            Some(keys) => tx.execute(
+                "UPDATE spark_delivery SET keys = $2, updated_at = $3 WHERE id = $1",
+                &[id, &keys_json(keys), &now],
+            )?,
+        };
+    }
+    Ok(())
+}
+
+/// Appends history entries (one statement).
+fn insert_history(
+    tx: &mut impl GenericClient,
+    entries: &[HistoryEntry],
+) -> std::result::Result<(), postgres::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let col = |f: &dyn Fn(&HistoryEntry) -> Option<String>| -> Vec<Option<String>> {
+        entries.iter().map(f).collect()
+    };
+    let keys = col(&|e| Some(e.key.clone()));
+    let handlers = col(&|e| Some(e.handler.clone()));
+    let ats = col(&|e| Some(e.at.clone()));
+    let outcomes = col(&|e| Some(e.outcome.clone()));
+    let errors = col(&|e| e.error.clone());
+    let bys = col(&|e| e.by.clone());
+    let attempts: Vec<i32> = entries
+        .iter()
+        .map(|e| i32::try_from(e.attempt).unwrap_or(i32::MAX))
+        .collect();
+    let ms: Vec<Option<i64>> = entries.iter().map(|e| e.ms).collect();
+    tx.execute(
+        "INSERT INTO spark_history (key, handler, at, outcome, attempt, ms, error, by_whom) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], \
+                              $6::bigint[], $7::text[], $8::text[])",
+        &[
+            &keys, &handlers, &ats, &outcomes, &attempts, &ms, &errors, &bys,
+        ],
+    )?;
+    Ok(())
 }
 
 /// Inserts one delivery row and returns its id.
@@ -826,18 +878,116 @@ impl Store for PgStore {
             .into_iter()
             .filter(|d| !claimed.contains(&d.id))
             .collect();
-        for (id, kept) in report.plan(&free, keys) {
-            match kept {
-                None => tx.execute("DELETE FROM spark_delivery WHERE id = $1", &[&id]),
-                Some(keys) => tx.execute(
-                    "UPDATE spark_delivery SET keys = $2, updated_at = $3 WHERE id = $1",
-                    &[&id, &keys_json(&keys), &now],
-                ),
-            }
-            .map_err(&fail)?;
-        }
+        let changes = report.plan(&free, keys);
+        apply_changes(&mut tx, &changes, &now).map_err(&fail)?;
         tx.commit().map_err(&fail)?;
         Ok(report)
+    }
+
+    fn add_history(&mut self, entries: &[HistoryEntry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let fail = store_err(&self.name, "recording the delivery history");
+        let mut conn = self.conn();
+        let mut tx = conn.transaction().map_err(&fail)?;
+        // The history is the operator's record, not the delivery log: its
+        // commit need not wait for the disk.
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .map_err(&fail)?;
+        insert_history(&mut tx, entries).map_err(&fail)?;
+        tx.commit().map_err(&fail)
+    }
+
+    fn prune_history(&mut self, cutoff: &str) -> Result<u64> {
+        self.conn()
+            .execute("DELETE FROM spark_history WHERE at < $1", &[&cutoff])
+            .map_err(self.err("pruning the delivery history"))
+    }
+
+    fn drop_owed(
+        &mut self,
+        changes: &[(i64, Option<Vec<String>>)],
+        history: &[HistoryEntry],
+    ) -> Result<usize> {
+        let now = clock::now_text();
+        let fail = store_err(&self.name, "dropping deliveries");
+        let mut conn = self.conn();
+        let mut tx = conn.transaction().map_err(&fail)?;
+        // Deliveries another process is working on are left to it.
+        let claimed: Vec<i64> = tx
+            .query(
+                &format!(
+                    "SELECT id FROM spark_delivery WHERE claimed_by IS NOT NULL AND lease_until >= {NOW_MS}"
+                ),
+                &[],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let free: Vec<(i64, Option<Vec<String>>)> = changes
+            .iter()
+            .filter(|(id, _)| !claimed.contains(id))
+            .cloned()
+            .collect();
+        apply_changes(&mut tx, &free, &now).map_err(&fail)?;
+        insert_history(&mut tx, history).map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        Ok(free.len())
+    }
+
+    fn reassign(&mut self, from: &str, to: &str, history: &[HistoryEntry]) -> Result<u64> {
+        let now = clock::now_text();
+        let fail = store_err(&self.name, "handing deliveries to another handler");
+        let mut conn = self.conn();
+        let mut tx = conn.transaction().map_err(&fail)?;
+        let n = tx
+            .execute(
+                "UPDATE spark_delivery SET handler = $2, updated_at = $3 WHERE handler = $1",
+                &[&from, &to, &now],
+            )
+            .map_err(&fail)?;
+        insert_history(&mut tx, history).map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        Ok(n)
+    }
+
+    fn add_deliveries(
+        &mut self,
+        handler: &str,
+        keys: &[String],
+        chunk: usize,
+        file_sink: bool,
+        history: &[HistoryEntry],
+    ) -> Result<u64> {
+        let now = clock::now_text();
+        let host = file_sink.then(|| self.host.clone());
+        let fail = store_err(&self.name, "adding deliveries");
+        let mut conn = self.conn();
+        let mut tx = conn.transaction().map_err(&fail)?;
+        let mut n = 0;
+        for part in keys.chunks(chunk.max(1)) {
+            insert_delivery(
+                &mut tx,
+                handler,
+                part,
+                DeliveryState::Pending,
+                0,
+                0,
+                None,
+                None,
+                host.as_deref(),
+                None,
+                0,
+                &now,
+            )
+            .map_err(&fail)?;
+            n += 1;
+        }
+        insert_history(&mut tx, history).map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        Ok(n)
     }
 
     fn prune(&mut self, cutoff: &str, group: Option<&Regex>, dry_run: bool) -> Result<Pruned> {

@@ -26,7 +26,9 @@ use crate::database::{KeyLimits, declared_length};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::records::{Record, quote_ident};
-use crate::store::{Column, Delivery, EventQuery, Reader, SeenEvent, SeenTable};
+use crate::store::{
+    Column, Delivery, EventQuery, HistoryEntry, HistoryQuery, Reader, SeenEvent, SeenTable,
+};
 
 pub use store::SqliteStore;
 
@@ -356,6 +358,13 @@ impl Reader for SqliteReader {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    fn history(&mut self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>> {
+        if !table_exists(&self.conn, "spark_history").map_err(self.err("looking up a table"))? {
+            return Ok(Vec::new());
+        }
+        history(&self.conn, query).map_err(self.err("reading the delivery history"))
+    }
+
     fn finish(self: Box<Self>) {
         let path = self.path.clone();
         drop(self);
@@ -363,6 +372,45 @@ impl Reader for SqliteReader {
             checkpoint(&path);
         }
     }
+}
+
+/// The history entries `query` selects, newest first.
+pub(crate) fn history(
+    conn: &Connection,
+    query: &HistoryQuery,
+) -> rusqlite::Result<Vec<HistoryEntry>> {
+    let json = |v: &[String]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+    let mut stmt = conn.prepare(
+        "SELECT key, handler, at, outcome, attempt, ms, error, by_whom FROM spark_history \
+         WHERE (?1 = '[]' OR outcome IN (SELECT value FROM json_each(?1))) \
+         AND (?2 IS NULL OR handler = ?2) \
+         AND (?3 = '[]' OR key IN (SELECT value FROM json_each(?3))) \
+         ORDER BY at DESC, id DESC LIMIT ?4",
+    )?;
+    let limit = query
+        .limit
+        .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+    stmt.query_map(
+        rusqlite::params![
+            json(&query.outcomes),
+            query.handler,
+            json(&query.keys),
+            limit
+        ],
+        |r| {
+            Ok(HistoryEntry {
+                key: r.get(0)?,
+                handler: r.get(1)?,
+                at: r.get(2)?,
+                outcome: r.get(3)?,
+                attempt: r.get(4)?,
+                ms: r.get(5)?,
+                error: r.get(6)?,
+                by: r.get(7)?,
+            })
+        },
+    )?
+    .collect()
 }
 
 /// Lists seen events, newest first, calling `each` for each one.

@@ -33,6 +33,20 @@ pub const MIGRATIONS: &[&str] = &[
     // 2: the identity (device:inode) of the file a file-sink delivery
     // writes to, so that recovery never cuts another file.
     "ALTER TABLE spark_delivery ADD COLUMN file_id TEXT;",
+    // 3: the delivery history (store/history.rs).
+    "CREATE TABLE spark_history (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        handler TEXT NOT NULL,
+        at TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        ms INTEGER,
+        error TEXT,
+        by_whom TEXT
+    );
+    CREATE INDEX spark_history_key ON spark_history (key);
+    CREATE INDEX spark_history_at ON spark_history (at);",
 ];
 
 /// The seen table's DDL: exactly what Django emits for django-spark's `Event`

@@ -27,8 +27,8 @@ use crate::records::quote_ident;
 use crate::store::ContextJson;
 use crate::store::admin::owed_keys;
 use crate::store::{
-    Delivery, DeliveryQuery, DeliveryState, Failure, FileMark, Forgotten, PlannedDelivery, Pruned,
-    Recorded, Store, StoredEvent,
+    Delivery, DeliveryQuery, DeliveryState, Failure, FileMark, Forgotten, HistoryEntry,
+    PlannedDelivery, Pruned, Recorded, Store, StoredEvent,
 };
 
 /// The deliveries holding a file mark (settled first), in any state but in
@@ -371,6 +371,43 @@ fn insert_single(
     })
 }
 
+/// Applies a `drop_plan`: deletes the deliveries that keep nothing, and
+/// rewrites the keys of the others.
+fn apply_changes(
+    conn: &Connection,
+    changes: &[(i64, Option<Vec<String>>)],
+    now: &str,
+) -> rusqlite::Result<()> {
+    for (id, kept) in changes {
+        match kept {
+            None => {
+                conn.execute("DELETE FROM spark_delivery WHERE id = ?1", [id])?;
+            }
+            Some(keys) => {
+                conn.execute(
+                    "UPDATE spark_delivery SET keys = ?2, updated_at = ?3 WHERE id = ?1",
+                    params![id, keys_json(keys), now],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Appends history entries.
+fn insert_history(conn: &Connection, entries: &[HistoryEntry]) -> rusqlite::Result<()> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO spark_history (key, handler, at, outcome, attempt, ms, error, by_whom) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for e in entries {
+        insert.execute(params![
+            e.key, e.handler, e.at, e.outcome, e.attempt, e.ms, e.error, e.by
+        ])?;
+    }
+    Ok(())
+}
+
 fn delete_deliveries(conn: &Connection, ids: &[i64]) -> rusqlite::Result<()> {
     let mut delete = conn.prepare_cached("DELETE FROM spark_delivery WHERE id = ?1")?;
     for id in ids {
@@ -636,19 +673,8 @@ impl Store for SqliteStore {
                     report.unknown.push(key.clone());
                 }
             }
-            for (id, kept) in report.plan(&all_deliveries(conn)?, keys) {
-                match kept {
-                    None => {
-                        conn.execute("DELETE FROM spark_delivery WHERE id = ?1", [id])?;
-                    }
-                    Some(keys) => {
-                        conn.execute(
-                            "UPDATE spark_delivery SET keys = ?2, updated_at = ?3 WHERE id = ?1",
-                            params![id, keys_json(&keys), now],
-                        )?;
-                    }
-                }
-            }
+            let changes = report.plan(&all_deliveries(conn)?, keys);
+            apply_changes(conn, &changes, &now)?;
             Ok(report)
         })
     }
@@ -770,6 +796,71 @@ impl Store for SqliteStore {
         delivery.last_error = Some(failure.error.clone());
         delivery.file_mark = None;
         Ok(())
+    }
+
+    fn add_history(&mut self, entries: &[HistoryEntry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.write_lazy("recording the delivery history", |conn| {
+            insert_history(conn, entries)
+        })
+    }
+
+    fn prune_history(&mut self, cutoff: &str) -> Result<u64> {
+        self.write("pruning the delivery history", |conn| {
+            conn.execute("DELETE FROM spark_history WHERE at < ?1", [cutoff])
+        })
+        .map(|n| n as u64)
+    }
+
+    fn drop_owed(
+        &mut self,
+        changes: &[(i64, Option<Vec<String>>)],
+        history: &[HistoryEntry],
+    ) -> Result<usize> {
+        let now = clock::now_text();
+        self.write("dropping deliveries", |conn| {
+            apply_changes(conn, changes, &now)?;
+            insert_history(conn, history)?;
+            Ok(changes.len())
+        })
+    }
+
+    fn reassign(&mut self, from: &str, to: &str, history: &[HistoryEntry]) -> Result<u64> {
+        let now = clock::now_text();
+        self.write("handing deliveries to another handler", |conn| {
+            let n = conn.execute(
+                "UPDATE spark_delivery SET handler = ?2, updated_at = ?3 WHERE handler = ?1",
+                params![from, to, now],
+            )?;
+            insert_history(conn, history)?;
+            Ok(n as u64)
+        })
+    }
+
+    fn add_deliveries(
+        &mut self,
+        handler: &str,
+        keys: &[String],
+        chunk: usize,
+        _file_sink: bool,
+        history: &[HistoryEntry],
+    ) -> Result<u64> {
+        let now = clock::now_text();
+        self.write("adding deliveries", |conn| {
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO spark_delivery (handler, keys, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?3)",
+            )?;
+            let mut n = 0;
+            for part in keys.chunks(chunk.max(1)) {
+                insert.execute(params![handler, keys_json(part), now])?;
+                n += 1;
+            }
+            insert_history(conn, history)?;
+            Ok(n)
+        })
     }
 
     fn begin_at_most_once(&mut self, delivery: &mut Delivery) -> Result<Delivery> {

@@ -1,0 +1,400 @@
+//! The delivery log an operator needs: the history (`deliveries --state
+//! done`, `show KEY`), and repairs that leave a trace in it (`reassign`,
+//! `discard`, `replay`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::Cli;
+use super::admin::check_database;
+use super::output::{clip, field, outln, print_table, stdout_json};
+use crate::backend;
+use crate::config::{Config, HandlerKind};
+use crate::error::Error;
+use crate::store::admin::{self, DeliveryQuery, EventQuery};
+use crate::store::{HistoryEntry, HistoryQuery};
+
+/// Keys per delivery `replay` creates.
+const REPLAY_CHUNK: usize = 500;
+
+fn history_rows(entries: &[HistoryEntry]) -> Vec<Vec<String>> {
+    entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.at.clone(),
+                e.handler.clone(),
+                e.key.clone(),
+                e.outcome.clone(),
+                e.attempt.to_string(),
+                e.ms.map_or_else(|| "-".into(), |ms| ms.to_string()),
+                clip(
+                    &match (&e.by, &e.error) {
+                        (Some(by), Some(why)) => format!("by {by}: {why}"),
+                        (Some(by), None) => format!("by {by}"),
+                        (None, Some(error)) => error.clone(),
+                        (None, None) => "-".into(),
+                    },
+                    80,
+                ),
+            ]
+        })
+        .collect()
+}
+
+const HISTORY_HEADER: [&str; 7] = ["AT", "HANDLER", "KEY", "OUTCOME", "ATTEMPT", "MS", "ERROR"];
+
+/// `deliveries --state done` (or `discarded`): the history, newest first.
+pub fn list(cli: &Cli, config: &Config, query: &HistoryQuery) -> anyhow::Result<ExitCode> {
+    let entries = backend::reader(config)?.history(query)?;
+    if cli.json {
+        stdout_json(&json!(entries))?;
+    } else if !cli.quiet {
+        if entries.is_empty() {
+            outln!(
+                "no history (kept for {}; see [delivery] keep_history)",
+                humantime::format_duration(config.delivery.keep_history)
+            )?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        print_table(&HISTORY_HEADER, &history_rows(&entries))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `show KEY`: the event, its context, and per handler what is owed and
+/// what happened.
+pub fn show(cli: &Cli, config: &Config, key: &str) -> anyhow::Result<ExitCode> {
+    let mut reader = backend::reader(config)?;
+    reader.seen_table()?;
+    let event = reader.seen_event(key)?;
+    let owed: Vec<admin::DeliveryLine> = admin::list_deliveries(
+        &reader.deliveries()?,
+        &DeliveryQuery {
+            keys: vec![key.to_owned()],
+            ..Default::default()
+        },
+    );
+    let mut history = reader.history(&HistoryQuery {
+        keys: vec![key.to_owned()],
+        ..Default::default()
+    })?;
+    history.reverse();
+    let Some(event) = event else {
+        if owed.is_empty() && history.is_empty() {
+            return Err(Error::Usage(format!("show {key}: no such seen event")).into());
+        }
+        // Forgotten or pruned, but still known to the delivery log.
+        return print_show(cli, config, key, None, &owed, &history);
+    };
+    print_show(cli, config, key, Some(&event), &owed, &history)
+}
+
+fn print_show(
+    cli: &Cli,
+    config: &Config,
+    key: &str,
+    event: Option<&crate::event::Event>,
+    owed: &[admin::DeliveryLine],
+    history: &[HistoryEntry],
+) -> anyhow::Result<ExitCode> {
+    // The handlers that receive the event's group, then any other that
+    // owes or did something for it.
+    let mut handlers: Vec<String> = event.map_or_else(Vec::new, |e| {
+        config
+            .handlers_for(&e.group)
+            .map(|i| config.handlers[i].name.clone())
+            .collect()
+    });
+    for name in owed
+        .iter()
+        .map(|o| &o.handler)
+        .chain(history.iter().map(|h| &h.handler))
+    {
+        if !handlers.contains(name) {
+            handlers.push(name.clone());
+        }
+    }
+    let per_handler: Vec<serde_json::Value> = handlers
+        .iter()
+        .map(|name| {
+            let kind = config
+                .handlers
+                .iter()
+                .find(|h| &h.name == name)
+                .map(|h| h.kind.name());
+            let owes: Vec<&admin::DeliveryLine> =
+                owed.iter().filter(|o| &o.handler == name).collect();
+            let attempts: Vec<&HistoryEntry> =
+                history.iter().filter(|h| &h.handler == name).collect();
+            let state = match (owes.first(), attempts.last()) {
+                (Some(o), _) => o.state.clone(),
+                (None, Some(last)) => match last.outcome.as_str() {
+                    "delivered" => "done".into(),
+                    other => other.into(),
+                },
+                // Nothing owed and no history: a file handler's (the file is
+                // its record), or done before the history was kept.
+                (None, None) if kind == Some("jsonl") => "done (in the file)".into(),
+                (None, None) if kind.is_none() => "unknown".into(),
+                (None, None) => "done (no history)".into(),
+            };
+            json!({
+                "handler": name,
+                "in_config": kind.is_some(),
+                "state": state,
+                "owed": owes,
+                "attempts": attempts,
+            })
+        })
+        .collect();
+    if cli.json {
+        stdout_json(&json!({
+            "key": key,
+            "group": event.map(|e| e.group.clone()),
+            "context": event.map(|e| serde_json::Value::Object((*e.context).clone())),
+            "handlers": per_handler,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    match event {
+        Some(e) => {
+            outln!("{} (group {})", field(key), field(&e.group))?;
+            let context = serde_json::to_string_pretty(&*e.context).unwrap_or_default();
+            for line in context.lines() {
+                outln!("  {line}")?;
+            }
+        }
+        None => outln!(
+            "{}: not in the seen table (forgotten or pruned)",
+            field(key)
+        )?,
+    }
+    for h in &per_handler {
+        let name = h["handler"].as_str().unwrap_or_default();
+        let note = if h["in_config"] == true {
+            ""
+        } else {
+            " (not in the config)"
+        };
+        outln!(
+            "\nhandler {name}{note}: {}",
+            h["state"].as_str().unwrap_or_default()
+        )?;
+        let attempts: Vec<HistoryEntry> = history
+            .iter()
+            .filter(|e| e.handler == name)
+            .cloned()
+            .collect();
+        if !attempts.is_empty() {
+            print_table(&HISTORY_HEADER, &history_rows(&attempts))?;
+        }
+        for o in owed.iter().filter(|o| o.handler == name) {
+            outln!(
+                "  owed: {} after {} attempts{}{}",
+                o.state,
+                o.attempts,
+                o.next_attempt_at
+                    .as_deref()
+                    .map(|t| format!(", next at {t} UTC"))
+                    .unwrap_or_default(),
+                o.last_error
+                    .as_deref()
+                    .map(|e| format!(", last error: {}", clip(e, 120)))
+                    .unwrap_or_default()
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `reassign OLD NEW`: every delivery owed to OLD goes to NEW.
+pub fn reassign(
+    cli: &Cli,
+    config: &Config,
+    old: &str,
+    new: &str,
+    wait: Duration,
+) -> anyhow::Result<ExitCode> {
+    if !config.handlers.iter().any(|h| h.name == new) {
+        return Err(Error::Usage(format!(
+            "reassign: no handler `{new}` in {} to hand deliveries to",
+            config.path.display()
+        ))
+        .into());
+    }
+    if old == new {
+        return Err(Error::Usage("reassign: OLD and NEW are the same handler".into()).into());
+    }
+    let (moved, events) = if check_database(config)? {
+        let _guard = backend::run_guard(config, wait)?;
+        let mut store = backend::store(config)?;
+        let owed: Vec<(String, String)> = store
+            .deliveries()?
+            .iter()
+            .filter(|d| d.handler == old)
+            .flat_map(|d| d.remaining().iter().map(|k| (d.handler.clone(), k.clone())))
+            .collect();
+        let history: Vec<HistoryEntry> = owed
+            .iter()
+            .map(|(_, key)| {
+                HistoryEntry::action(key, new, "reassigned", Some(&format!("from handler {old}")))
+            })
+            .collect();
+        (store.reassign(old, new, &history)?, owed.len())
+    } else {
+        (0, 0)
+    };
+    if cli.json {
+        stdout_json(&json!({"from": old, "to": new, "deliveries": moved, "events": events}))?;
+    } else if !cli.quiet {
+        outln!("handed {events} owed events ({moved} deliveries) of handler {old} to {new}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `discard`: owed deliveries acknowledged without delivering them.
+pub fn discard(
+    cli: &Cli,
+    config: &Config,
+    query: &DeliveryQuery,
+    reason: Option<&str>,
+    wait: Duration,
+) -> anyhow::Result<ExitCode> {
+    let (discarded, changed) = if check_database(config)? {
+        let _guard = backend::run_guard(config, wait)?;
+        let mut store = backend::store(config)?;
+        let deliveries = store.deliveries()?;
+        let (changes, dropped) = admin::drop_plan(&deliveries, &|d, key| {
+            query.matches(d) && (query.keys.is_empty() || query.keys.contains(key))
+        });
+        let history: Vec<HistoryEntry> = dropped
+            .iter()
+            .map(|(handler, key)| HistoryEntry::action(key, handler, "discarded", reason))
+            .collect();
+        let changed = store.drop_owed(&changes, &history)?;
+        if changed < changes.len() {
+            // A shared store: another worker holds some of them right now.
+            (history, Some(changes.len() - changed))
+        } else {
+            (history, None)
+        }
+    } else {
+        (Vec::new(), None)
+    };
+    if cli.json {
+        stdout_json(&json!({
+            "discarded": discarded.iter().map(|e| json!({"handler": e.handler, "key": e.key})).collect::<Vec<_>>(),
+            "left_to_other_workers": changed.unwrap_or(0),
+        }))?;
+    } else if !cli.quiet {
+        outln!(
+            "discarded {} owed deliveries{}",
+            discarded.len(),
+            reason.map(|r| format!(" ({r})")).unwrap_or_default()
+        )?;
+        if let Some(n) = changed {
+            outln!("{n} deliveries another worker holds right now were left alone; run again")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `replay`: already-seen events delivered again, to one handler.
+pub fn replay(
+    cli: &Cli,
+    config: &Config,
+    handler: &str,
+    query: &EventQuery,
+    keys: &[String],
+    dry_run: bool,
+    wait: Duration,
+) -> anyhow::Result<ExitCode> {
+    let Some(h) = config.handlers.iter().find(|h| h.name == handler) else {
+        return Err(Error::Usage(format!(
+            "replay --handler {handler}: no handler of that name in {}",
+            config.path.display()
+        ))
+        .into());
+    };
+    let mut reader = backend::reader(config)?;
+    reader.seen_table()?;
+    // The events asked for, in the order they were seen.
+    let mut chosen: Vec<(String, String)> = Vec::new();
+    if keys.is_empty() {
+        reader.list_events(query, &mut |e| chosen.push((e.key, e.group)))?;
+        chosen.reverse();
+    } else {
+        for key in keys {
+            match reader.seen_event(key)? {
+                Some(e) => chosen.push((e.key, e.group)),
+                None => {
+                    return Err(
+                        Error::Usage(format!("replay --key {key}: no such seen event")).into(),
+                    );
+                }
+            }
+        }
+    }
+    // Only events of groups the handler receives; none it already owes.
+    let owed: std::collections::HashSet<String> = reader
+        .deliveries()?
+        .iter()
+        .filter(|d| d.handler == handler)
+        .flat_map(|d| d.remaining().to_vec())
+        .collect();
+    drop(reader);
+    let total = chosen.len();
+    type Chosen = Vec<(String, String)>;
+    let (receives, other): (Chosen, Chosen) = chosen
+        .into_iter()
+        .partition(|(_, group)| h.group.is_match(group));
+    let (already, replayed): (Vec<String>, Vec<String>) = receives
+        .into_iter()
+        .map(|(key, _)| key)
+        .partition(|key| owed.contains(key));
+    if !dry_run && !replayed.is_empty() {
+        let _guard = backend::run_guard(config, wait)?;
+        let mut store = backend::store(config)?;
+        let history: Vec<HistoryEntry> = replayed
+            .iter()
+            .map(|key| HistoryEntry::action(key, handler, "replayed", None))
+            .collect();
+        let file_sink = matches!(h.kind, HandlerKind::Jsonl { .. });
+        store.add_deliveries(handler, &replayed, REPLAY_CHUNK, file_sink, &history)?;
+    }
+    if cli.json {
+        stdout_json(&json!({
+            "handler": handler,
+            "dry_run": dry_run,
+            "replayed": replayed,
+            "already_owed": already,
+            "not_received": other.len(),
+            "selected": total,
+        }))?;
+    } else if !cli.quiet {
+        let verb = if dry_run { "would replay" } else { "replayed" };
+        outln!(
+            "{verb} {} events to {handler} (of {total} selected: {} already owed to it, {} of groups it does not receive){}",
+            replayed.len(),
+            already.len(),
+            other.len(),
+            if dry_run || replayed.is_empty() {
+                ""
+            } else {
+                "; the next process-sources or deliver delivers them"
+            }
+        )?;
+        if dry_run {
+            for key in replayed.iter().take(20) {
+                outln!("  {}", field(key))?;
+            }
+            if replayed.len() > 20 {
+                outln!("  ... and {} more", replayed.len() - 20)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

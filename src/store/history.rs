@@ -1,0 +1,71 @@
+//! The delivery history: one entry per call of a handler (delivered,
+//! failed, dead), per operator action on a delivery (discarded,
+//! reassigned, replayed) and per at-most-once call a crash interrupted,
+//! kept for `[delivery] keep_history` (default 30 days) and pruned by
+//! `prune` and `watch`.
+//!
+//! The history is the operator's record, not the delivery log: an entry is
+//! written right after the outcome it reports, in a transaction of its own
+//! (so a process killed between the two can lose that one entry, never a
+//! delivery). File handlers (`jsonl`) have no per-key entries: the file is
+//! their record.
+
+use serde::Serialize;
+
+/// One line of the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryEntry {
+    pub key: String,
+    pub handler: String,
+    /// UTC, Django's datetime format.
+    pub at: String,
+    /// `delivered`, `failed`, `dead`, `discarded`, `reassigned`, `replayed`.
+    pub outcome: String,
+    /// Which attempt (0 for an operator's action).
+    pub attempt: u32,
+    /// How long the call took.
+    pub ms: Option<i64>,
+    /// The error of a failed call, or the operator's reason.
+    pub error: Option<String>,
+    /// Who did it, for an operator's action (the user name).
+    pub by: Option<String>,
+}
+
+impl HistoryEntry {
+    /// An entry for an operator's action on `key`'s delivery to `handler`.
+    pub fn action(key: &str, handler: &str, outcome: &str, reason: Option<&str>) -> HistoryEntry {
+        HistoryEntry {
+            key: key.to_owned(),
+            handler: handler.to_owned(),
+            at: crate::clock::now_text(),
+            outcome: outcome.to_owned(),
+            attempt: 0,
+            ms: None,
+            error: reason.map(str::to_owned),
+            by: Some(operator()),
+        }
+    }
+}
+
+/// Who runs this command: `$SUDO_USER`, else `$USER`, else `$LOGNAME`, else
+/// the numeric user id.
+pub fn operator() -> String {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| {
+            // SAFETY: getuid has no preconditions and cannot fail.
+            format!("uid {}", unsafe { libc::getuid() })
+        })
+}
+
+/// Which history entries to list.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Any of these outcomes (all when empty).
+    pub outcomes: Vec<String>,
+    pub handler: Option<String>,
+    pub keys: Vec<String>,
+    /// At most this many, newest first.
+    pub limit: Option<usize>,
+}
