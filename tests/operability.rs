@@ -433,6 +433,66 @@ command = ["sh", "-c", "test \"$SPARK_EVENT_KEY\" != challenge_created_2"]
 }
 
 #[test]
+fn completions_know_handler_and_source_names_and_states() {
+    let case = challenges(
+        r#"
+[[handlers]]
+name = "log-two"
+group = "created"
+kind = "jsonl"
+path = "two.jsonl"
+"#,
+    );
+    let complete = |index: &str, words: &[&str]| -> Vec<String> {
+        let output = case
+            .command()
+            .env("COMPLETE", "bash")
+            .env("_CLAP_COMPLETE_INDEX", index)
+            .env("_CLAP_IFS", "\n")
+            .env("SPARK_CONFIG", "spark.toml")
+            .arg("--")
+            .args(words)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        complete("3", &["spark", "retry", "--handler", ""]),
+        ["log", "log-two"]
+    );
+    assert_eq!(
+        complete("3", &["spark", "retry", "--handler", "log-"]),
+        ["log-two"]
+    );
+    assert_eq!(
+        complete("2", &["spark", "preview-mail", "l"]),
+        ["log", "log-two"]
+    );
+    assert_eq!(
+        complete("3", &["spark", "process-sources", "--source", ""]),
+        ["challenges"]
+    );
+    let states = complete("3", &["spark", "deliveries", "--state", ""]);
+    for state in [
+        "pending",
+        "failed",
+        "dead",
+        "in_flight",
+        "done",
+        "discarded",
+    ] {
+        assert!(states.contains(&state.to_owned()), "{states:?}");
+    }
+    // The script itself, for `source <(COMPLETE=bash spark)`.
+    let script = case.command().env("COMPLETE", "bash").output().unwrap();
+    let script = String::from_utf8_lossy(&script.stdout);
+    assert!(script.contains("complete -o nospace"), "{script}");
+}
+
+#[test]
 fn bash_completions_are_valid_bash() {
     let case = Case::new();
     let run = case.run(&["completions", "bash"]).success();
@@ -451,26 +511,87 @@ fn bash_completions_are_valid_bash() {
 fn the_man_page_renders() {
     let case = Case::new();
     let run = case.run(&["man"]).success();
-    assert!(run.stdout().starts_with(".ie") || run.stdout().contains(".TH"));
+    let roff = run.stdout().replace("\\-", "-");
+    assert!(roff.contains(".TH"));
+    for section in [
+        "EXIT STATUS",
+        "ENVIRONMENT",
+        "FILES",
+        "EXAMPLES",
+        "COMMANDS",
+    ] {
+        assert!(
+            roff.contains(&format!(".SH \"{section}\""))
+                || roff.contains(&format!(".SH {section}")),
+            "{section}"
+        );
+    }
+    // One page: it names no other page that is not there.
+    assert!(
+        !roff.contains("spark-process-sources(1)") && !roff.contains("(1)\\fR"),
+        "{roff}"
+    );
+    // Every command is in it, with its options.
+    for command in [
+        "process-sources",
+        "watch",
+        "show",
+        "replay",
+        "discard",
+        "reassign",
+    ] {
+        assert!(roff.contains(&format!("spark {command}")), "{command}");
+    }
+    assert!(roff.contains("--interval"));
     let page = case.path("spark.1");
-    std::fs::write(&page, run.stdout()).unwrap();
+    std::fs::write(&page, &roff).unwrap();
+
+    // With --dir: a page per command, and every reference resolves.
+    case.run(&["man", "--dir", "man1"]).success();
+    let pages: Vec<String> = std::fs::read_dir(case.path("man1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(pages.contains(&"spark.1".to_owned()));
+    assert!(pages.contains(&"spark-watch.1".to_owned()));
+    let main = std::fs::read_to_string(case.path("man1/spark.1"))
+        .unwrap()
+        .replace("\\-", "-");
+    let refs = regex::Regex::new(r"spark-([a-z-]+)").unwrap();
+    let mut found = 0;
+    for r in refs.captures_iter(&main) {
+        found += 1;
+        assert!(
+            pages.contains(&format!("spark-{}.1", &r[1])),
+            "dangling spark-{}(1)",
+            &r[1]
+        );
+    }
+    assert!(found >= 20, "{found} references");
+
     if Process::new("groff").arg("--version").output().is_err() {
         eprintln!("groff is not installed: only the roff source was checked");
         return;
     }
-    let out = Process::new("groff")
-        .args(["-man", "-Tutf8", "-ww"])
-        .arg(&page)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("process-sources"), "{text}");
-    assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for page in [
+        page,
+        case.path("man1/spark.1"),
+        case.path("man1/spark-replay.1"),
+    ] {
+        let out = Process::new("groff")
+            .args(["-man", "-Tutf8", "-ww"])
+            .arg(&page)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("spark"), "{text}");
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]

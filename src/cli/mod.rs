@@ -6,8 +6,10 @@
 //! Not here: any logic a library user would want without the CLI.
 
 mod admin;
+mod complete;
 mod history;
 mod list;
+mod manpage;
 mod output;
 mod run;
 mod watch;
@@ -18,6 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
+use clap_complete::engine::ArgValueCompleter;
 use jiff::civil::Date;
 
 use crate::config::{self, Config};
@@ -78,7 +81,7 @@ enum Command {
     /// cleanly, SIGHUP reloads the config
     Watch {
         /// Only this source (repeatable)
-        #[arg(long = "source", value_name = "NAME")]
+        #[arg(long = "source", value_name = "NAME", add = ArgValueCompleter::new(complete::sources))]
         sources: Vec<String>,
         /// The longest wait between two cycles, e.g. "30s"
         #[arg(long, default_value = "30s", value_name = "DURATION")]
@@ -142,7 +145,7 @@ enum Command {
         #[arg(long, value_name = "STATE", value_parser = ["pending", "failed", "dead", "in_flight", "done", "discarded"])]
         state: Vec<String>,
         /// Only this handler
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", add = ArgValueCompleter::new(complete::handlers))]
         handler: Option<String>,
         /// Only this event key (repeatable)
         #[arg(long, value_name = "KEY")]
@@ -165,6 +168,7 @@ enum Command {
         /// The handler the deliveries are owed to (need not be in the config)
         old: String,
         /// A handler of the config
+        #[arg(add = ArgValueCompleter::new(complete::handlers))]
         new: String,
         #[command(flatten)]
         lock: LockArgs,
@@ -176,7 +180,7 @@ enum Command {
         #[arg(long, value_name = "KEY")]
         key: Vec<String>,
         /// Every delivery owed to this handler (need not be in the config)
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", add = ArgValueCompleter::new(complete::handlers))]
         handler: Option<String>,
         /// Only dead deliveries
         #[arg(long)]
@@ -191,7 +195,7 @@ enum Command {
     /// or one whose deliveries must be redone); other handlers get nothing
     Replay {
         /// The handler to deliver to
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", add = ArgValueCompleter::new(complete::handlers))]
         handler: String,
         /// Only events whose group matches this regex
         #[arg(long, value_name = "REGEX")]
@@ -232,7 +236,7 @@ enum Command {
         #[arg(long, value_name = "KEY")]
         key: Vec<String>,
         /// The deliveries of this handler
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", add = ArgValueCompleter::new(complete::handlers))]
         handler: Option<String>,
         /// Only dead deliveries
         #[arg(long)]
@@ -254,6 +258,7 @@ enum Command {
     /// Render the mail a mail handler would send for an event; sends nothing
     PreviewMail {
         /// The mail handler's name
+        #[arg(add = ArgValueCompleter::new(complete::handlers))]
         handler: String,
         /// A seen event's key
         #[arg(long, value_name = "KEY", conflicts_with = "context")]
@@ -274,8 +279,13 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff)
-    Man,
+    /// Print the man page (roff), or with --dir write it and one page per
+    /// command there (e.g. /usr/local/share/man/man1)
+    Man {
+        /// Write spark.1 and spark-COMMAND.1 pages into this folder
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Delete seen events recorded longer ago than a duration (keeps undelivered ones)
     Prune {
         /// e.g. "90d"
@@ -295,7 +305,7 @@ enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// Only this source (repeatable)
-    #[arg(long = "source", value_name = "NAME")]
+    #[arg(long = "source", value_name = "NAME", add = ArgValueCompleter::new(complete::sources))]
     sources: Vec<String>,
     /// The date sources and generators treat as today, YYYY-MM-DD, or a
     /// moment for `now` too, YYYY-MM-DDTHH:MM[:SS][offset]
@@ -326,6 +336,8 @@ impl LockArgs {
 /// 0 all done, 1 finished but something failed, 2 unusable input, 3 another
 /// run holds the lock, 128+N stopped by signal N.
 pub fn run_cli(registry: Registry) -> ExitCode {
+    // `COMPLETE=bash spark`: the completion script; and its calls back.
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -400,8 +412,8 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
             clap_complete::generate(*shell, &mut command, "spark", &mut std::io::stdout());
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+        Command::Man { dir } => {
+            manpage::man(dir.as_deref())?;
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
@@ -441,7 +453,9 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
     }
     let config = Config::load(&config_path(cli), registry).map_err(Error::from)?;
     match &cli.command {
-        Command::Completions { .. } | Command::Man | Command::Watch { .. } => Ok(ExitCode::SUCCESS),
+        Command::Completions { .. } | Command::Man { .. } | Command::Watch { .. } => {
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ProcessSources { run, lock, .. } => {
             let opts = run_options(cli, run, lock.wait()?, true)?;
             run::process_sources(cli, &config, registry, &opts)
