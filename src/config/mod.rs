@@ -358,21 +358,26 @@ fn list(problems: &[Located]) -> String {
         .join("\n")
 }
 
+/// The text of the config file at `path`.
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            ConfigError::NotFound {
+                path: path.to_owned(),
+            }
+        } else {
+            ConfigError::Read {
+                path: path.to_owned(),
+                error,
+            }
+        }
+    })
+}
+
 impl Config {
     /// Reads and validates the config at `path`.
     pub fn load(path: &Path, registry: &Registry) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| {
-            if error.kind() == std::io::ErrorKind::NotFound {
-                ConfigError::NotFound {
-                    path: path.to_owned(),
-                }
-            } else {
-                ConfigError::Read {
-                    path: path.to_owned(),
-                    error,
-                }
-            }
-        })?;
+        let text = read_text(path)?;
         Config::parse(&text, path, registry)
     }
 
@@ -393,18 +398,7 @@ impl Config {
     /// with its problems, so that the database can be checked too. `Err`
     /// when nothing could be made of it (missing, unreadable, not TOML).
     pub fn load_partial(path: &Path, registry: &Registry) -> Result<PartialConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| {
-            if error.kind() == std::io::ErrorKind::NotFound {
-                ConfigError::NotFound {
-                    path: path.to_owned(),
-                }
-            } else {
-                ConfigError::Read {
-                    path: path.to_owned(),
-                    error,
-                }
-            }
-        })?;
+        let text = read_text(path)?;
         Config::parse_partial(&text, path, registry)
     }
 

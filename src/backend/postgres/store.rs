@@ -303,6 +303,21 @@ fn rand_u32() -> u32 {
     h.finish() as u32
 }
 
+/// The deliveries some process holds a live claim on right now (an
+/// operator's change leaves them to it).
+fn claimed_now(tx: &mut impl GenericClient) -> std::result::Result<Vec<i64>, postgres::Error> {
+    Ok(tx
+        .query(
+            &format!(
+                "SELECT id FROM spark_delivery WHERE claimed_by IS NOT NULL AND lease_until >= {NOW_MS}"
+            ),
+            &[],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// Applies a `drop_plan`: deletes the deliveries that keep nothing, and
 /// rewrites the keys of the others.
 fn apply_changes(
@@ -863,17 +878,7 @@ impl Store for PgStore {
             .map_err(&fail)?
             .into_iter()
             .collect();
-        let claimed: Vec<i64> = tx
-            .query(
-                &format!(
-                    "SELECT id FROM spark_delivery WHERE claimed_by IS NOT NULL AND lease_until >= {NOW_MS}"
-                ),
-                &[],
-            )
-            .map_err(&fail)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let claimed = claimed_now(&mut tx).map_err(&fail)?;
         let free: Vec<Delivery> = free
             .into_iter()
             .filter(|d| !claimed.contains(&d.id))
@@ -915,17 +920,7 @@ impl Store for PgStore {
         let mut conn = self.conn();
         let mut tx = conn.transaction().map_err(&fail)?;
         // Deliveries another process is working on are left to it.
-        let claimed: Vec<i64> = tx
-            .query(
-                &format!(
-                    "SELECT id FROM spark_delivery WHERE claimed_by IS NOT NULL AND lease_until >= {NOW_MS}"
-                ),
-                &[],
-            )
-            .map_err(&fail)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let claimed = claimed_now(&mut tx).map_err(&fail)?;
         let free: Vec<(i64, Option<Vec<String>>)> = changes
             .iter()
             .filter(|(id, _)| !claimed.contains(id))
