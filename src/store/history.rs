@@ -5,10 +5,11 @@
 //! `prune` and `watch`.
 //!
 //! The history is the operator's record, not the delivery log: an entry is
-//! written right after the outcome it reports, in a transaction of its own
-//! (so a process killed between the two can lose that one entry, never a
-//! delivery). File handlers (`jsonl`) have no per-key entries: the file is
-//! their record.
+//! written after the outcome it reports (SQLite: with the next commit, or
+//! when the run ends; PostgreSQL: in a commit of its own that need not wait
+//! for the disk), so a process killed mid-run can lose the entries of its
+//! last calls, never a delivery. File handlers (`jsonl`) have no per-key
+//! entries: the file is their record.
 
 use serde::Serialize;
 

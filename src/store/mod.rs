@@ -407,8 +407,9 @@ pub trait Store: Send {
     /// (with `advance`) or fail once the call returns.
     fn begin_at_most_once(&mut self, delivery: &mut Delivery) -> Result<Delivery>;
 
-    /// Appends to the history (in a commit of its own that need not wait
-    /// for the disk: see `history`).
+    /// Appends to the history (see `history`: SQLite holds the entries for
+    /// its next commit, PostgreSQL commits them without waiting for the
+    /// disk).
     fn add_history(&mut self, entries: &[HistoryEntry]) -> Result<()>;
 
     /// Deletes history entries from before `cutoff` (UTC text); returns how

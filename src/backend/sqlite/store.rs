@@ -54,7 +54,21 @@ pub struct SqliteStore {
     /// Commits since the write-ahead log was last made durable (batches
     /// are committed lazily; see `record_batch`).
     unsynced: std::cell::Cell<bool>,
+    /// History entries not written yet: they ride along with the next
+    /// transaction (no commit of their own), or are written when the run
+    /// finishes or the store is dropped.
+    history: std::cell::RefCell<Vec<HistoryEntry>>,
 }
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Whatever the run did last is in the history too.
+        let _ = self.flush_history();
+    }
+}
+
+/// History entries held back for the next transaction at most.
+const HISTORY_HELD: usize = 256;
 
 /// The SQL that names the seen table, built once.
 struct Statements {
@@ -126,6 +140,7 @@ impl SqliteStore {
             seen_table: seen_table.to_owned(),
             busy_timeout,
             unsynced: std::cell::Cell::new(false),
+            history: std::cell::RefCell::new(Vec::new()),
             sql: Statements {
                 exists: format!("SELECT 1 FROM {t} WHERE \"key\" = ?1"),
                 insert: format!(
@@ -203,6 +218,15 @@ impl SqliteStore {
         Ok(value)
     }
 
+    /// Writes the held history entries now (a commit that need not wait
+    /// for the disk).
+    fn flush_history(&self) -> Result<()> {
+        if self.history.borrow().is_empty() {
+            return Ok(());
+        }
+        self.write_lazy("recording the delivery history", |_| Ok(()))
+    }
+
     fn transact<T>(
         &self,
         action: &str,
@@ -211,7 +235,14 @@ impl SqliteStore {
         retry_busy(self.busy_timeout, || {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             let done = work(&self.conn).and_then(|value| {
+                // Held history entries ride along with this commit.
+                let held = self.history.borrow();
+                if !held.is_empty() {
+                    insert_history(&self.conn, &held)?;
+                }
+                drop(held);
                 self.conn.execute_batch("COMMIT")?;
+                self.history.borrow_mut().clear();
                 Ok(value)
             });
             if done.is_err() && !self.conn.is_autocommit() {
@@ -631,6 +662,7 @@ impl Store for SqliteStore {
     }
 
     fn finish_run(&mut self) -> Result<()> {
+        self.flush_history()?;
         self.checkpoint();
         Ok(())
     }
@@ -799,12 +831,11 @@ impl Store for SqliteStore {
     }
 
     fn add_history(&mut self, entries: &[HistoryEntry]) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
+        self.history.borrow_mut().extend_from_slice(entries);
+        if self.history.borrow().len() >= HISTORY_HELD {
+            self.flush_history()?;
         }
-        self.write_lazy("recording the delivery history", |conn| {
-            insert_history(conn, entries)
-        })
+        Ok(())
     }
 
     fn prune_history(&mut self, cutoff: &str) -> Result<u64> {
