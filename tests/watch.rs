@@ -173,6 +173,44 @@ fn sighup_reloads_the_config_and_refuses_a_bad_one() {
 }
 
 #[test]
+fn watch_prunes_the_history() {
+    let case = watch_case(
+        r#"
+[[handlers]]
+name = "cmd"
+group = "created"
+kind = "command"
+command = ["true"]
+"#,
+    );
+    let path = case.path("spark.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[delivery]\n", "[delivery]\nkeep_history = \"1s\"\n");
+    std::fs::write(&path, text).unwrap();
+    let done = |case: &Case| -> Vec<String> {
+        case.run(&["deliveries", "--state", "done", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["key"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let child = case.spawn(&["watch", "--interval", "30s"]);
+    wait_until("the first call in the history", || {
+        done(&case) == ["challenge_created_1"]
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    case.sql(&challenge(2));
+    wait_until("the old entry pruned", || {
+        done(&case) == ["challenge_created_2"]
+    });
+    let (code, _, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
 fn an_invalid_config_at_start_is_exit_2() {
     let case = watch_case("");
     std::fs::write(case.path("spark.toml"), "[database]\n").unwrap();

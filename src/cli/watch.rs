@@ -6,7 +6,8 @@
 //! interval to pass. SIGTERM or SIGINT: the cycle under way finishes its
 //! calls in flight and records them, then it exits 0. SIGHUP: the config is
 //! read again before the next cycle; an invalid one is refused with its
-//! error logged, and the old one kept.
+//! error logged, and the old one kept. Once an hour it prunes the history
+//! to `[delivery] keep_history`.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -26,6 +27,17 @@ use crate::watch::{Wake, Waker};
 /// The least time between two cycles that found retries due (a backoff of
 /// zero would spin otherwise).
 const MIN_GAP: Duration = Duration::from_secs(1);
+
+/// How often the history is pruned (to `[delivery] keep_history`; more
+/// often when that is shorter).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes history older than `keep_history`; returns how many entries.
+fn prune_history(config: &Config) -> crate::error::Result<u64> {
+    let keep = i64::try_from(config.delivery.keep_history.as_millis()).unwrap_or(i64::MAX);
+    let cutoff = crate::clock::utc_text(crate::clock::now_ms().saturating_sub(keep));
+    crate::backend::store(config)?.prune_history(&cutoff)
+}
 
 pub struct WatchArgs<'a> {
     pub sources: &'a [String],
@@ -67,6 +79,7 @@ pub fn watch(cli: &Cli, registry: &Registry, args: &WatchArgs<'_>) -> anyhow::Re
     tracing::info!(config = %path.display(), database = %config.database.describe(),
         interval = %humantime::format_duration(args.interval), "watching");
     let mut cycles = 0u64;
+    let mut pruned_at: Option<Instant> = None;
     loop {
         if signals::hangup() {
             match Config::load(&path, registry)
@@ -139,6 +152,15 @@ pub fn watch(cli: &Cli, registry: &Registry, args: &WatchArgs<'_>) -> anyhow::Re
         }
         if signals::requested().is_some() || args.cycles.is_some_and(|n| cycles >= n) {
             break;
+        }
+        let every = PRUNE_EVERY.min(config.delivery.keep_history.max(Duration::from_secs(1)));
+        if pruned_at.is_none_or(|at| at.elapsed() >= every) && result.is_ok() {
+            match prune_history(&config) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(entries = n, "history pruned"),
+                Err(e) => errln!("warning: cannot prune the history: {e}"),
+            }
+            pruned_at = Some(Instant::now());
         }
         let mut until = Instant::now() + args.interval;
         if let Some(retry) = next_retry(&config) {
