@@ -308,7 +308,7 @@ templates = "mails"
 }
 
 #[test]
-fn a_long_subject_is_folded_within_the_line_limit() {
+fn long_subjects_and_names_are_folded_within_the_line_limit() {
     for title in ["x".repeat(1500), "word ".repeat(300), "ü".repeat(700)] {
         let case = Case::new()
             .db(&format!(
@@ -329,8 +329,8 @@ group = "order_shipped"
 name = "mail"
 group = "^order"
 kind = "mail"
-from = "Shop <shop@example.org>"
-to = "{{ email }}"
+from = "{{ title }} <shop@example.org>"
+to = ["{{ title }} <{{ email }}>", "Audit <audit@example.org>"]
 subject = "{{ title }}"
 body = "Body"
 outbox = "outbox"
@@ -349,6 +349,15 @@ outbox = "outbox"
         }
         let mail = MessageParser::default().parse(&bytes).unwrap();
         assert_eq!(mail.subject(), Some(title.trim()));
+        // Display names from the database are folded too, and read back whole.
+        let from = mail.from().and_then(|a| a.first()).unwrap();
+        assert_eq!(from.name(), Some(title.trim()));
+        assert_eq!(from.address(), Some("shop@example.org"));
+        let to: Vec<_> = mail.to().unwrap().iter().collect();
+        assert_eq!(to.len(), 2, "{raw}");
+        assert_eq!(to[0].name(), Some(title.trim()));
+        assert_eq!(to[0].address(), Some("ana@example.org"));
+        assert_eq!(to[1].address(), Some("audit@example.org"));
     }
 }
 

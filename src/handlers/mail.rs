@@ -25,8 +25,9 @@
 //! other key fails the delivery, naming it.
 //!
 //! A subject too long for one header line is folded; a word that cannot be
-//! folded (no spaces) is written as RFC 2047 encoded words, so no header
-//! line passes 78 characters.
+//! folded (no spaces) is written as RFC 2047 encoded words, and so are
+//! display names lettre could not fold: no header line passes 78
+//! characters.
 //!
 //! Each entry of `from`, `to`, `cc`, `bcc` and `reply_to` (a string or a
 //! list in the config; a string or a JSON array in `spark_mail`) must render
@@ -293,29 +294,75 @@ impl Header for FoldedSubject {
             // lettre folds at spaces and encodes what is not ASCII.
             return HeaderValue::new(Self::name(), text.clone());
         }
-        let mut words = Vec::new();
-        let mut chunk_start = 0;
-        let mut last = 0;
-        for (i, c) in text.char_indices() {
-            if i + c.len_utf8() - chunk_start > 39 {
-                words.push(&text[chunk_start..last]);
-                chunk_start = last;
-            }
-            last = i + c.len_utf8();
-        }
-        words.push(&text[chunk_start..]);
-        let encoded = words
-            .iter()
-            .map(|w| {
-                format!(
-                    "=?utf-8?b?{}?=",
-                    base64::engine::general_purpose::STANDARD.encode(w)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\r\n ");
+        let encoded = encoded_words(text);
         HeaderValue::dangerous_new_pre_encoded(Self::name(), text.clone(), encoded)
     }
+}
+
+/// `text` as RFC 2047 encoded words (UTF-8, base64, 39 bytes each, never
+/// cutting a character), one per header line: each line stays under 78
+/// characters, and a reader joins them back into `text`.
+fn encoded_words(text: &str) -> String {
+    let mut words = Vec::new();
+    let mut chunk_start = 0;
+    let mut last = 0;
+    for (i, c) in text.char_indices() {
+        if i + c.len_utf8() - chunk_start > 39 {
+            words.push(&text[chunk_start..last]);
+            chunk_start = last;
+        }
+        last = i + c.len_utf8();
+    }
+    words.push(&text[chunk_start..]);
+    words
+        .iter()
+        .map(|w| {
+            format!(
+                "=?utf-8?b?{}?=",
+                base64::engine::general_purpose::STANDARD.encode(w)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n ")
+}
+
+/// Display names lettre can fold by itself: it folds at spaces only, so a
+/// run without spaces longer than this would make a line too long.
+const NAME_WORD_MAX: usize = 40;
+
+/// Rewrites an address header (`From`, `To`, ...) whose display names lettre
+/// could not fold (a long run without spaces, as a value from the database
+/// can be): each name as encoded words, each mailbox on lines of its own.
+fn fold_addresses(message: &mut Message, field: &'static str, boxes: &[Mailbox]) {
+    let foldable = |name: &str| {
+        name.split_whitespace()
+            .all(|w| w.chars().count() <= NAME_WORD_MAX)
+    };
+    if boxes.iter().all(|b| b.name.as_deref().is_none_or(foldable)) {
+        return;
+    }
+    let raw = boxes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let encoded = boxes
+        .iter()
+        .map(
+            |b| match b.name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+                Some(name) => format!("{}\r\n <{}>", encoded_words(name), b.email),
+                None => b.email.to_string(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join(",\r\n ");
+    message
+        .headers_mut()
+        .insert_raw(HeaderValue::dangerous_new_pre_encoded(
+            HeaderName::new_from_ascii_str(field),
+            raw,
+            encoded,
+        ));
 }
 
 /// One address entry as one mailbox, or a failure naming the key.
@@ -544,10 +591,19 @@ impl MailHandler {
 
     fn build(&self, event: &Event, mail: &RenderedMail, preview: bool) -> Result<Message, String> {
         let parse = |field: &str, text: &str| mailbox(field, text, &event.key);
+        let parse_all = |field: &str, texts: &[String]| -> Result<Vec<Mailbox>, String> {
+            texts.iter().map(|t| parse(field, t)).collect()
+        };
         let from = parse("from", &mail.from)?;
+        let (to, cc, bcc, reply_to) = (
+            parse_all("to", &mail.to)?,
+            parse_all("cc", &mail.cc)?,
+            parse_all("bcc", &mail.bcc)?,
+            parse_all("reply_to", &mail.reply_to)?,
+        );
         let domain = from.email.domain().to_owned();
         let mut builder = Message::builder()
-            .from(from)
+            .from(from.clone())
             .header(FoldedSubject(mail.subject.clone()))
             .message_id(Some(format!(
                 "<{}.{}@{domain}>",
@@ -557,17 +613,17 @@ impl MailHandler {
             .date_now()
             .user_agent(concat!("spark/", env!("CARGO_PKG_VERSION")).to_owned())
             .header(SparkKey(event.key.clone()));
-        for to in &mail.to {
-            builder = builder.to(parse("to", to)?);
+        for mailbox in &to {
+            builder = builder.to(mailbox.clone());
         }
-        for cc in &mail.cc {
-            builder = builder.cc(parse("cc", cc)?);
+        for mailbox in &cc {
+            builder = builder.cc(mailbox.clone());
         }
-        for bcc in &mail.bcc {
-            builder = builder.bcc(parse("bcc", bcc)?);
+        for mailbox in &bcc {
+            builder = builder.bcc(mailbox.clone());
         }
-        for reply_to in &mail.reply_to {
-            builder = builder.reply_to(parse("reply_to", reply_to)?);
+        for mailbox in &reply_to {
+            builder = builder.reply_to(mailbox.clone());
         }
         for (name, value) in &mail.headers {
             let name = HeaderName::new_from_ascii(name.clone())
@@ -585,6 +641,7 @@ impl MailHandler {
                 .map_err(|e| format!("cannot build the preview: {e}"))?;
             builder = builder.envelope(envelope);
         }
+        let keep_bcc = matches!(self.config.transport, MailTransport::Outbox { .. });
         let built = match &mail.html {
             None => builder
                 .header(ContentType::TEXT_PLAIN)
@@ -597,7 +654,17 @@ impl MailHandler {
                 html.clone(),
             )),
         };
-        built.map_err(|e| format!("cannot build the mail: {e}"))
+        let mut message = built.map_err(|e| format!("cannot build the mail: {e}"))?;
+        fold_addresses(&mut message, "From", std::slice::from_ref(&from));
+        for (field, boxes) in [("To", &to), ("Cc", &cc), ("Reply-To", &reply_to)] {
+            if !boxes.is_empty() {
+                fold_addresses(&mut message, field, boxes);
+            }
+        }
+        if keep_bcc && !bcc.is_empty() {
+            fold_addresses(&mut message, "Bcc", &bcc);
+        }
+        Ok(message)
     }
 }
 
