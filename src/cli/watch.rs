@@ -108,6 +108,7 @@ pub fn watch(cli: &Cli, registry: &Registry, args: &WatchArgs<'_>) -> anyhow::Re
             waker.settle()?;
         }
         let started = unix_now();
+        let cycle_started = Instant::now();
         let opts = RunOptions {
             only: args.sources.to_vec(),
             as_of: SourceCtx::on(jiff::ZonedDateTime::now().date()),
@@ -117,6 +118,7 @@ pub fn watch(cli: &Cli, registry: &Registry, args: &WatchArgs<'_>) -> anyhow::Re
             lock_held: guard.is_some(),
         };
         let result = pipeline::process_sources(&config, registry, &opts);
+        let cycle_took = cycle_started.elapsed();
         cycles += 1;
         let code = match &result {
             Ok(report) => {
@@ -176,7 +178,19 @@ pub fn watch(cli: &Cli, registry: &Registry, args: &WatchArgs<'_>) -> anyhow::Re
         };
         match waker.wait(until)? {
             Wake::Stop => break,
-            Wake::Changed | Wake::Due | Wake::Reload => {}
+            Wake::Changed => {
+                // A database written all the time must not keep spark
+                // scanning all the time: the next cycle starts no sooner
+                // than the last one took (and at least a second) after it.
+                let earliest = cycle_started + cycle_took + cycle_took.max(MIN_GAP);
+                while Instant::now() < earliest
+                    && signals::requested().is_none()
+                    && !signals::hangup_pending()
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            Wake::Due | Wake::Reload => {}
         }
     }
     drop(guard);
