@@ -23,44 +23,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit, urlunsplit
 
-
-class Counter:
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.keys = {}
-        self.last = 0.0
-
-    def hit(self, key):
-        with self.lock:
-            self.keys[key] = self.keys.get(key, 0) + 1
-            self.last = time.monotonic()
-
-
-def serve(counter, delay):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self):
-            length = int(self.headers.get("Content-Length", "0"))
-            self.rfile.read(length)
-            time.sleep(delay)
-            counter.hit(self.headers.get("Idempotency-Key", ""))
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+# The loopback webhook server and its counter, shared with handlers.py.
+from handlers import Counter, http_server as serve
 
 
 def psql(url, sql):

@@ -64,22 +64,10 @@ fn runnable(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
-/// Checks `config` against its database; writes nothing.
-pub fn check(config: &Config, registry: &Registry) -> CheckReport {
-    check_partial(
-        &crate::config::PartialConfig {
-            config: config.clone(),
-            problems: Vec::new(),
-            database_usable: true,
-        },
-        registry,
-    )
-}
-
 /// Checks a config that may have problems of its own: they are reported
 /// first, and what is valid of it is checked against its database too (the
 /// database when `[database]` itself is valid). Writes nothing.
-pub fn check_partial(partial: &crate::config::PartialConfig, registry: &Registry) -> CheckReport {
+pub fn check(partial: &crate::config::PartialConfig, registry: &Registry) -> CheckReport {
     let config = &partial.config;
     let mut report = CheckReport {
         errors: partial.problems.iter().map(ToString::to_string).collect(),

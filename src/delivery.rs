@@ -73,9 +73,15 @@ struct Calls {
     handler: String,
 }
 
-/// A call's outcome, with its attempt and how long it took.
+/// A call's outcome, with which attempt it was and how long it took.
 struct Called {
     outcome: Outcome,
+    took: Took,
+}
+
+/// Which attempt a call was and how long it took (for the history).
+#[derive(Clone, Copy)]
+struct Took {
     attempt: u32,
     ms: i64,
 }
@@ -98,8 +104,10 @@ impl Calls {
         }
         Called {
             outcome,
-            attempt,
-            ms: i64::try_from(ms).unwrap_or(i64::MAX),
+            took: Took {
+                attempt,
+                ms: i64::try_from(ms).unwrap_or(i64::MAX),
+            },
         }
     }
 }
@@ -224,13 +232,7 @@ impl Engine {
     }
 
     /// The history entry of one call of handler `h`.
-    fn entry(
-        &self,
-        h: usize,
-        key: &str,
-        called: &Called,
-        failure: Option<&Failure>,
-    ) -> HistoryEntry {
+    fn entry(&self, h: usize, key: &str, took: Took, failure: Option<&Failure>) -> HistoryEntry {
         HistoryEntry {
             key: key.to_owned(),
             handler: self.slots[h].name.clone(),
@@ -241,11 +243,26 @@ impl Engine {
                 Some(_) => "failed",
             }
             .to_owned(),
-            attempt: called.attempt,
-            ms: Some(called.ms),
+            attempt: took.attempt,
+            ms: Some(took.ms),
             error: failure.map(|f| f.error.clone()),
             by: None,
         }
+    }
+
+    /// Writes one call of handler `h` to the history, when it is kept.
+    fn log_call(
+        &self,
+        store: &mut dyn Store,
+        h: usize,
+        key: &str,
+        took: Took,
+        failure: Option<&Failure>,
+    ) -> Result<()> {
+        if self.history {
+            store.add_history(&[self.entry(h, key, took, failure)])?;
+        }
+        Ok(())
     }
 
     /// Writes `entries` to the history, when it is kept.
@@ -758,7 +775,7 @@ impl Engine {
                     Some(called) => {
                         delivered += 1;
                         if self.history {
-                            entries.push(self.entry(h, &delivery.keys[end], &called, None));
+                            entries.push(self.entry(h, &delivery.keys[end], called.took, None));
                         }
                     }
                 }
@@ -775,8 +792,7 @@ impl Engine {
             let i = delivery.done;
             let Some(Some(Called {
                 outcome: Err(failed),
-                attempt,
-                ms,
+                took,
             })) = pending.remove(&i)
             else {
                 return Ok(false);
@@ -786,12 +802,7 @@ impl Engine {
             // Split out to a delivery of its own; the last key's failure is
             // the delivery's own (its `done` stays: nothing is left to call).
             store.fail_next(delivery, &failure)?;
-            let called = Called {
-                outcome: Ok(()),
-                attempt,
-                ms,
-            };
-            self.log(store, &[self.entry(h, &key, &called, Some(&failure))])?;
+            self.log_call(store, h, &key, took, Some(&failure))?;
             self.note_failure(h, &key, &failure, 1);
             if i + 1 == delivery.keys.len() {
                 return Ok(true);
@@ -867,28 +878,19 @@ impl Engine {
         key: &str,
         called: Called,
     ) -> Result<()> {
-        let Called {
-            outcome,
-            attempt,
-            ms,
-        } = called;
-        let called = Called {
-            outcome: Ok(()),
-            attempt,
-            ms,
-        };
+        let Called { outcome, took } = called;
         match outcome {
             Ok(()) => {
                 crashpoint::hit("call-returned");
                 let end = single.keys.len();
                 store.advance(&mut single, end)?;
-                self.log(store, &[self.entry(h, key, &called, None)])?;
+                self.log_call(store, h, key, took, None)?;
                 self.stats[h].delivered += 1;
             }
             Err(failed) => {
                 let failure = self.failure(h, &single, failed);
                 store.fail_rest(&mut single, &failure)?;
-                self.log(store, &[self.entry(h, key, &called, Some(&failure))])?;
+                self.log_call(store, h, key, took, Some(&failure))?;
                 self.note_failure(h, key, &failure, 1);
             }
         }

@@ -30,7 +30,7 @@ use crate::handlers::Dispatch;
 use crate::records::{Record, RecordError};
 use crate::registry::{Registry, SourceCtx, SourceFunction};
 use crate::signals;
-use crate::sources::generator::{AsOf, Generator};
+use crate::sources::generator::Generator;
 use crate::store::{PlannedDelivery, Reader, SeenTable, Store};
 
 /// What a run is asked to do.
@@ -218,10 +218,7 @@ impl<'a> Scanner<'a> {
                             source.name
                         ))
                     }),
-                SourceKind::Generator(g) => Ok(Evaluator::Generator(g.resolved(&AsOf {
-                    today: self.ctx.today,
-                    now: self.ctx.now,
-                }))),
+                SourceKind::Generator(g) => Ok(Evaluator::Generator(g.resolved(&self.ctx))),
             })
             .collect()
     }

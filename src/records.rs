@@ -232,6 +232,47 @@ pub fn parse_date(text: &str) -> Option<Date> {
     Date::new(y as i16, m as i8, d as i8).ok()
 }
 
+/// ISO 8601 text as a civil date and time, with its offset (seconds east of
+/// UTC) when it gives one: `2026-03-10` (midnight), `2026-03-10 14:30`,
+/// `2026-03-10T14:30:00.25`, with `Z`, `±HH`, `±HHMM` or `±HH:MM` after it.
+/// The one reading of datetimes for conditions and the `date` filter.
+pub fn parse_datetime(text: &str) -> Option<(jiff::civil::DateTime, Option<i32>)> {
+    let text = text.trim();
+    let date = parse_date(text)?;
+    if text.len() == 10 {
+        return Some((date.to_datetime(jiff::civil::Time::midnight()), None));
+    }
+    let (body, offset) = split_offset(text)?;
+    let mut body = body.to_owned();
+    body.replace_range(10..11, "T");
+    Some((body.parse().ok()?, offset))
+}
+
+/// The text before a trailing `Z`, `±HH:MM`, `±HHMM` or `±HH` (after the
+/// date and its separator), and that offset in seconds.
+fn split_offset(text: &str) -> Option<(&str, Option<i32>)> {
+    if let Some(body) = text.strip_suffix(['Z', 'z']) {
+        return Some((body, Some(0)));
+    }
+    let time = &text[11..];
+    let Some(sign_at) = time.rfind(['+', '-']) else {
+        return Some((text, None));
+    };
+    let (body, offset) = text.split_at(11 + sign_at);
+    let sign = if offset.starts_with('-') { -1 } else { 1 };
+    let digits: String = offset[1..].chars().filter(|c| *c != ':').collect();
+    if !(digits.len() == 2 || digits.len() == 4) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let hours: i32 = digits[..2].parse().ok()?;
+    let minutes: i32 = if digits.len() == 4 {
+        digits[2..].parse().ok()?
+    } else {
+        0
+    };
+    Some((body, Some(sign * (hours * 3600 + minutes * 60))))
+}
+
 /// Where a source's records come from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RecordSet {

@@ -19,9 +19,9 @@ use crate::store::{HistoryEntry, HistoryQuery};
 /// Keys per delivery `replay` creates.
 const REPLAY_CHUNK: usize = 500;
 
-fn history_rows(entries: &[HistoryEntry]) -> Vec<Vec<String>> {
+fn history_rows<'a>(entries: impl IntoIterator<Item = &'a HistoryEntry>) -> Vec<Vec<String>> {
     entries
-        .iter()
+        .into_iter()
         .map(|e| {
             vec![
                 e.at.clone(),
@@ -117,19 +117,19 @@ fn print_show(
             handlers.push(name.clone());
         }
     }
-    let per_handler: Vec<serde_json::Value> = handlers
-        .iter()
+    let stories: Vec<Story<'_>> = handlers
+        .into_iter()
         .map(|name| {
             let kind = config
                 .handlers
                 .iter()
-                .find(|h| &h.name == name)
+                .find(|h| h.name == name)
                 .map(|h| h.kind.name());
-            let owes: Vec<&admin::DeliveryLine> =
-                owed.iter().filter(|o| &o.handler == name).collect();
+            let owed: Vec<&admin::DeliveryLine> =
+                owed.iter().filter(|o| o.handler == name).collect();
             let attempts: Vec<&HistoryEntry> =
-                history.iter().filter(|h| &h.handler == name).collect();
-            let state = match (owes.first(), attempts.last()) {
+                history.iter().filter(|h| h.handler == name).collect();
+            let state = match (owed.first(), attempts.last()) {
                 (Some(o), _) => o.state.clone(),
                 (None, Some(last)) => match last.outcome.as_str() {
                     "delivered" => "done".into(),
@@ -141,13 +141,13 @@ fn print_show(
                 (None, None) if kind.is_none() => "unknown".into(),
                 (None, None) => "done (no history)".into(),
             };
-            json!({
-                "handler": name,
-                "in_config": kind.is_some(),
-                "state": state,
-                "owed": owes,
-                "attempts": attempts,
-            })
+            Story {
+                handler: name,
+                in_config: kind.is_some(),
+                state,
+                owed,
+                attempts,
+            }
         })
         .collect();
     if cli.json {
@@ -155,7 +155,7 @@ fn print_show(
             "key": key,
             "group": event.map(|e| e.group.clone()),
             "context": event.map(|e| serde_json::Value::Object((*e.context).clone())),
-            "handlers": per_handler,
+            "handlers": stories,
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -172,26 +172,20 @@ fn print_show(
             field(key)
         )?,
     }
-    for h in &per_handler {
-        let name = h["handler"].as_str().unwrap_or_default();
-        let note = if h["in_config"] == true {
+    for story in &stories {
+        let note = if story.in_config {
             ""
         } else {
             " (not in the config)"
         };
-        outln!(
-            "\nhandler {name}{note}: {}",
-            h["state"].as_str().unwrap_or_default()
-        )?;
-        let attempts: Vec<HistoryEntry> = history
-            .iter()
-            .filter(|e| e.handler == name)
-            .cloned()
-            .collect();
-        if !attempts.is_empty() {
-            print_table(&HISTORY_HEADER, &history_rows(&attempts))?;
+        outln!("\nhandler {}{note}: {}", story.handler, story.state)?;
+        if !story.attempts.is_empty() {
+            print_table(
+                &HISTORY_HEADER,
+                &history_rows(story.attempts.iter().copied()),
+            )?;
         }
-        for o in owed.iter().filter(|o| o.handler == name) {
+        for o in &story.owed {
             outln!(
                 "  owed: {} after {} attempts{}{}",
                 o.state,
@@ -208,6 +202,16 @@ fn print_show(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What one handler did and owes for the event `show` shows.
+#[derive(serde::Serialize)]
+struct Story<'a> {
+    handler: String,
+    in_config: bool,
+    state: String,
+    owed: Vec<&'a admin::DeliveryLine>,
+    attempts: Vec<&'a HistoryEntry>,
 }
 
 /// `reassign OLD NEW`: every delivery owed to OLD goes to NEW.

@@ -184,7 +184,7 @@ pub fn check(cli: &Cli, path: &std::path::Path, registry: &Registry) -> anyhow::
             return print_check(cli, &report, &path.display().to_string(), "(not read)");
         }
     };
-    let report = crate::check::check_partial(&partial, registry);
+    let report = crate::check::check(&partial, registry);
     let config = &partial.config;
     print_check(
         cli,

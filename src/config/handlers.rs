@@ -923,11 +923,7 @@ impl Validator<'_> {
                 sources.push((format!("`{field}`"), v.as_str()));
             }
         }
-        let owned: Vec<(String, String)> = sources
-            .iter()
-            .map(|(name, source)| (name.clone(), (*source).to_owned()))
-            .collect();
-        self.check_templates(entry, raw.kind.span(), &owned);
+        self.check_templates(entry, raw.kind.span(), &sources);
 
         let transport = transport?;
         let [(_, from), (_, subject), (_, body), (_, html)] = defaults;
@@ -950,10 +946,15 @@ impl Validator<'_> {
 
     /// Reports each template (name, source) that does not parse or names
     /// a filter or test that does not exist.
-    fn check_templates(&mut self, entry: &str, span: Range<usize>, sources: &[(String, String)]) {
+    fn check_templates<S: AsRef<str>>(
+        &mut self,
+        entry: &str,
+        span: Range<usize>,
+        sources: &[(String, S)],
+    ) {
         let env = crate::templates::environment(false);
         for (name, source) in sources {
-            if let Err(error) = crate::templates::check(&env, source) {
+            if let Err(error) = crate::templates::check(&env, source.as_ref()) {
                 self.report(
                     span.clone(),
                     Problem::BadTemplate {

@@ -53,6 +53,13 @@ pub struct WebhookHandler {
     agent: Agent,
     /// The templates (body, URL, literal headers), when there are any.
     env: minijinja::Environment<'static>,
+    /// Whether the URL is a template.
+    url_template: bool,
+    /// Whether the body must be JSON (`WebhookConfig::json_body`).
+    json_body: bool,
+    /// Whether anything is rendered per event (else the event JSON is
+    /// sent as it is, to the URL as it is).
+    templated: bool,
 }
 
 const BODY: &str = "body.json";
@@ -82,15 +89,25 @@ impl WebhookHandler {
             let name = if config.json_body() { BODY } else { TEXT_BODY };
             let _ = env.add_template_owned(name, body.clone());
         }
-        if config.url.contains('{') {
+        let url_template = config.url.contains('{');
+        if url_template {
             let _ = env.add_template_owned(URL, config.url.clone());
         }
+        let mut literal_headers = false;
         for (i, (_, value)) in config.headers.iter().enumerate() {
             if value.var.is_empty() {
+                literal_headers = true;
                 let _ = env.add_template_owned(header_template(i), value.expose().to_owned());
             }
         }
-        WebhookHandler { config, agent, env }
+        WebhookHandler {
+            templated: config.body.is_some() || url_template || literal_headers,
+            json_body: config.json_body(),
+            url_template,
+            config,
+            agent,
+            env,
+        }
     }
 
     fn render(
@@ -115,10 +132,7 @@ impl WebhookHandler {
     fn request_parts(&self, dispatch: &Dispatch<'_>) -> Result<RequestParts<'_>, Failed> {
         let key = &dispatch.event.key;
         let c = &self.config;
-        if c.body.is_none()
-            && !c.url.contains('{')
-            && c.headers.iter().all(|(_, v)| !v.var.is_empty())
-        {
+        if !self.templated {
             let headers = c
                 .headers
                 .iter()
@@ -127,14 +141,14 @@ impl WebhookHandler {
             return Ok((c.url.clone(), dispatch.to_json(), headers));
         }
         let ctx = crate::templates::event_context(dispatch.event, Some(dispatch.seen_at));
-        let url = if c.url.contains('{') {
+        let url = if self.url_template {
             self.render(URL, "`url`", key, &ctx)?
         } else {
             c.url.clone()
         };
         let body = match &c.body {
             None => dispatch.to_json(),
-            Some(_) if c.json_body() => {
+            Some(_) if self.json_body => {
                 let body = self.render(BODY, "`body`", key, &ctx)?;
                 if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&body) {
                     return Err(Failed::later(format!(

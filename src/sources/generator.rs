@@ -33,6 +33,7 @@ use serde_json::Value;
 
 use crate::event::{Context, Event, event};
 use crate::records::{Record, RecordError, parse_date};
+use crate::registry::SourceCtx;
 
 /// A comparison operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +172,7 @@ impl Relative {
     }
 
     /// The date or moment this stands for on `today` / at `now`.
-    pub fn resolve(&self, at: &AsOf) -> CondValue {
+    pub fn resolve(&self, at: &SourceCtx) -> CondValue {
         let n = self.amount;
         let span = match self.unit {
             'w' => (n * 7).days(),
@@ -212,13 +213,6 @@ impl fmt::Display for Relative {
             n => write!(f, "{origin}{n}{}", self.unit),
         }
     }
-}
-
-/// When a run happens: the date and moment relative values count from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AsOf {
-    pub today: Date,
-    pub now: Timestamp,
 }
 
 impl CondValue {
@@ -272,21 +266,15 @@ impl CondValue {
 /// its midnight; a datetime without an offset is UTC (what Django stores
 /// with `USE_TZ = True`).
 pub fn parse_moment(text: &str) -> Option<Timestamp> {
-    let date = parse_date(text)?;
-    if text.len() == 10 {
-        return date
-            .to_zoned_datetime(jiff::tz::TimeZone::UTC)
-            .ok()
-            .map(|z| z.timestamp());
-    }
-    if let Ok(t) = text.parse::<Timestamp>() {
-        return Some(t);
-    }
-    let civil: jiff::civil::DateTime = text.parse().ok()?;
-    civil
+    let (at, offset) = crate::records::parse_datetime(text)?;
+    let utc = at
         .to_zoned_datetime(jiff::tz::TimeZone::UTC)
-        .ok()
-        .map(|z| z.timestamp())
+        .ok()?
+        .timestamp();
+    utc.checked_sub(jiff::SignedDuration::from_secs(i64::from(
+        offset.unwrap_or(0),
+    )))
+    .ok()
 }
 
 impl fmt::Display for CondValue {
@@ -364,7 +352,7 @@ impl Condition {
     }
 
     /// This condition with a relative value resolved for a run at `at`.
-    pub fn resolved(&self, at: &AsOf) -> Condition {
+    pub fn resolved(&self, at: &SourceCtx) -> Condition {
         match &self.value {
             CondValue::Relative(r) => Condition {
                 value: r.resolve(at),
@@ -416,7 +404,7 @@ impl Generator {
     }
 
     /// This generator for a run at `at`: relative values resolved.
-    pub fn resolved(&self, at: &AsOf) -> Generator {
+    pub fn resolved(&self, at: &SourceCtx) -> Generator {
         Generator {
             conditions: self.conditions.iter().map(|c| c.resolved(at)).collect(),
             ..self.clone()
@@ -504,7 +492,7 @@ mod tests {
 
     #[test]
     fn relative_values_parse_and_resolve() {
-        let at = AsOf {
+        let at = SourceCtx {
             today: Date::constant(2026, 3, 10),
             now: "2026-03-10T12:00:00Z".parse().unwrap(),
         };

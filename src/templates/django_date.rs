@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use jiff::civil::{Date, DateTime, Time, Weekday};
 
-use crate::records::parse_date;
+use crate::records::parse_datetime;
 
 /// Django's `DATE_FORMAT`, used when no format is given.
 pub const DEFAULT_FORMAT: &str = "N j, Y";
@@ -49,44 +49,7 @@ struct Moment {
 }
 
 fn parse(text: &str) -> Option<Moment> {
-    let text = text.trim();
-    let date = parse_date(text)?;
-    if text.len() == 10 {
-        return Some(Moment {
-            at: date.to_datetime(Time::midnight()),
-            offset: None,
-        });
-    }
-    let (body, offset) = split_offset(text)?;
-    let mut body = body.to_owned();
-    body.replace_range(10..11, "T");
-    let at: DateTime = body.parse().ok()?;
-    Some(Moment { at, offset })
-}
-
-/// The text before a trailing `Z`, `±HH:MM`, `±HHMM` or `±HH`, and that
-/// offset in seconds.
-fn split_offset(text: &str) -> Option<(&str, Option<i32>)> {
-    if let Some(body) = text.strip_suffix(['Z', 'z']) {
-        return Some((body, Some(0)));
-    }
-    let time = &text[11..];
-    let Some(sign_at) = time.rfind(['+', '-']) else {
-        return Some((text, None));
-    };
-    let (body, offset) = text.split_at(11 + sign_at);
-    let sign = if offset.starts_with('-') { -1 } else { 1 };
-    let digits: String = offset[1..].chars().filter(|c| *c != ':').collect();
-    if !(digits.len() == 2 || digits.len() == 4) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let hours: i32 = digits[..2].parse().ok()?;
-    let minutes: i32 = if digits.len() == 4 {
-        digits[2..].parse().ok()?
-    } else {
-        0
-    };
-    Some((body, Some(sign * (hours * 3600 + minutes * 60))))
+    parse_datetime(text).map(|(at, offset)| Moment { at, offset })
 }
 
 /// The `date` filter: `{{ value|date("d.m.Y") }}`.
