@@ -253,3 +253,90 @@ fn several_problems_are_reported_at_once() {
         &["unknown function `nope`", "invalid group regex"],
     );
 }
+
+#[test]
+fn bad_as_of_datetime_is_refused() {
+    for bad in ["2026-03-10T25:00", "2026-03-10Tnoon", "tomorrow"] {
+        rejects(
+            challenges().config(&challenge_config("")),
+            &["process-sources", "--as-of", bad],
+            &["--as-of", "YYYY-MM-DD"],
+        );
+    }
+}
+
+#[test]
+fn bad_new_settings_are_refused_naming_them() {
+    let with = |database: &str, delivery: &str| {
+        challenge_config("")
+            .replace("path = \"app.sqlite3\"", database)
+            .replace("backoff = \"0s\"", delivery)
+    };
+    rejects(
+        challenges().config(&with(
+            "path = \"app.sqlite3\"\nlisten = \"wake\"",
+            "backoff = \"0s\"",
+        )),
+        &["process-sources"],
+        &["[database]", "`listen`", "SQLite"],
+    );
+    rejects(
+        challenges().config(&with(
+            "url = \"postgresql://postgres@127.0.0.1:5432/test\"\nlisten = \"wake; DROP TABLE x\"",
+            "backoff = \"0s\"",
+        )),
+        &["process-sources"],
+        &["`listen`", "is not a channel name"],
+    );
+    rejects(
+        challenges().config(&with(
+            "path = \"app.sqlite3\"",
+            "keep_history = \"forever\"",
+        )),
+        &["process-sources"],
+        &["[delivery]", "`keep_history`", "not a duration"],
+    );
+    rejects(
+        challenges().config(&challenge_config("strict_templates = \"yes\"")),
+        &["process-sources"],
+        &["strict_templates"],
+    );
+}
+
+#[test]
+fn bad_arguments_of_the_new_commands_are_refused() {
+    let case = || challenges().config(&challenge_config(""));
+    rejects(
+        case(),
+        &["replay", "--handler", "log", "--since", "last week"],
+        &["--since", "YYYY-MM-DD"],
+    );
+    rejects(
+        case(),
+        &["replay", "--handler", "nope"],
+        &["replay --handler nope", "no handler"],
+    );
+    rejects(
+        case(),
+        &["replay", "--handler", "log", "--group", "("],
+        &["--group"],
+    );
+    rejects(
+        case(),
+        &["deliveries", "--state", "gone"],
+        &["--state", "gone"],
+    );
+    rejects(
+        case(),
+        &["deliveries", "--state", "done", "--state", "dead"],
+        &["cannot be mixed"],
+    );
+    rejects(case(), &["discard"], &["say which deliveries"]);
+    rejects(
+        case(),
+        &["reassign", "old", "missing"],
+        &["no handler `missing`"],
+    );
+    rejects(case(), &["watch", "--interval", "soon"], &["--interval"]);
+    rejects(case(), &["show", "no_such_key"], &["no such seen event"]);
+}
