@@ -17,6 +17,16 @@ pub fn utc_text(ms: i64) -> String {
     }
 }
 
+/// The moment `age` before now as UTC text (a cutoff for prune). Durations
+/// are at most `config::MAX_DURATION`, so the moment is always one a
+/// clock and a database represent; an age beyond even that is cut to the
+/// earliest moment there is, which selects nothing.
+pub fn ago_text(age: std::time::Duration) -> String {
+    let ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+    let min = Timestamp::MIN.as_millisecond();
+    utc_text(now_ms().saturating_sub(ms).max(min))
+}
+
 /// Now as UTC text.
 pub fn now_text() -> String {
     utc_text(now_ms())
@@ -30,5 +40,12 @@ mod tests {
     fn django_datetime_format() {
         assert_eq!(utc_text(0), "1970-01-01 00:00:00.000000");
         assert_eq!(utc_text(1_700_000_000_123), "2023-11-14 22:13:20.123000");
+    }
+
+    #[test]
+    fn a_cutoff_too_far_back_selects_nothing_instead_of_everything() {
+        let cutoff = ago_text(std::time::Duration::from_secs(99_999_999_999 * 86_400));
+        assert!(cutoff.starts_with('-'), "{cutoff}");
+        assert!(cutoff.as_str() < "0001-01-01", "{cutoff}");
     }
 }

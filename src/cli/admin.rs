@@ -209,12 +209,8 @@ pub fn prune(
     dry_run: bool,
     wait: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let ago = |d: Duration| {
-        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        clock::utc_text(clock::now_ms().saturating_sub(ms))
-    };
-    let cutoff = ago(age);
-    let history_cutoff = ago(config.delivery.keep_history);
+    let cutoff = clock::ago_text(age);
+    let history_cutoff = clock::ago_text(config.delivery.keep_history);
     let (report, history) = if check_database(config)? {
         let _guard = backend::run_guard(config, wait)?;
         let mut store = backend::store(config)?;

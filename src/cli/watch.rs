@@ -34,8 +34,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Deletes history older than `keep_history`; returns how many entries.
 fn prune_history(config: &Config) -> crate::error::Result<u64> {
-    let keep = i64::try_from(config.delivery.keep_history.as_millis()).unwrap_or(i64::MAX);
-    let cutoff = crate::clock::utc_text(crate::clock::now_ms().saturating_sub(keep));
+    let cutoff = crate::clock::ago_text(config.delivery.keep_history);
     crate::backend::store(config)?.prune_history(&cutoff)
 }
 

@@ -500,10 +500,25 @@ fn config_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// Parses a duration like `"500ms"`, `"30s"`, `"1m"`, `"2h"`, `"7d"`.
+/// The longest duration spark takes anywhere (config and command line):
+/// 100 years. Longer ones mean nothing a run could wait for, and a time
+/// that far from now is outside what clocks and databases represent (a
+/// cutoff of `now - 99999999999d` once compared later than every event).
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
+
+/// Parses a duration like `"500ms"`, `"30s"`, `"1m"`, `"2h"`, `"7d"`, of at
+/// most `MAX_DURATION`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| e.to_string())
+    let d = humantime::parse_duration(text.trim()).map_err(|e| e.to_string())?;
+    if d > MAX_DURATION {
+        return Err("longer than the most spark takes, 100 years (\"36500d\")".to_owned());
+    }
+    Ok(d)
 }
+
+/// The longest `busy_timeout` SQLite takes (`i32::MAX` milliseconds is a
+/// little more).
+const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(24 * 86_400);
 
 /// Collects problems while turning a `RawConfig` into a `Config`.
 struct Validator<'a> {
@@ -737,6 +752,15 @@ impl Validator<'_> {
                     raw.busy_timeout.as_ref(),
                     Duration::from_secs(10),
                 );
+                // SQLite counts it in milliseconds of a 32-bit int.
+                if busy_timeout > MAX_BUSY_TIMEOUT {
+                    self.bad_value(
+                        entry,
+                        "busy_timeout",
+                        raw.busy_timeout.as_ref().map_or(0..0, Spanned::span),
+                        "must be at most \"24d\" (SQLite counts it in milliseconds of a 32-bit number)".into(),
+                    );
+                }
                 BackendConfig::Sqlite(SqliteConfig {
                     path: self.resolve(path.get_ref()),
                     create_from: raw.create_from.as_ref().map(|p| self.resolve(p.get_ref())),
