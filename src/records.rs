@@ -215,6 +215,30 @@ impl Serialize for Record {
 }
 
 /// Parses `YYYY-MM-DD`, optionally followed by a time (`T` or space).
+/// How deep a JSON value read from the database may nest (objects and
+/// arrays within each other). A deeper one makes its record defective: a
+/// context holds the record a level or two down, and what is recorded must
+/// read back as itself under serde_json's limit of 128 levels.
+pub const MAX_NESTING: usize = 64;
+
+/// Whether `value` nests deeper than `max` levels (walked without
+/// recursion, so that no depth can exhaust the stack).
+pub fn nests_deeper_than(value: &Value, max: usize) -> bool {
+    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth + 1 > max {
+            return true;
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    false
+}
+
 pub fn parse_date(text: &str) -> Option<Date> {
     let b = text.as_bytes();
     if b.len() < 10 || (b.len() > 10 && b[10] != b' ' && b[10] != b'T') {
@@ -397,6 +421,21 @@ mod tests {
             unreachable!("tests pass objects")
         };
         Record::from_map(map)
+    }
+
+    #[test]
+    fn nesting_is_measured_in_levels_of_objects_and_arrays() {
+        assert!(!nests_deeper_than(&json!(1), 0));
+        assert!(nests_deeper_than(&json!([]), 0));
+        assert!(!nests_deeper_than(&json!({"a": [1, {"b": 2}]}), 3));
+        assert!(nests_deeper_than(&json!({"a": [1, {"b": {}}]}), 3));
+        let mut deep = json!(0);
+        for _ in 0..100_000 {
+            deep = Value::Array(vec![deep]);
+        }
+        assert!(nests_deeper_than(&deep, MAX_NESTING));
+        // Dropping it recursively would overflow the stack.
+        std::mem::forget(deep);
     }
 
     #[test]

@@ -138,3 +138,110 @@ fn case_with_config<'a>(case: &'a Case, config: &str) -> &'a Case {
     std::fs::write(case.path("spark.toml"), config).expect("write config");
     case
 }
+
+/// A `doc` table with a jsonb column `body`, mailed by a generator to a
+/// command that keeps each call's stdin (`calls/N.json`) and fails its very
+/// first call.
+fn jsonb_case(backend: Backend, rows: &str) -> Case {
+    let case = Case::on(backend)
+        .script(
+            "keep.sh",
+            "n=$(ls calls | wc -l); cat > calls/$n.json; [ -f failed-once ] || { touch failed-once; exit 1; }",
+        )
+        .config(
+            r#"
+[database]
+path = "app.sqlite3"
+
+[delivery]
+backoff = "0s"
+
+[[sources]]
+name = "docs"
+table = "doc"
+group = "doc"
+
+[[handlers]]
+name = "keep"
+group = "^doc$"
+kind = "command"
+command = ["./keep.sh"]
+"#,
+        );
+    std::fs::create_dir(case.path("calls")).expect("mkdir calls");
+    case.pg_sql(&format!(
+        "CREATE TABLE doc (id integer PRIMARY KEY, body jsonb); INSERT INTO doc VALUES {rows};"
+    ));
+    case
+}
+
+/// `n` arrays within each other around 1, as JSON text.
+fn nested(n: usize) -> String {
+    format!("{}1{}", "[".repeat(n), "]".repeat(n))
+}
+
+/// A jsonb `{"amount": 1e400}` or one nested 128 deep once made every run
+/// exit 2 "reading its records failed": no event for any row, for as long
+/// as the row existed.
+#[test]
+fn one_hostile_json_value_is_one_bad_record_on_postgres() {
+    let Some(backend) = Backend::postgres("one_hostile_json_value_is_one_bad_record_on_postgres")
+    else {
+        return;
+    };
+    let deep = nested(200);
+    let case = jsonb_case(
+        backend,
+        &format!(
+            "(1, '{{\"amount\": 1e400}}'), (2, '{deep}'), (3, '{{\"amount\": 5}}'), (4, '{}'), (5, '{}')",
+            nested(64),
+            nested(65),
+        ),
+    );
+    let run = case.run(&["process-sources"]).status(1);
+    let err = run.stderr();
+    for (id, what) in [(1, "body"), (2, "nested"), (5, "nested")] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains("docs") && l.contains(&format!("{id}")) && l.contains(what)),
+            "record {id} is not named as a bad record: {err}"
+        );
+    }
+    let seen: Vec<String> = case.seen().into_keys().collect();
+    assert_eq!(seen, ["doc_3", "doc_4"]);
+}
+
+/// A context read back from the store for a retry is the context that was
+/// recorded, however deep the value in it (one nested 127 deep came back
+/// as `{"text": "<json>"}`): a value is either read and read back whole, or
+/// its record is a bad record.
+#[test]
+fn a_retried_delivery_gets_the_context_that_was_recorded() {
+    let Some(backend) = Backend::postgres("a_retried_delivery_gets_the_context_that_was_recorded")
+    else {
+        return;
+    };
+    for depth in [64, 126, 127] {
+        let case = jsonb_case(backend, &format!("(1, '{}')", nested(depth)));
+        case.run(&["process-sources"]).status(1);
+        case.run(&["process-sources"]);
+        // Compared as text: serde_json reads no deeper than 128 levels.
+        let calls: Vec<String> = (0..2)
+            .filter_map(|n| std::fs::read_to_string(case.path(&format!("calls/{n}.json"))).ok())
+            .collect();
+        if depth == 64 {
+            assert_eq!(calls.len(), 2, "depth {depth}: a call and its retry");
+        }
+        if !calls.is_empty() {
+            assert_eq!(calls.len(), 2, "depth {depth}: a call and no retry");
+            for call in &calls {
+                assert!(
+                    call.contains(&format!("\"body\":{}", nested(depth))),
+                    "depth {depth}: the value did not arrive whole: {call:.200}"
+                );
+            }
+        } else {
+            assert!(calls.is_empty(), "depth {depth}: a call and no retry");
+        }
+    }
+}

@@ -395,8 +395,12 @@ impl Reader for PgReader {
                     match values::decode(ty, raw.0) {
                         Ok(value) => record.push(Ok(value)),
                         Err(Ok(lossy)) => record.push(Err(lossy)),
+                        // One value spark cannot read makes one bad record;
+                        // the other records go on.
                         Err(Err(problem)) => {
-                            return Err(format!("column `{}`: {problem}", record.columns()[i]));
+                            let column = record.columns().get(i).cloned().unwrap_or_default();
+                            record.set_defect(crate::records::RecordError::new(&column, problem));
+                            record.push(Ok(serde_json::Value::Null));
                         }
                     }
                 }

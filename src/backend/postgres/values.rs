@@ -226,8 +226,27 @@ fn text(raw: &[u8]) -> Result<Value, Result<Value, DecodeError>> {
     }
 }
 
+/// A `json`/`jsonb` value: one that does not parse into spark's JSON (a
+/// number beyond f64 such as `1e400`, nesting beyond serde_json's 128
+/// levels) or nests deeper than `MAX_NESTING` cannot be read faithfully.
 fn json(raw: &[u8]) -> Result<Value, Result<Value, DecodeError>> {
-    serde_json::from_slice(raw).map_err(|e| Err(format!("json that does not parse: {e}")))
+    let too_deep = || {
+        Err(format!(
+            "json nested deeper than {} levels",
+            crate::records::MAX_NESTING
+        ))
+    };
+    let value: Value = serde_json::from_slice(raw).map_err(|e| {
+        if e.to_string().starts_with("recursion limit") {
+            too_deep()
+        } else {
+            Err(format!("json that spark cannot read: {e}"))
+        }
+    })?;
+    if crate::records::nests_deeper_than(&value, crate::records::MAX_NESTING) {
+        return Err(too_deep());
+    }
+    Ok(value)
 }
 
 /// A binary-format array as a JSON array (nested for several dimensions).
