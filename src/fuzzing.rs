@@ -27,6 +27,54 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// A template (the bytes before the first NUL) rendered in every flavor
+/// with a context from the database (the bytes after it: a JSON object,
+/// else the values `n` and `text`): whatever numbers and text the context
+/// holds, the render returns, within `RENDER_FUEL` (never an abort, a hang
+/// or an allocation of gigabytes).
+pub fn render(data: &[u8]) {
+    use crate::templates::{Flavor, RENDER_FUEL};
+    let (template, context) = match data.iter().position(|&b| b == 0) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &b""[..]),
+    };
+    let Ok(template) = std::str::from_utf8(template) else {
+        return;
+    };
+    let context = match serde_json::from_slice::<Value>(context) {
+        Ok(Value::Object(map)) => Value::Object(map),
+        _ => serde_json::json!({
+            "n": i64::MAX,
+            "text": String::from_utf8_lossy(context),
+            "items": [1, 2, 3],
+        }),
+    };
+    for strict in [false, true] {
+        let mut env = crate::templates::environment(strict);
+        if crate::templates::check(&env, template).is_err() {
+            return;
+        }
+        for flavor in [Flavor::Text, Flavor::Html, Flavor::Json, Flavor::Url] {
+            let name = match flavor {
+                Flavor::Text => "t.txt",
+                Flavor::Html => "t.html",
+                Flavor::Json => "t.json",
+                Flavor::Url => "t.url",
+            };
+            if env.add_template_owned(name, template.to_owned()).is_err() {
+                return;
+            }
+            if let Ok(t) = env.get_template(name)
+                && let Ok(out) = t.render(minijinja::Value::from(minijinja::value::Serde(&context)))
+            {
+                // Fuel is charged about one unit per 64 bytes made.
+                let most = usize::try_from(RENDER_FUEL).unwrap_or(usize::MAX) * 64;
+                assert!(out.len() <= most, "a render made {} bytes", out.len());
+            }
+        }
+    }
+}
+
 /// A record (the bytes after the first NUL: a JSON object, else one text
 /// column) through a generator into an event, the event through a mail
 /// template (the bytes before the NUL) into a message.

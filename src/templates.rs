@@ -67,11 +67,21 @@ impl Flavor {
     }
 }
 
+/// The work one render may do (minijinja's fuel: about one unit per
+/// instruction and per 64 bytes of data made): enough for any mail or
+/// webhook body (a loop over 10,000 items takes some 100,000), and a bound
+/// on what a value from the database can make a template do
+/// (`{{ text|indent(n) }}` with a huge `n`, `{{ items|slice(n) }}`): about
+/// 16 MB of output or a few hundred milliseconds at most. A render that
+/// runs out fails that key's delivery; the others go on.
+pub const RENDER_FUEL: u64 = 250_000;
+
 /// A spark template environment. Templates added to it are escaped by
 /// their name's flavor (`Flavor::of_name`); strings rendered with
 /// `render_str` are text.
 pub fn environment(strict: bool) -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(RENDER_FUEL));
     env.set_undefined_behavior(if strict {
         UndefinedBehavior::Strict
     } else {

@@ -245,3 +245,85 @@ fn a_retried_delivery_gets_the_context_that_was_recorded() {
         }
     }
 }
+
+/// Notes with a number `n` from the database, mailed by two handlers whose
+/// bodies hand `n` to a filter.
+fn numbers_case(rows: &str) -> Case {
+    Case::new()
+        .db(&format!(
+            "CREATE TABLE note (id INTEGER PRIMARY KEY, title TEXT NOT NULL, n INTEGER NOT NULL);
+             INSERT INTO note VALUES {rows};"
+        ))
+        .config(
+            r#"
+[database]
+path = "app.sqlite3"
+
+[delivery]
+backoff = "0s"
+
+[[sources]]
+name = "notes"
+table = "note"
+group = "note"
+
+[[handlers]]
+name = "indented"
+group = "^note$"
+kind = "mail"
+from = "shop@example.org"
+to = ["ops@example.org"]
+subject = "Note"
+body = "{{ title|indent(n) }}"
+outbox = "indented"
+
+[[handlers]]
+name = "sliced"
+group = "^note$"
+kind = "mail"
+from = "shop@example.org"
+to = ["ops@example.org"]
+subject = "Note"
+body = "{{ title|slice(n) }}"
+outbox = "sliced"
+"#,
+        )
+}
+
+/// `indent(9223372036854775807)` once aborted the process (a failed
+/// allocation, past the panic hook) and `slice(n)` with a huge `n` hung
+/// the run with the lock held: a render is bounded, and one that exceeds
+/// the bound fails that key's delivery only.
+#[test]
+fn a_number_from_the_database_cannot_abort_or_hang_a_render() {
+    let case = numbers_case(
+        "(1, 'line one\nline two', 9223372036854775807), (2, 'ok', 2), (3, 'also', 4000000000)",
+    );
+    let run = case.run(&["process-sources"]).status(1);
+    let err = run.stderr();
+    for (handler, key) in [
+        ("indented", "note_1"),
+        ("sliced", "note_1"),
+        ("sliced", "note_3"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("failed:") && l.contains(handler) && l.contains(key)),
+            "{handler} {key} is not a failed delivery: {err}"
+        );
+    }
+    for outbox in ["indented", "sliced"] {
+        let names: Vec<String> = std::fs::read_dir(case.path(outbox))
+            .expect("outbox")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.contains("note_2")),
+            "{outbox}: {names:?}"
+        );
+        assert!(
+            !names.iter().any(|n| n.contains("note_1")),
+            "{outbox}: {names:?}"
+        );
+    }
+}

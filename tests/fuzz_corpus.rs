@@ -27,3 +27,8 @@ fn the_config_corpus_loads_without_panicking() {
 fn the_mail_corpus_renders_without_panicking() {
     replay("mail", spark::fuzzing::mail);
 }
+
+#[test]
+fn the_render_corpus_renders_within_its_fuel() {
+    replay("render", spark::fuzzing::render);
+}
