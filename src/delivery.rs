@@ -94,13 +94,19 @@ impl Calls {
             pace.wait();
         }
         let started = Instant::now();
-        let outcome = self.sink.deliver(dispatch, attempt);
+        // An error may quote a value of megabytes: bounded from here on.
+        let outcome = self.sink.deliver(dispatch, attempt).map_err(|mut failed| {
+            failed.error = crate::redact::error_text(failed.error);
+            failed
+        });
         let ms = started.elapsed().as_millis() as u64;
         match &outcome {
-            Ok(()) => tracing::info!(key = %dispatch.event.key, handler = %self.handler,
+            Ok(()) => tracing::info!(key = dispatch.event.key.as_str(), handler = %self.handler,
                 outcome = "delivered", attempt, ms, "delivery"),
-            Err(failed) => tracing::info!(key = %dispatch.event.key, handler = %self.handler,
-                outcome = "failed", attempt, ms, error = %failed.error, "delivery"),
+            Err(failed) => {
+                tracing::info!(key = dispatch.event.key.as_str(), handler = %self.handler,
+                outcome = "failed", attempt, ms, error = failed.error.as_str(), "delivery")
+            }
         }
         Called {
             outcome,
@@ -770,8 +776,10 @@ impl Engine {
             })) = pending.get(&end)
             {
                 match pending.remove(&end).flatten() {
-                    None => tracing::warn!(key = %delivery.keys[end], handler = %delivery.handler,
-                        "event no longer in the seen table; its delivery is dropped"),
+                    None => {
+                        tracing::warn!(key = delivery.keys[end].as_str(), handler = %delivery.handler,
+                        "event no longer in the seen table; its delivery is dropped")
+                    }
                     Some(called) => {
                         delivered += 1;
                         if self.history {
@@ -834,7 +842,7 @@ impl Engine {
                 {
                     let i = delivery.done;
                     let Some(dispatch) = events.get(i).copied().flatten() else {
-                        tracing::warn!(key = %delivery.keys[i], handler = %delivery.handler,
+                        tracing::warn!(key = delivery.keys[i].as_str(), handler = %delivery.handler,
                             "event no longer in the seen table; its delivery is dropped");
                         store.advance(delivery, i + 1)?;
                         continue;
@@ -902,7 +910,7 @@ impl Engine {
     /// "retry after" sets the time and does not count as an attempt; a
     /// call that can never work makes the delivery dead at once.
     fn failure(&self, h: usize, delivery: &Delivery, failed: Failed) -> Failure {
-        let error = crate::redact::redact_owned(failed.error);
+        let error = crate::redact::error_text(failed.error);
         let policy = &self.slots[h].retry;
         let at = |delay: Duration| {
             (self.now)().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
@@ -942,7 +950,7 @@ impl Engine {
             self.stats[h].dead += events;
         }
         tracing::warn!(handler = %self.slots[h].name, key, attempts = failure.attempts, dead,
-            error = %failure.error, "delivery failed");
+            error = failure.error.as_str(), "delivery failed");
         if self.failures.len() < FAILURES_LISTED {
             self.failures.push(FailureReport {
                 handler: self.slots[h].name.clone(),

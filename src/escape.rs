@@ -37,6 +37,26 @@ pub fn escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// JSON text (serde_json's, which escapes only what JSON requires) with
+/// the rest of what `escape` escapes written as JSON escapes (`\u007f`,
+/// `\u009b`, `\u202e`): still the same JSON, now safe on a terminal. Such
+/// characters can only stand inside JSON strings, where the escape means
+/// the same character.
+pub fn escape_json_extra(json: &str) -> Cow<'_, str> {
+    if !json.chars().any(needs_escape) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    for c in json.chars() {
+        if needs_escape(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// `text` escaped line by line: its line breaks are kept, every other
 /// control character escaped (for messages of several lines).
 pub fn escape_lines(text: &str) -> String {
@@ -58,5 +78,15 @@ mod tests {
         );
         assert!(matches!(escape("plain text ü"), Cow::Borrowed(_)));
         assert_eq!(escape_lines("a\u{1b}\r\nb\n"), "a\\x1b\nb\n");
+    }
+
+    #[test]
+    fn json_stays_json_with_the_rest_escaped() {
+        let json =
+            serde_json::to_string(&serde_json::json!({"k": "a\u{202e}b\u{9b}\u{7f}\n"})).unwrap();
+        let safe = escape_json_extra(&json);
+        assert_eq!(safe, r#"{"k":"a\u202eb\u009b\u007f\n"}"#);
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back["k"], "a\u{202e}b\u{9b}\u{7f}\n");
     }
 }

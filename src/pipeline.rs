@@ -308,19 +308,21 @@ impl<'a> Scanner<'a> {
     fn skipped(&mut self, source: &SourceConfig, s: usize, record: &Record, error: &RecordError) {
         let stats = &mut self.stats[s];
         stats.bad_records += 1;
+        // Both come from the database: bounded, like every error.
         let id = record.get("id").map_or_else(
             || format!("#{}", stats.records),
             |v| match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
+                serde_json::Value::String(s) => crate::redact::cut(s.clone(), 200),
+                other => crate::redact::cut(other.to_string(), 200),
             },
         );
-        tracing::warn!(source = %source.name, record = %id, %error, "record skipped");
+        let error = crate::redact::error_text(error.to_string());
+        tracing::warn!(source = %source.name, record = id.as_str(), error = error.as_str(), "record skipped");
         if self.record_errors.len() < RECORD_ERRORS_LISTED {
             self.record_errors.push(RecordErrorReport {
                 source: source.name.clone(),
                 record: id,
-                error: error.to_string(),
+                error,
             });
         }
     }

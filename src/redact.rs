@@ -107,6 +107,34 @@ pub fn redact_owned(text: String) -> String {
     }
 }
 
+/// The most bytes of an error spark keeps or shows (in the store, the
+/// history, logs and output): a value of megabytes in an error (a URL, a
+/// date that is not one) must not become megabytes per attempt.
+pub const MAX_ERROR_BYTES: usize = 4096;
+
+/// An error as spark keeps and shows it: secrets masked first (so that a
+/// cut never leaves part of a secret), then cut to `MAX_ERROR_BYTES` with
+/// a marker saying how much was left out.
+pub fn error_text(text: String) -> String {
+    cut(redact_owned(text), MAX_ERROR_BYTES)
+}
+
+/// `text` cut to at most about `max` bytes (on a character boundary), with
+/// a marker saying how many bytes were left out.
+pub fn cut(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut at = max;
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let left_out = text.len() - at;
+    text.truncate(at);
+    text.push_str(&format!("… [cut: {left_out} more bytes]"));
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +149,19 @@ mod tests {
         );
         assert_eq!(url_secrets("postgresql://tokenonly@db/app"), ["tokenonly"]);
         assert!(url_secrets("https://example.org/a@b").is_empty());
+    }
+
+    #[test]
+    fn long_errors_are_cut_on_a_character_boundary_with_a_marker() {
+        assert_eq!(cut("short".into(), 10), "short");
+        assert_eq!(cut("ééé".into(), 3), "é… [cut: 4 more bytes]");
+        let long = error_text("x".repeat(1 << 20));
+        assert!(long.len() < MAX_ERROR_BYTES + 40, "{}", long.len());
+        assert!(
+            long.ends_with("[cut: 1044480 more bytes]"),
+            "{}",
+            &long[4000..]
+        );
     }
 
     #[test]

@@ -327,3 +327,179 @@ fn a_number_from_the_database_cannot_abort_or_hang_a_render() {
         );
     }
 }
+
+/// People with a `name` the test chooses, each posted to a webhook whose
+/// URL path holds the name; `extra` goes into the handler.
+fn hook_case(rows: &str, url: &str, extra: &str) -> Case {
+    Case::new()
+        .db(&format!(
+            "CREATE TABLE person (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+             INSERT INTO person VALUES {rows};"
+        ))
+        .config(&format!(
+            r#"
+[database]
+path = "app.sqlite3"
+
+[delivery]
+backoff = "0s"
+max_attempts = 1
+
+[[sources]]
+name = "people"
+table = "person"
+group = "person"
+
+[[handlers]]
+name = "hook"
+group = "^person$"
+kind = "webhook"
+url = "{url}"
+{extra}
+"#
+        ))
+}
+
+/// A 1 MB value in a URL path once made a 3 MB `last_error` and 6 MB of
+/// stderr per attempt: errors are cut to a few KiB everywhere.
+#[test]
+fn error_text_is_bounded_in_the_store_the_history_logs_and_output() {
+    let hook = common::servers::Hook::start();
+    hook.status.store(500, std::sync::atomic::Ordering::SeqCst);
+    let case = hook_case(
+        "(1, printf('%.*c', 1048576, 'x'))",
+        // A port nothing listens on: the error names the whole URL.
+        "http://127.0.0.1:9/p/{{ name }}",
+        "",
+    );
+    let run = case.run(&["-v", "process-sources"]).status(1);
+    assert!(
+        run.stderr().len() < 32 * 1024,
+        "stderr of {} bytes",
+        run.stderr().len()
+    );
+    let run = case
+        .run(&["--json", "deliveries", "--state", "dead"])
+        .success();
+    let json = run.json();
+    let error = json[0]["last_error"].as_str().expect("an error");
+    assert!(error.len() <= 4200, "last_error of {} bytes", error.len());
+    assert!(error.contains("[cut: "), "{error:.100}");
+    for row in case
+        .query("SELECT last_error FROM spark_delivery UNION ALL SELECT error FROM spark_history")
+    {
+        let text = row[0].clone().unwrap_or_default();
+        assert!(text.len() <= 4200, "a stored error of {} bytes", text.len());
+    }
+    let run = case.run(&["deliveries", "--state", "dead"]).success();
+    assert!(
+        run.stdout().len() < 32 * 1024,
+        "deliveries: {} bytes",
+        run.stdout().len()
+    );
+}
+
+/// A record whose id is a megabyte and whose date is not one is named in
+/// a line of bounded length.
+#[test]
+fn a_bad_record_is_named_in_bounded_text() {
+    let case = Case::new()
+        .db(
+            "CREATE TABLE challenge (id TEXT PRIMARY KEY, title TEXT, user_email TEXT,
+                is_active INTEGER, start_date TEXT, end_date TEXT, donation_count INTEGER);
+             INSERT INTO challenge VALUES (printf('%.*c', 1048576, 'i'), 't', 'e', 1,
+                printf('%.*c', 1048576, 'd'), '2026-01-01', 0);",
+        )
+        .config(&common::challenge_config("").replace(
+            &format!("query = \"{}\"", common::CHALLENGE_QUERY),
+            "table = \"challenge\"",
+        ));
+    let run = case.run(&["process-sources", "--as-of", AS_OF]).status(1);
+    assert!(run.stderr().contains("skipped"), "{}", run.stderr());
+    assert!(
+        run.stderr().len() < 32 * 1024,
+        "stderr of {} bytes",
+        run.stderr().len()
+    );
+    let run = case
+        .run(&["--json", "process-sources", "--as-of", AS_OF])
+        .status(1);
+    assert!(
+        run.stdout().len() < 32 * 1024,
+        "stdout of {} bytes",
+        run.stdout().len()
+    );
+}
+
+/// Keys that try to hide or forge log lines: a bidirectional override
+/// (once written as `\u{202e}`, which is not JSON), a quote, a line
+/// break, and a key that reads as a second field.
+const FORGING_KEYS: &str = "('evil\u{202e}txt', 'n'), ('a\"b\\c', 'n'), ('x\ny', 'n'), \
+                            ('1 outcome=\"delivered\"', 'n')";
+
+/// People, each event logged by the built-in `log_event` function.
+const LOGGED_PEOPLE: &str = r#"
+[database]
+path = "app.sqlite3"
+
+[[sources]]
+name = "people"
+table = "person"
+group = "person"
+
+[[handlers]]
+name = "trace"
+group = "^person$"
+kind = "function"
+function = "log_event"
+"#;
+
+#[test]
+fn json_logs_are_json_whatever_the_keys_hold() {
+    let case = Case::new()
+        .db(&format!(
+            "CREATE TABLE person (id TEXT PRIMARY KEY, name TEXT NOT NULL);
+             INSERT INTO person VALUES {};",
+            FORGING_KEYS
+        ))
+        .config(LOGGED_PEOPLE);
+    let run = case
+        .run(&["-v", "--log-format", "json", "process-sources"])
+        .success();
+    let err = run.stderr();
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(lines.len() >= 4, "{err}");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+        assert!(!line.contains('\u{202e}'), "a raw override: {line}");
+        if let Some(key) = v["key"].as_str() {
+            assert!(key.starts_with("person_"), "{line}");
+        }
+    }
+    assert!(err.contains(r"evil\u202etxt"), "{err}");
+}
+
+#[test]
+fn text_log_values_from_the_database_are_quoted_and_cannot_forge_a_field() {
+    let case = Case::new()
+        .db(
+            "CREATE TABLE person (id TEXT PRIMARY KEY, name TEXT NOT NULL);
+             INSERT INTO person VALUES ('1 outcome=\"failed\"', 'n'), ('2\u{202e}', 'm');",
+        )
+        .config(LOGGED_PEOPLE);
+    let run = case.run(&["-v", "process-sources"]).success();
+    let err = run.stderr();
+    let line = err
+        .lines()
+        .find(|l| l.contains("delivery key=") && l.contains("person_1"))
+        .unwrap_or_else(|| panic!("no log line for person_1: {err}"));
+    assert!(
+        line.contains(r#"key="person_1 outcome=\"failed\"""#)
+            && line.contains("outcome=\"delivered\""),
+        "the key is not one quoted value: {line}"
+    );
+    let rest = line.replace(r#"key="person_1 outcome=\"failed\"""#, "");
+    assert_eq!(rest.matches(" outcome=").count(), 1, "{line}");
+    assert!(!err.contains('\u{202e}'), "{err}");
+}

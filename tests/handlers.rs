@@ -164,6 +164,6 @@ function = "log_event"
     );
     case.run(&["process-sources", "--as-of", AS_OF, "-v"])
         .success()
-        .stderr_has(&["key=challenge_created_1", "key=challenge_created_3"]);
+        .stderr_has(&["key=\"challenge_created_1\"", "key=\"challenge_created_3\""]);
 }
 }

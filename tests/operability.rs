@@ -250,17 +250,19 @@ command = ["sh", "-c", "test \"$SPARK_EVENT_KEY\" != challenge_created_2"]
         .collect();
     assert_eq!(lines.len(), 2, "one line per call: {}", v.stderr());
     assert!(
-        lines.iter().any(|l| l.contains("key=challenge_created_1")
-            && l.contains("handler=cmd")
-            && l.contains("outcome=\"delivered\"")
-            && l.contains("attempt=1")
-            && l.contains("ms=")),
+        lines
+            .iter()
+            .any(|l| l.contains("key=\"challenge_created_1\"")
+                && l.contains("handler=cmd")
+                && l.contains("outcome=\"delivered\"")
+                && l.contains("attempt=1")
+                && l.contains("ms=")),
         "{lines:?}"
     );
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("key=challenge_created_2") && l.contains("outcome=\"failed\""))
+            .any(|l| l.contains("key=\"challenge_created_2\"") && l.contains("outcome=\"failed\""))
     );
     assert!(
         v.stderr().contains("file write handler=log events=3"),

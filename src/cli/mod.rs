@@ -381,7 +381,9 @@ fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     // not drive the terminal), which would escape colours too.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| output::LogWriter)
+        .with_writer(move || output::LogWriter {
+            json: format == LogFormat::Json,
+        })
         .with_target(false)
         .with_ansi(false);
     let _ = match format {

@@ -112,14 +112,23 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
 }
 
 /// A `Write` for log lines on stderr: each line (tracing writes one event
-/// per call) with secrets masked and control characters escaped.
-pub struct LogWriter;
+/// per call) with secrets masked and control characters escaped: in text
+/// lines as `escape` does (values from the database arrive quoted, as
+/// `&str` fields), in JSON lines the JSON way (`\u202e`), so that every JSON
+/// line stays JSON.
+pub struct LogWriter {
+    pub json: bool,
+}
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
         let line = text.strip_suffix('\n').unwrap_or(&text);
-        let mut safe = escape(&redact(line)).into_owned();
+        let mut safe = if self.json {
+            crate::escape::escape_json_extra(&redact(line)).into_owned()
+        } else {
+            escape(&redact(line)).into_owned()
+        };
         safe.push('\n');
         io::stderr().lock().write_all(safe.as_bytes())?;
         Ok(buf.len())

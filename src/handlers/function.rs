@@ -37,7 +37,11 @@ impl DeliverEach for FunctionSink {
 /// `log_event` logs each event at info level (see `-v`).
 pub fn register_builtins(registry: &mut Registry) {
     registry.add_handler("log_event", |event| {
-        tracing::info!(key = %event.key, group = %event.group, "event");
+        tracing::info!(
+            key = event.key.as_str(),
+            group = event.group.as_str(),
+            "event"
+        );
         Ok(())
     });
 }

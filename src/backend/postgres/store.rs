@@ -115,8 +115,10 @@ impl Heartbeat {
                     &[&me, &lease_ms],
                 );
                 if let Err(e) = renewed {
-                    tracing::warn!(error = %message(&e),
-                        "renewing this worker's leases failed; other workers take its deliveries over when they run out");
+                    tracing::warn!(
+                        error = message(&e).as_str(),
+                        "renewing this worker's leases failed; other workers take its deliveries over when they run out"
+                    );
                     if c.is_closed() {
                         return;
                     }
@@ -479,7 +481,10 @@ impl Store for PgStore {
                 plan,
             ) {
                 Err(e) if attempt < RETRIES && is_transient(&e) => {
-                    tracing::debug!(error = %message(&e), "batch in another worker's way; trying again");
+                    tracing::debug!(
+                        error = message(&e).as_str(),
+                        "batch in another worker's way; trying again"
+                    );
                     thread::sleep(Duration::from_millis(20 * u64::from(attempt)));
                 }
                 Err(e) => {
@@ -622,7 +627,10 @@ impl Store for PgStore {
             // would, later; a role that does not own the table cannot.
             let sql = format!("ANALYZE {}", quote_ident(&self.seen_table));
             if let Err(e) = self.conn().batch_execute(&sql) {
-                tracing::debug!(error = %message(&e), "analyzing the seen table skipped");
+                tracing::debug!(
+                    error = message(&e).as_str(),
+                    "analyzing the seen table skipped"
+                );
             }
             self.recorded = 0;
         }
