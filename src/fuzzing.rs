@@ -136,6 +136,9 @@ pub fn mail(data: &[u8]) {
             dir: "/nonexistent".into(),
             mode: crate::files::PRIVATE,
         },
+        // The record's spark_mail is a value from the database.
+        spark_mail_from_records: vec!["to".into(), "subject".into(), "headers".into()],
+        record_groups: ["fuzz".to_owned()].into_iter().collect(),
     };
     let handler = MailHandler::new("fuzz", config);
     {

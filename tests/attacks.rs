@@ -503,3 +503,130 @@ fn text_log_values_from_the_database_are_quoted_and_cannot_forge_a_field() {
     assert_eq!(rest.matches(" outcome=").count(), 1, "{line}");
     assert!(!err.contains('\u{202e}'), "{err}");
 }
+
+/// Orders whose `spark_mail` is a jsonb column (a value the application's
+/// users may write), mailed by a generator into `outbox`; `extra` goes
+/// into the handler.
+fn spark_mail_case(backend: Backend, spark_mail: &str, extra: &str) -> Case {
+    let case = Case::on(backend);
+    case.pg_sql(&format!(
+        "CREATE TABLE shop_order (id integer PRIMARY KEY, spark_mail jsonb);
+         INSERT INTO shop_order VALUES (1, '{}'), (2, NULL);",
+        spark_mail.replace('\'', "''")
+    ));
+    case.config(&format!(
+        r#"
+[database]
+path = "app.sqlite3"
+
+[[sources]]
+name = "orders"
+table = "shop_order"
+group = "order_shipped"
+
+[[handlers]]
+name = "mail"
+group = "^order"
+kind = "mail"
+from = "Shop <shop@example.org>"
+to = "customer@example.org"
+subject = "Shipped"
+body = "Body"
+outbox = "outbox"
+{extra}
+"#
+    ))
+}
+
+/// A `spark_mail` column with `bcc` and `from` once added a recipient and
+/// forged the sender: from records, only the keys the handler lists count.
+#[test]
+fn spark_mail_from_a_record_cannot_add_a_recipient_or_set_the_sender() {
+    let Some(backend) = Backend::postgres("spark_mail_from_a_record_cannot_add_a_recipient") else {
+        return;
+    };
+    let hostile = r#"{"bcc": ["attacker@evil.example"], "from": "CEO <ceo@example.org>"}"#;
+    for extra in ["", r#"spark_mail_from_records = ["subject", "to"]"#] {
+        let case = spark_mail_case(backend, hostile, extra);
+        case.run(&["process-sources"]).status(1).stderr_has(&[
+            "order_shipped_1",
+            "came from the database",
+            "spark_mail_from_records",
+        ]);
+        assert!(
+            !case.path("outbox/order_shipped_1.eml").exists(),
+            "{extra:?}"
+        );
+        let other = std::fs::read_to_string(case.path("outbox/order_shipped_2.eml"))
+            .expect("the other order's mail");
+        assert!(!other.contains("attacker"), "{other}");
+    }
+    // The keys the handler lists are taken.
+    let case = spark_mail_case(
+        backend,
+        r#"{"subject": "Your boots", "to": ["ana@example.org"]}"#,
+        r#"spark_mail_from_records = ["subject", "to"]"#,
+    );
+    case.run(&["process-sources"]).success();
+    let mail = std::fs::read_to_string(case.path("outbox/order_shipped_1.eml")).expect("a mail");
+    assert!(mail.contains("Subject: Your boots"), "{mail}");
+    assert!(mail.contains("To: ana@example.org"), "{mail}");
+}
+
+/// Header fields that name an address or route mail, from a jsonb column:
+/// once written to the `.eml` (and mailed by `sendmail -t` pickups).
+#[test]
+fn spark_mail_headers_never_name_an_address_or_route_mail() {
+    let Some(backend) = Backend::postgres("spark_mail_headers_never_name_an_address") else {
+        return;
+    };
+    for header in [
+        "Resent-To",
+        "Resent-Bcc",
+        "Resent-From",
+        "Disposition-Notification-To",
+        "Return-Receipt-To",
+        "Errors-To",
+        "X-Original-To",
+        "X-Envelope-From",
+        "Apparently-To",
+        "Delivered-To",
+        "Sender",
+        "List-Post",
+        "List-Unsubscribe",
+    ] {
+        let case = spark_mail_case(
+            backend,
+            &format!(r#"{{"headers": {{"{header}": "<mailto:attacker@evil.example>"}}}}"#),
+            r#"spark_mail_from_records = ["headers"]"#,
+        );
+        case.run(&["process-sources"])
+            .status(1)
+            .stderr_has(&["order_shipped_1", header]);
+        assert!(
+            !case.path("outbox/order_shipped_1.eml").exists(),
+            "{header}"
+        );
+    }
+    let case = spark_mail_case(
+        backend,
+        r#"{"headers": {"X-Campaign": "spring", "List-Unsubscribe": "<https://example.org/u/1>"}}"#,
+        r#"spark_mail_from_records = ["headers"]"#,
+    );
+    case.run(&["process-sources"]).success();
+    let mail = std::fs::read_to_string(case.path("outbox/order_shipped_1.eml")).expect("a mail");
+    assert!(mail.contains("X-Campaign: spring"), "{mail}");
+}
+
+#[test]
+fn spark_mail_from_records_takes_only_spark_mail_keys() {
+    let case = challenges_case(TWO, "")
+        .config(&common::challenge_config(
+            "[[handlers]]\nname = \"m\"\ngroup = \"x\"\nkind = \"mail\"\nfrom = \"a@x.org\"\noutbox = \"o\"\nspark_mail_from_records = [\"to\", \"attachments\"]\n",
+        ));
+    case.run(&["check"]).status(2).stderr_has(&[
+        "spark_mail_from_records",
+        "attachments",
+        "spark.toml",
+    ]);
+}

@@ -272,6 +272,13 @@ pub struct MailConfig {
     pub bcc: Vec<String>,
     pub reply_to: Vec<String>,
     pub transport: MailTransport,
+    /// The `spark_mail` keys honoured when `spark_mail` came from the
+    /// database (`spark_mail_from_records`; none by default).
+    pub spark_mail_from_records: Vec<String>,
+    /// The groups whose events carry a record as their context (the
+    /// groups of the config's generators): their `spark_mail` is a value
+    /// from the database. Filled in once the sources are known.
+    pub record_groups: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -438,7 +445,15 @@ impl Validator<'_> {
             ("smtp_port", span(&raw.smtp_port)),
             ("smtp_security", span(&raw.smtp_security)),
         ];
-        let more: [(&'static str, Span); 10] = [
+        let more: [(&'static str, Span); 12] = [
+            (
+                "smtp_allow_plaintext_auth",
+                span(&raw.smtp_allow_plaintext_auth),
+            ),
+            (
+                "spark_mail_from_records",
+                span(&raw.spark_mail_from_records),
+            ),
             ("method", span(&raw.method)),
             ("content_type", span(&raw.content_type)),
             ("strict_templates", span(&raw.strict_templates)),
@@ -588,6 +603,8 @@ impl Validator<'_> {
                 "smtp_password_env",
                 "smtp_pool",
                 "smtp_ca_file",
+                "smtp_allow_plaintext_auth",
+                "spark_mail_from_records",
                 "timeout",
                 "mode",
                 "concurrency",
@@ -924,6 +941,25 @@ impl Validator<'_> {
             }
         }
         self.check_templates(entry, raw.kind.span(), &sources);
+        let spark_mail_from_records = match &raw.spark_mail_from_records {
+            None => Vec::new(),
+            Some(keys) => {
+                for key in keys.get_ref() {
+                    if !crate::handlers::mail::SPARK_MAIL_KEYS.contains(&key.as_str()) {
+                        self.bad_value(
+                            entry,
+                            "spark_mail_from_records",
+                            keys.span(),
+                            format!(
+                                "{key:?} is not a spark_mail key (they are {})",
+                                crate::handlers::mail::SPARK_MAIL_KEYS.join(", ")
+                            ),
+                        );
+                    }
+                }
+                keys.get_ref().clone()
+            }
+        };
 
         let transport = transport?;
         let [(_, from), (_, subject), (_, body), (_, html)] = defaults;
@@ -941,6 +977,8 @@ impl Validator<'_> {
             bcc,
             reply_to,
             transport,
+            spark_mail_from_records,
+            record_groups: Default::default(),
         })
     }
 

@@ -693,6 +693,20 @@ impl Validator<'_> {
             }
             handlers.push(handler);
         }
+        // A generator's context is its record: `spark_mail` there is a
+        // value from the database, honoured only as far as a handler says.
+        let record_groups: std::collections::BTreeSet<String> = sources
+            .iter()
+            .filter_map(|s| match &s.kind {
+                SourceKind::Generator(g) => Some(g.group.clone()),
+                SourceKind::Function { .. } => None,
+            })
+            .collect();
+        for handler in &mut handlers {
+            if let HandlerKind::Mail(mail) = &mut handler.kind {
+                mail.record_groups = record_groups.clone();
+            }
+        }
         Config {
             path: self.path.to_owned(),
             database,

@@ -118,6 +118,12 @@ pub struct RawHandler {
     pub smtp_password_env: Option<Spanned<String>>,
     pub smtp_pool: Option<Spanned<bool>>,
     pub smtp_ca_file: Option<Spanned<String>>,
+    /// Send SMTP credentials over a connection without TLS to a relay that
+    /// is not on loopback.
+    pub smtp_allow_plaintext_auth: Option<Spanned<bool>>,
+    /// The `spark_mail` keys honoured when `spark_mail` comes from the
+    /// database (a column of a generator's records).
+    pub spark_mail_from_records: Option<Spanned<Vec<String>>>,
     // throughput
     pub concurrency: Option<Spanned<i64>>,
     pub rate: Option<Spanned<String>>,

@@ -80,26 +80,96 @@ pub struct RenderedMail {
 }
 
 /// The keys `context.spark_mail` takes.
-const SPARK_MAIL_KEYS: &str = "from, from_email, to, cc, bcc, reply_to, subject, body, headers";
+pub const SPARK_MAIL_KEYS: [&str; 9] = [
+    "from",
+    "from_email",
+    "to",
+    "cc",
+    "bcc",
+    "reply_to",
+    "subject",
+    "body",
+    "headers",
+];
 
-/// Header fields `spark_mail.headers` may not set: the addresses and the
-/// subject have their own keys, and the rest spark writes itself.
-const OWN_HEADERS: [&str; 14] = [
+/// Header fields `spark_mail.headers` may set, whatever the rest of the
+/// name: fields that name no address and route no mail. Anything else is
+/// refused (`Resent-To`, `Errors-To`, `Disposition-Notification-To`, ...:
+/// a pickup tool running `sendmail -t`, or a mail client, would act on
+/// them). An allow-list, so that a field nobody thought of is refused.
+const SAFE_HEADERS: [&str; 13] = [
+    "keywords",
+    "comments",
+    "importance",
+    "priority",
+    "sensitivity",
+    "auto-submitted",
+    "precedence",
+    "in-reply-to",
+    "references",
+    "organization",
+    "list-id",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+];
+
+/// Words that make an `X-` field name one that may name an address or
+/// route mail (`X-Original-To`, `X-Envelope-From`, `X-BCC`, ...).
+const ADDRESS_WORDS: [&str; 24] = [
     "to",
     "cc",
     "bcc",
     "from",
     "sender",
-    "reply-to",
-    "subject",
-    "date",
-    "message-id",
-    "mime-version",
-    "x-spark-key",
-    "return-path",
-    "received",
-    "content-",
+    "recipient",
+    "recipients",
+    "rcpt",
+    "reply",
+    "return",
+    "envelope",
+    "errors",
+    "error",
+    "receipt",
+    "notification",
+    "notify",
+    "forward",
+    "forwarded",
+    "delivered",
+    "original",
+    "apparently",
+    "resent",
+    "bounce",
+    "spark",
 ];
+
+/// Why `name` may not be set from `spark_mail.headers`, if it may not.
+fn refused_header(name: &str, value: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    if let Some(rest) = lower.strip_prefix("x-") {
+        if rest.split('-').any(|word| ADDRESS_WORDS.contains(&word)) {
+            return Some("an X- field whose name speaks of addresses or routing is refused");
+        }
+        return None;
+    }
+    if !SAFE_HEADERS.contains(&lower.as_str()) {
+        return Some(
+            "not a field spark_mail may set (it may set Keywords, Comments, Importance, Priority, \
+             Sensitivity, Auto-Submitted, Precedence, In-Reply-To, References, Organization, \
+             List-Id, List-Unsubscribe, List-Unsubscribe-Post and X- fields; addresses and the \
+             subject have their own spark_mail keys)",
+        );
+    }
+    // An unsubscribe link, never a mailbox to write to.
+    if lower == "list-unsubscribe"
+        && !value.split(',').all(|part| {
+            let part = part.trim().to_ascii_lowercase();
+            part.starts_with("<https://") && part.ends_with('>')
+        })
+    {
+        return Some("List-Unsubscribe takes only <https://...> links");
+    }
+    None
+}
 
 /// One extra header field from `spark_mail.headers`, or why it is refused.
 fn extra_header(name: &str, value: &Value, key: &str) -> Result<(String, String), String> {
@@ -115,18 +185,12 @@ fn extra_header(name: &str, value: &Value, key: &str) -> Result<(String, String)
     {
         return Err(refuse("not a header field name"));
     }
-    let lower = name.to_ascii_lowercase();
-    if OWN_HEADERS
-        .iter()
-        .any(|own| lower == *own || (own.ends_with('-') && lower.starts_with(own)))
-    {
-        return Err(refuse(
-            "spark sets this field itself (addresses and the subject have their own spark_mail keys)",
-        ));
-    }
     let Some(text) = value.as_str() else {
         return Err(refuse("the value must be a string"));
     };
+    if let Some(why) = refused_header(name, text) {
+        return Err(refuse(why));
+    }
     if text.chars().any(|c| c.is_control() && c != '\t') {
         return Err(refuse(
             "the value holds a line break or a control character",
@@ -487,14 +551,35 @@ impl MailHandler {
             html: None,
             headers: Vec::new(),
         };
-        if let Some(over) = event.context.get("spark_mail") {
+        // A NULL `spark_mail` (a nullable JSON column) overrides nothing.
+        if let Some(over) = event.context.get("spark_mail").filter(|v| !v.is_null()) {
             let Value::Object(over) = over else {
                 return Err(format!(
-                    "context.spark_mail for {} must be an object (keys: {SPARK_MAIL_KEYS})",
-                    event.key
+                    "context.spark_mail for {} must be an object (keys: {})",
+                    event.key,
+                    SPARK_MAIL_KEYS.join(", ")
                 ));
             };
+            let from_records = c.record_groups.contains(&event.group);
             for (field, value) in over {
+                if from_records
+                    && SPARK_MAIL_KEYS.contains(&field.as_str())
+                    && !c.spark_mail_from_records.iter().any(|k| k == field)
+                {
+                    return Err(format!(
+                        "context.spark_mail.{} for {}: this spark_mail came from the database \
+                         (group {} is a generator's, its context a record), and the handler \
+                         takes {} from records (spark_mail_from_records)",
+                        crate::escape::escape(field),
+                        event.key,
+                        event.group,
+                        if c.spark_mail_from_records.is_empty() {
+                            "no key".to_owned()
+                        } else {
+                            c.spark_mail_from_records.join(", ")
+                        }
+                    ));
+                }
                 let bad =
                     || format!("context.spark_mail.{field} must be a string or a list of strings");
                 match field.as_str() {
@@ -519,9 +604,10 @@ impl MailHandler {
                     }
                     other => {
                         return Err(format!(
-                            "context.spark_mail.{} for {}: spark does not take this key (it takes {SPARK_MAIL_KEYS})",
+                            "context.spark_mail.{} for {}: spark does not take this key (it takes {})",
                             crate::escape::escape(other),
-                            event.key
+                            event.key,
+                            SPARK_MAIL_KEYS.join(", ")
                         ));
                     }
                 }
