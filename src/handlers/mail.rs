@@ -817,6 +817,9 @@ mod tests {
                     dir: PathBuf::from("outbox"),
                     mode: crate::files::PRIVATE,
                 },
+                // As from a compiled-in source: its spark_mail is code's.
+                spark_mail_from_records: Vec::new(),
+                record_groups: Default::default(),
             },
         )
     }
