@@ -630,3 +630,126 @@ fn spark_mail_from_records_takes_only_spark_mail_keys() {
         "spark.toml",
     ]);
 }
+
+/// People whose `name` fills a path segment of a webhook URL, through a
+/// server that records what arrives.
+fn templated_url_case(rows: &str, path: &str) -> (common::servers::Hook, Case) {
+    let hook = common::servers::Hook::start();
+    let case = hook_case(rows, &format!("{}{path}", hook.base), "");
+    (hook, case)
+}
+
+/// A value `..` or `.` once reached the receiver as `/api/users/../notify`.
+#[test]
+fn dot_segments_from_the_database_never_reach_the_receiver() {
+    let (hook, case) = templated_url_case(
+        "(1, '..'), (2, '.'), (3, 'a.b'), (4, '...'), (5, '%2e%2E')",
+        "/api/users/{{ name }}/notify",
+    );
+    case.run(&["process-sources"])
+        .status(1)
+        .stderr_has(&["person_1", "person_2", "segment"]);
+    let mut urls: Vec<String> = hook.requests().into_iter().map(|r| r.url).collect();
+    urls.sort();
+    assert_eq!(
+        urls,
+        [
+            "/api/users/%252e%252E/notify",
+            "/api/users/.../notify",
+            "/api/users/a.b/notify",
+        ]
+    );
+    // A dot the template writes beside a value makes no dot segment either.
+    let (hook, case) = templated_url_case("(1, '.'), (2, 'x')", "/api/users/.{{ name }}/notify");
+    case.run(&["process-sources"])
+        .status(1)
+        .stderr_has(&["person_1", "segment"]);
+    let urls: Vec<String> = hook.requests().into_iter().map(|r| r.url).collect();
+    assert_eq!(urls, ["/api/users/.x/notify"]);
+}
+
+/// Values were JSON-escaped only for `application/json`: with `text/json`
+/// (or any `+json`) a value broke out of its string, and a form body let a
+/// value add fields.
+#[test]
+fn body_values_are_escaped_for_the_declared_content_type() {
+    let hostile = r#"x", "admin": true, "y": "&role=admin"#;
+    let rows = format!("(1, '{hostile}')");
+    for content_type in [
+        "text/json",
+        "application/vnd.api+json",
+        "application/json; charset=utf-8",
+    ] {
+        let hook = common::servers::Hook::start();
+        let case = hook_case(
+            &rows,
+            &hook.url,
+            &format!(
+                "content_type = \"{content_type}\"\nbody = '{{\"name\": \"{{{{ name }}}}\"}}'"
+            ),
+        );
+        case.run(&["process-sources"]).success();
+        let body = &hook.requests()[0].body;
+        let v: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(
+            v,
+            serde_json::json!({"name": hostile}),
+            "{content_type}: {body}"
+        );
+    }
+    let hook = common::servers::Hook::start();
+    let case = hook_case(
+        &rows,
+        &hook.url,
+        "content_type = \"application/x-www-form-urlencoded\"\nbody = \"a=1&name={{ name }}\"",
+    );
+    case.run(&["process-sources"]).success();
+    let body = &hook.requests()[0].body;
+    let fields: Vec<&str> = body.split('&').collect();
+    assert_eq!(fields.len(), 2, "a value added a field: {body}");
+    assert!(fields[1].starts_with("name=x%22"), "{body}");
+    // A type spark cannot escape for takes no template.
+    let case = hook_case(
+        &rows,
+        &hook.url,
+        "content_type = \"application/xml\"\nbody = \"<a>{{ name }}</a>\"",
+    );
+    case.run(&["check"])
+        .status(2)
+        .stderr_has(&["content_type", "application/xml", "spark.toml"]);
+    // Without a template it is sent as written.
+    let case = hook_case(
+        &rows,
+        &hook.url,
+        "content_type = \"application/xml\"\nbody = \"<ping/>\"",
+    );
+    case.run(&["process-sources"]).success();
+}
+
+/// `headers = { "X Bad\r\n..." = "v" }` passed load and `check`, and every
+/// delivery failed later.
+#[test]
+fn an_invalid_header_name_is_exit_2_at_load() {
+    let hook = common::servers::Hook::start();
+    for headers in [
+        r#"headers = { "X Bad" = "v" }"#,
+        r#"headers = { "X-A\r\nX-B" = "v" }"#,
+        r#"headers = { "" = "v" }"#,
+        r#"headers = { "X-Ä" = "v" }"#,
+        r#"header_env = { "X:Y" = "HOME" }"#,
+    ] {
+        let case = hook_case("(1, 'n')", &hook.url, headers);
+        for command in ["check", "process-sources"] {
+            case.run(&[command]).status(2).stderr_has(&[
+                "handler `hook`",
+                "not an HTTP header name",
+                "spark.toml",
+            ]);
+        }
+        assert!(
+            case.query("SELECT 1 FROM sqlite_master WHERE name = 'spark_event'")
+                .is_empty()
+        );
+    }
+    assert!(hook.requests().is_empty());
+}

@@ -221,13 +221,71 @@ pub struct WebhookConfig {
     pub strict_templates: bool,
 }
 
-impl WebhookConfig {
-    /// Whether the body must be JSON (its content type says so).
-    pub fn json_body(&self) -> bool {
-        let t = self.content_type.to_ascii_lowercase();
-        let essence = t.split(';').next().unwrap_or_default().trim().to_owned();
-        essence == "application/json" || essence.ends_with("+json")
+/// How values rendered into a webhook body are escaped: by its content
+/// type, so that a value stays inside its place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// Any JSON type (`application/json`, `text/json`, `*/*+json`): values
+    /// JSON-escaped, and the body must parse as JSON.
+    Json,
+    /// `application/x-www-form-urlencoded`: values percent-encoded, so
+    /// that a value cannot add a field.
+    Form,
+    /// `text/plain`: values as they are (there is nothing to break out of).
+    Text,
+    /// Anything else: spark cannot escape values for it, so its body may
+    /// not be a template.
+    Other,
+}
+
+impl BodyKind {
+    /// The kind a content type (`type/subtype; params`) makes.
+    pub fn of(content_type: &str) -> BodyKind {
+        let t = content_type.to_ascii_lowercase();
+        let essence = t.split(';').next().unwrap_or_default().trim();
+        let subtype = essence.split_once('/').map_or("", |(_, sub)| sub);
+        if subtype == "json" || subtype == "x-json" || subtype.ends_with("+json") {
+            BodyKind::Json
+        } else if essence == "application/x-www-form-urlencoded" {
+            BodyKind::Form
+        } else if essence == "text/plain" {
+            BodyKind::Text
+        } else {
+            BodyKind::Other
+        }
     }
+}
+
+impl WebhookConfig {
+    /// How the body's values are escaped (its content type says).
+    pub fn body_kind(&self) -> BodyKind {
+        BodyKind::of(&self.content_type)
+    }
+}
+
+/// Whether `name` is an HTTP header field name (RFC 9110's token).
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
 }
 
 /// The HTTP methods a webhook may use.
@@ -817,8 +875,43 @@ impl Validator<'_> {
                     .into(),
             );
         }
+        if let Some(body) = &raw.body
+            && BodyKind::of(&content_type) == BodyKind::Other
+            && body.get_ref().contains('{')
+        {
+            let span = raw.content_type.as_ref().map_or(body.span(), Spanned::span);
+            self.bad_value(
+                entry,
+                "content_type",
+                span,
+                format!(
+                    "{content_type:?}: spark escapes values rendered into a body only for JSON types, \
+                     application/x-www-form-urlencoded and text/plain; a body of another type \
+                     must not be a template"
+                ),
+            );
+        }
         let mut headers: Vec<(String, Secret)> = Vec::new();
         let mut templates: Vec<(String, String)> = Vec::new();
+        for (field, names) in [
+            ("headers", raw.headers.as_ref()),
+            ("header_env", raw.header_env.as_ref()),
+        ] {
+            let Some(names) = names else { continue };
+            for name in names.get_ref().keys() {
+                if !is_header_name(name) {
+                    self.bad_value(
+                        entry,
+                        field,
+                        names.span(),
+                        format!(
+                            "{:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)",
+                            crate::escape::escape(name)
+                        ),
+                    );
+                }
+            }
+        }
         if let Some(literal) = raw.headers {
             for (name, value) in literal.into_inner() {
                 templates.push((format!("header `{name}`"), value.clone()));

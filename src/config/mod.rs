@@ -11,8 +11,8 @@ pub mod postgres;
 mod raw;
 
 pub use handlers::{
-    Guarantee, HANDLER_KINDS, HandlerConfig, HandlerKind, HttpMethod, MailConfig, MailTransport,
-    Secret, SmtpSecurity, SmtpServer, WebhookConfig,
+    BodyKind, Guarantee, HANDLER_KINDS, HandlerConfig, HandlerKind, HttpMethod, MailConfig,
+    MailTransport, Secret, SmtpSecurity, SmtpServer, WebhookConfig,
 };
 
 pub use postgres::{PgConfig, SslMode};

@@ -36,7 +36,7 @@ use sha2::Sha256;
 use ureq::Agent;
 
 use super::{DeliverEach, Dispatch, Failed, Outcome, Retry};
-use crate::config::{HttpMethod, WebhookConfig};
+use crate::config::{BodyKind, HttpMethod, WebhookConfig};
 
 /// How much of an error response's body a failure keeps.
 const BODY_KEEP: u64 = 300;
@@ -55,15 +55,26 @@ pub struct WebhookHandler {
     env: minijinja::Environment<'static>,
     /// Whether the URL is a template.
     url_template: bool,
-    /// Whether the body must be JSON (`WebhookConfig::json_body`).
-    json_body: bool,
+    /// How the body's values are escaped, and whether it must be JSON.
+    body_kind: BodyKind,
     /// Whether anything is rendered per event (else the event JSON is
     /// sent as it is, to the URL as it is).
     templated: bool,
 }
 
 const BODY: &str = "body.json";
+const FORM_BODY: &str = "body.url";
 const TEXT_BODY: &str = "body.txt";
+
+/// The template name (whose suffix picks the escaping) of a body of `kind`.
+fn body_template(kind: BodyKind) -> &'static str {
+    match kind {
+        BodyKind::Json => BODY,
+        BodyKind::Form => FORM_BODY,
+        // Another type's body is never a template (refused at load).
+        BodyKind::Text | BodyKind::Other => TEXT_BODY,
+    }
+}
 const URL: &str = "url.url";
 
 fn header_template(i: usize) -> String {
@@ -86,8 +97,7 @@ impl WebhookHandler {
         // never gets here.
         let mut env = crate::templates::environment(config.strict_templates);
         if let Some(body) = &config.body {
-            let name = if config.json_body() { BODY } else { TEXT_BODY };
-            let _ = env.add_template_owned(name, body.clone());
+            let _ = env.add_template_owned(body_template(config.body_kind()), body.clone());
         }
         let url_template = config.url.contains('{');
         if url_template {
@@ -102,7 +112,7 @@ impl WebhookHandler {
         }
         WebhookHandler {
             templated: config.body.is_some() || url_template || literal_headers,
-            json_body: config.json_body(),
+            body_kind: config.body_kind(),
             url_template,
             config,
             agent,
@@ -142,13 +152,23 @@ impl WebhookHandler {
         }
         let ctx = crate::templates::event_context(dispatch.event, Some(dispatch.seen_at));
         let url = if self.url_template {
-            self.render(URL, "`url`", key, &ctx)?
+            let url = self.render(URL, "`url`", key, &ctx)?;
+            // A value is percent-encoded, but `.` is not (`a.b` stays
+            // itself), so a value `..` would address another resource.
+            if let Some(segment) = dot_segment(&url) {
+                return Err(Failed::later(format!(
+                    "`url` for {key} renders a path with a {segment:?} segment, which would \
+                     address another resource: {}",
+                    crate::escape::escape(&excerpt(&url))
+                )));
+            }
+            url
         } else {
             c.url.clone()
         };
         let body = match &c.body {
             None => dispatch.to_json(),
-            Some(_) if self.json_body => {
+            Some(_) if self.body_kind == BodyKind::Json => {
                 let body = self.render(BODY, "`body`", key, &ctx)?;
                 if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&body) {
                     return Err(Failed::later(format!(
@@ -158,7 +178,7 @@ impl WebhookHandler {
                 }
                 body
             }
-            Some(_) => self.render(TEXT_BODY, "`body`", key, &ctx)?,
+            Some(_) => self.render(body_template(self.body_kind), "`body`", key, &ctx)?,
         };
         let mut headers = Vec::with_capacity(c.headers.len());
         for (i, (name, value)) in c.headers.iter().enumerate() {
@@ -177,6 +197,23 @@ impl WebhookHandler {
         }
         Ok((url, body, headers))
     }
+}
+
+/// The first segment of a URL's path that is `.` or `..`, also spelled
+/// with `%2E` (a receiver that decodes before it resolves would take it as
+/// one), if there is one.
+fn dot_segment(url: &str) -> Option<&str> {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = after_scheme
+        .split_once('/')
+        .map_or("", |(_, path)| path)
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default();
+    path.split('/').find(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        matches!(decoded.as_str(), "." | "..")
+    })
 }
 
 /// A request's URL, body and headers.
