@@ -22,18 +22,72 @@ pub const MIN_LEN: usize = 4;
 
 static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
 
-/// Registers a value to mask from now on.
+/// Registers a value to mask from now on, in every spelling it may show
+/// in: as it is, percent-decoded (a password written `s%40cr3t` in a URL is
+/// `s@cr3t`), and percent-encoded with upper- and lower-case digits (a
+/// password from the environment printed inside a URL).
 pub fn register(value: &str) {
     let value = value.trim();
     if value.chars().count() < MIN_LEN {
         return;
     }
-    let mut secrets = SECRETS.write().unwrap_or_else(|e| e.into_inner());
-    if !secrets.iter().any(|s| s == value) {
-        secrets.push(value.to_owned());
-        // Longest first, so that a secret containing another is masked whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut spellings = vec![value.to_owned()];
+    if let Some(decoded) = percent_decoded(value) {
+        spellings.push(decoded);
     }
+    spellings.push(percent_encoded(value, false));
+    spellings.push(percent_encoded(value, true));
+    let mut secrets = SECRETS.write().unwrap_or_else(|e| e.into_inner());
+    for spelling in spellings {
+        if spelling.chars().count() >= MIN_LEN && !secrets.contains(&spelling) {
+            secrets.push(spelling);
+        }
+    }
+    // Longest first, so that a secret containing another is masked whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+}
+
+/// `text` with `%XX` escapes decoded, when it has any and they make UTF-8.
+fn percent_decoded(text: &str) -> Option<String> {
+    if !text.contains('%') {
+        return None;
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok().filter(|d| d != text)
+}
+
+/// `text` with every byte but URL's unreserved ones as `%XX` (hex digits
+/// in lower case when `lower`).
+fn percent_encoded(text: &str, lower: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else if lower {
+            out.push_str(&format!("%{b:02x}"));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Registers the credentials a URL (a webhook's) carries: the password of
@@ -161,6 +215,20 @@ mod tests {
             long.ends_with("[cut: 1044480 more bytes]"),
             "{}",
             &long[4000..]
+        );
+    }
+
+    #[test]
+    fn a_secret_is_masked_in_every_spelling() {
+        register("s%40cr3t-spelling");
+        assert_eq!(
+            redact("a s@cr3t-spelling b s%40cr3t-spelling"),
+            "a *** b ***"
+        );
+        register("P@ss w0rd-Spelling");
+        assert_eq!(
+            redact("x P%40ss%20w0rd-Spelling y P%40ss%20w0rd-Spelling"),
+            "x *** y ***"
         );
     }
 

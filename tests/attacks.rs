@@ -753,3 +753,85 @@ fn an_invalid_header_name_is_exit_2_at_load() {
     }
     assert!(hook.requests().is_empty());
 }
+
+/// A command handler once saw `PGPASSWORD`, the `${VAR}` holding the
+/// database URL's password and another handler's `${SLACK_WEBHOOK_URL}`.
+#[test]
+fn commands_see_no_variable_the_config_expands_nor_database_passwords() {
+    let case = challenges_case(
+        "(1, 'a', 'a@x', 1, '2026-03-09', '2026-03-30')",
+        r#"
+[[handlers]]
+name = "chat"
+group = "never"
+kind = "webhook"
+url = "${SLACK_WEBHOOK_URL}"
+
+[[handlers]]
+name = "dump"
+group = "created"
+kind = "command"
+command = ["./dump.sh"]
+env = { PASSED = "${PASS_ME}" }
+"#,
+    )
+    .script("dump.sh", "env > env.txt");
+    let mut cmd = case.command();
+    cmd.env(
+        "SLACK_WEBHOOK_URL",
+        "https://hooks.example.org/services/T0/B0/sl4ck",
+    )
+    .env("PGPASSWORD", "pg-pa55word")
+    .env("PGPASSFILE", "/etc/spark/pgpass-file")
+    .env("MYSQL_PWD", "my-pa55word")
+    .env("PASS_ME", "passed-on-purpose")
+    .env("UNRELATED", "stays");
+    let out = cmd
+        .args(["process-sources", "--as-of", AS_OF])
+        .output()
+        .expect("run");
+    common::Run { output: out }.success();
+    let env = std::fs::read_to_string(case.path("env.txt")).expect("the command ran");
+    for leaked in ["sl4ck", "pg-pa55word", "pgpass-file", "my-pa55word"] {
+        assert!(
+            !env.contains(leaked),
+            "{leaked} was handed to the command:\n{env}"
+        );
+    }
+    assert!(env.contains("PASSED=passed-on-purpose"), "{env}");
+    assert!(env.contains("UNRELATED=stays"), "{env}");
+    assert!(!env.contains("PASS_ME="), "{env}");
+}
+
+/// `spark config` once printed a percent-encoded database password as it
+/// was written (`s%40cr3t...`).
+#[test]
+fn a_percent_encoded_database_password_is_masked_in_every_spelling() {
+    let case = Case::new().file(
+        "spark.toml",
+        &common::challenge_config("").replace(
+            "path = \"app.sqlite3\"",
+            "url = \"postgresql://spark:s%40cr3t%2Fpw%3A1@127.0.0.1:1/app\"",
+        ),
+    );
+    for args in [
+        &["config"][..],
+        &["--json", "config"],
+        &["check"],
+        &["events"],
+    ] {
+        let run = case.run(args);
+        let all = format!("{}{}", run.stdout(), run.stderr());
+        for spelling in ["s%40cr3t%2Fpw%3A1", "s@cr3t/pw:1", "s%40cr3t%2fpw%3a1"] {
+            assert!(
+                !all.contains(spelling),
+                "{args:?} printed {spelling}:\n{all}"
+            );
+        }
+    }
+    let printed = case.run(&["config"]).success().stdout();
+    assert!(
+        printed.contains("postgresql://spark:***@127.0.0.1:1/app"),
+        "{printed}"
+    );
+}

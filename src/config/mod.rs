@@ -41,8 +41,10 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub sources: Vec<SourceConfig>,
     pub handlers: Vec<HandlerConfig>,
-    /// Environment variables spark read for secrets (the `*_env` keys, and
-    /// `${VAR}`s whose names look secret): not handed to command handlers.
+    /// Environment variables that may hold secrets: every `${VAR}` the
+    /// config expands, the `*_env` keys' variables and the database
+    /// clients' password variables; not handed to command handlers (unless
+    /// a handler's own `env` passes one).
     pub withheld_env: Vec<String>,
     /// Secrets named by `*_env` keys whose variables are not set. Only
     /// commands that deliver need them (see `require_secrets`).
@@ -433,9 +435,15 @@ impl Config {
         let mut table = toml::de::DeTable::parse(text).map_err(|e| syntax(&v, e))?;
         let lookup = |var: &str| std::env::var(var).ok();
         let done = interpolate::interpolate(table.get_mut(), &lookup);
+        // Every variable the config expands is withheld from commands (a
+        // webhook URL or a database password is a secret whatever its
+        // name), and so are the database clients' own password variables.
+        for var in DATABASE_PASSWORD_VARS {
+            v.withheld_env.push((*var).to_owned());
+        }
         for (var, value) in &done.values {
             crate::redact::register(value);
-            if interpolate::looks_secret(var) && !v.withheld_env.contains(var) {
+            if !v.withheld_env.contains(var) {
                 v.withheld_env.push(var.clone());
             }
         }
@@ -515,6 +523,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     Ok(d)
 }
+
+/// The variables database clients read passwords from: never handed to a
+/// command that does not pass them itself.
+pub const DATABASE_PASSWORD_VARS: &[&str] = &["PGPASSWORD", "PGPASSFILE", "MYSQL_PWD"];
 
 /// The longest `busy_timeout` SQLite takes (`i32::MAX` milliseconds is a
 /// little more).
