@@ -835,3 +835,61 @@ fn a_percent_encoded_database_password_is_masked_in_every_spelling() {
         "{printed}"
     );
 }
+
+/// `events` and `deliveries` once exited 2 because a `${HOOK_TOKEN}` in an
+/// unrelated webhook URL was unset: a handler's variables are needed only
+/// by the commands that deliver (and `check`).
+#[test]
+fn listings_need_no_variable_of_a_handler() {
+    let case = challenges_case(
+        TWO,
+        r#"
+[[handlers]]
+name = "chat"
+group = "never"
+kind = "webhook"
+url = "https://hooks.example.org/${HOOK_TOKEN}"
+
+[[handlers]]
+name = "whole"
+group = "never"
+kind = "webhook"
+url = "${WHOLE_URL}"
+"#,
+    );
+    let with_token = |args: &[&str]| {
+        let out = case
+            .command()
+            .env("HOOK_TOKEN", "t0ken-value")
+            .env("WHOLE_URL", "https://hooks.example.org/x")
+            .args(args)
+            .output()
+            .expect("run");
+        common::Run { output: out }
+    };
+    with_token(&["process-sources", "--as-of", AS_OF]).success();
+    for args in [
+        &["events"][..],
+        &["deliveries"],
+        &["list-handlers"],
+        &["list-sources"],
+        &["show", "challenge_created_1"],
+        &["config"],
+        &["dry-run", "--as-of", AS_OF],
+    ] {
+        case.run(args).success();
+    }
+    for args in [
+        &["check"][..],
+        &["process-sources"],
+        &["deliver"],
+        &["retry", "--all"],
+    ] {
+        case.run(args).status(2).stderr_has(&[
+            "HOOK_TOKEN",
+            "WHOLE_URL",
+            "handler `chat`",
+            "not set",
+        ]);
+    }
+}

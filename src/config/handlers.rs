@@ -564,7 +564,7 @@ impl Validator<'_> {
             self.missing_secrets.push(super::MissingSecret {
                 at,
                 entry: entry.to_owned(),
-                field,
+                field: field.to_owned(),
                 var: var.get_ref().clone(),
             });
         }

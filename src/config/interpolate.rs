@@ -22,6 +22,10 @@ use toml::de::{DeTable, DeValue};
 pub struct Unset {
     pub var: String,
     pub span: Range<usize>,
+    /// Inside a `[[handlers]]` entry: that handler's name and the field.
+    /// Such a variable is a delivery secret, needed only by the commands
+    /// that deliver (see `Config::require_secrets`).
+    pub handler: Option<(String, String)>,
 }
 
 /// What interpolation did: the variables it could not find, and every
@@ -99,8 +103,29 @@ pub fn interpolate(
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Interpolation {
     let mut done = Interpolation::default();
-    for (_, value) in table.iter_mut() {
-        walk(value, lookup, &mut done);
+    for (key, value) in table.iter_mut() {
+        match (key.get_ref().as_ref(), value.get_mut()) {
+            ("handlers", DeValue::Array(handlers)) => {
+                for handler in handlers.iter_mut() {
+                    let DeValue::Table(fields) = handler.get_mut() else {
+                        walk(handler, lookup, &mut done);
+                        continue;
+                    };
+                    let name = match fields.get("name").map(|n| n.get_ref()) {
+                        Some(DeValue::String(n)) => n.to_string(),
+                        _ => String::new(),
+                    };
+                    for (field, value) in fields.iter_mut() {
+                        let before = done.unset.len();
+                        walk(value, lookup, &mut done);
+                        for unset in &mut done.unset[before..] {
+                            unset.handler = Some((name.clone(), field.get_ref().to_string()));
+                        }
+                    }
+                }
+            }
+            (_, _) => walk(value, lookup, &mut done),
+        }
     }
     done
 }
@@ -118,6 +143,7 @@ fn walk(
             Err(unset) => done.unset.extend(unset.into_iter().map(|var| Unset {
                 var,
                 span: span.clone(),
+                handler: None,
             })),
         },
         DeValue::Array(items) => {

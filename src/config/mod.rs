@@ -60,7 +60,7 @@ pub struct MissingSecret {
     pub at: Location,
     /// `handler `name``.
     pub entry: String,
-    pub field: &'static str,
+    pub field: String,
     pub var: String,
 }
 
@@ -70,7 +70,7 @@ impl MissingSecret {
             at: self.at.clone(),
             problem: Problem::MissingEnv {
                 entry: self.entry.clone(),
-                field: self.field,
+                field: self.field.clone(),
                 var: self.var.clone(),
             },
         }
@@ -272,7 +272,7 @@ pub enum Problem {
     #[error("{entry}: `{field}` names the environment variable {var}, which is not set")]
     MissingEnv {
         entry: String,
-        field: &'static str,
+        field: String,
         var: String,
     },
     #[error("{entry}: template {name}: {error}")]
@@ -417,6 +417,7 @@ impl Config {
             problems: Vec::new(),
             missing_secrets: Vec::new(),
             withheld_env: Vec::new(),
+            deferred: Vec::new(),
             database_failed: false,
         };
         let syntax = |v: &Validator<'_>, e: toml::de::Error| {
@@ -448,7 +449,20 @@ impl Config {
             }
         }
         for unset in done.unset {
-            v.report(unset.span, Problem::UnsetVariable { var: unset.var });
+            match unset.handler {
+                // A handler's: needed only when it is about to deliver.
+                Some((name, field)) => {
+                    let at = v.at(unset.span.clone());
+                    v.missing_secrets.push(MissingSecret {
+                        at,
+                        entry: format!("handler `{name}`"),
+                        field,
+                        var: unset.var,
+                    });
+                    v.deferred.push(unset.span);
+                }
+                None => v.report(unset.span, Problem::UnsetVariable { var: unset.var }),
+            }
         }
         if !v.problems.is_empty() {
             return Err(ConfigError::Invalid {
@@ -540,6 +554,9 @@ struct Validator<'a> {
     problems: Vec<Located>,
     missing_secrets: Vec<MissingSecret>,
     withheld_env: Vec<String>,
+    /// Where a handler's `${VAR}` was left unexpanded (its variable is not
+    /// set): what the value says there is no problem of its own.
+    deferred: Vec<std::ops::Range<usize>>,
     /// Whether `[database]` had a problem.
     database_failed: bool,
 }
@@ -559,6 +576,13 @@ impl Validator<'_> {
     }
 
     fn report(&mut self, span: std::ops::Range<usize>, problem: Problem) {
+        if self
+            .deferred
+            .iter()
+            .any(|d| d.start < span.end && span.start < d.end)
+        {
+            return;
+        }
         let at = self.at(span);
         self.problems.push(Located { at, problem });
     }
