@@ -146,6 +146,25 @@ pub fn check(partial: &crate::config::PartialConfig, registry: &Registry) -> Che
                 }
             ));
         }
+        if let Some(mode) = handler.kind.file_mode()
+            && mode & 0o004 != 0
+        {
+            report.warnings.push(format!(
+                "handler `{}`: mode {mode:04o} lets every user of this machine read the event data it writes",
+                handler.name
+            ));
+        }
+        if let HandlerKind::Mail(mail) = &handler.kind
+            && let crate::config::MailTransport::Smtp(smtp) = &mail.transport
+            && smtp.security == crate::config::SmtpSecurity::None
+            && (smtp.user.is_some() || smtp.password.is_some())
+            && !crate::config::is_loopback_host(&smtp.host)
+        {
+            report.warnings.push(format!(
+                "handler `{}`: SMTP credentials go to {} in the clear (smtp_security = \"none\", smtp_allow_plaintext_auth = true)",
+                handler.name, smtp.host
+            ));
+        }
         if let HandlerKind::Command { argv, .. } = &handler.kind
             && let Some(program) = argv.first()
             && !runnable(program)

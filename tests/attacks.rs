@@ -893,3 +893,89 @@ url = "${WHOLE_URL}"
         ]);
     }
 }
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The run lock file was created 0666 under `umask 000`.
+#[test]
+fn the_run_lock_file_is_private_whatever_the_umask() {
+    let case = challenges_case(TWO, "");
+    let bin = assert_cmd::cargo::cargo_bin("spark");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 000; exec '{}' -q --config spark.toml process-sources --as-of {AS_OF}",
+            bin.display()
+        ))
+        .current_dir(case.path(""))
+        .status()
+        .expect("run");
+    assert!(status.success());
+    assert_eq!(mode_of(&case.path("app.sqlite3-spark.lock")), 0o600);
+    assert_eq!(mode_of(&case.path("events.jsonl")), 0o600);
+}
+
+/// `mode = "0666"` was accepted silently.
+#[test]
+fn file_modes_that_let_others_write_are_refused_and_world_readable_ones_warned() {
+    for mode in ["0666", "0777", "0620", "0602"] {
+        let case = challenges_case(TWO, &format!("mode = \"{mode}\""));
+        case.run(&["process-sources", "--as-of", AS_OF])
+            .status(2)
+            .stderr_has(&["handler `log`", "mode", mode, "write"]);
+        assert!(!case.path("events.jsonl").exists());
+    }
+    let case = challenges_case(TWO, "mode = \"0644\"");
+    let run = case.run(&["check"]).success();
+    assert!(
+        run.stderr().contains("0644") || run.stdout().contains("0644"),
+        "no warning for a world-readable mode: {}{}",
+        run.stdout(),
+        run.stderr()
+    );
+    challenges_case(TWO, "mode = \"0640\"")
+        .run(&["process-sources", "--as-of", AS_OF])
+        .success();
+}
+
+/// SMTP credentials with `smtp_security = "none"` went out as AUTH PLAIN in
+/// the clear, and `check` said nothing.
+#[test]
+fn smtp_credentials_in_the_clear_are_refused_off_loopback() {
+    let mail = |host: &str, extra: &str| {
+        challenges_case(
+            TWO,
+            &format!(
+                "[[handlers]]\nname = \"m\"\ngroup = \"x\"\nkind = \"mail\"\nfrom = \"a@x.org\"\nto = \"b@x.org\"\n\
+                 smtp_host = \"{host}\"\nsmtp_security = \"none\"\nsmtp_user = \"spark\"\n{extra}"
+            ),
+        )
+    };
+    for host in ["192.0.2.1", "smtp.example.org"] {
+        mail(host, "").run(&["check"]).status(2).stderr_has(&[
+            "handler `m`",
+            "in the clear",
+            host,
+            "smtp_allow_plaintext_auth",
+        ]);
+    }
+    for host in ["127.0.0.1", "localhost", "::1"] {
+        mail(host, "").run(&["check"]).success();
+    }
+    let run = mail("192.0.2.1", "smtp_allow_plaintext_auth = true")
+        .run(&["check"])
+        .success();
+    assert!(
+        format!("{}{}", run.stdout(), run.stderr()).contains("in the clear"),
+        "check says nothing: {}{}",
+        run.stdout(),
+        run.stderr()
+    );
+}

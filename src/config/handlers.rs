@@ -189,6 +189,19 @@ impl HandlerKind {
         }
     }
 
+    /// The mode of the files this handler creates, for a handler that
+    /// writes files.
+    pub fn file_mode(&self) -> Option<u32> {
+        match self {
+            HandlerKind::Jsonl { mode, .. } => Some(*mode),
+            HandlerKind::Mail(mail) => match &mail.transport {
+                MailTransport::Outbox { mode, .. } => Some(*mode),
+                MailTransport::Smtp(_) => None,
+            },
+            _ => None,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             HandlerKind::Jsonl { .. } => "jsonl",
@@ -581,6 +594,20 @@ impl Validator<'_> {
             return crate::files::PRIVATE;
         };
         match u32::from_str_radix(mode.get_ref().trim(), 8) {
+            // Event data that others could rewrite is not spark's to make.
+            Ok(m) if m <= 0o777 && m & 0o022 != 0 => {
+                self.bad_value(
+                    entry,
+                    "mode",
+                    mode.span(),
+                    format!(
+                        "{:?} lets the group or others write the files, which hold event data: \
+                         give write to the owner only (like \"0640\")",
+                        mode.get_ref()
+                    ),
+                );
+                crate::files::PRIVATE
+            }
             Ok(m) if m <= 0o777 && m & 0o600 == 0o600 => m,
             _ => {
                 self.bad_value(
@@ -1187,6 +1214,31 @@ impl Validator<'_> {
                     .smtp_password_env
                     .as_ref()
                     .map(|var| self.env(entry, "smtp_password_env", var));
+                let allow_plaintext = raw
+                    .smtp_allow_plaintext_auth
+                    .as_ref()
+                    .is_some_and(|a| *a.get_ref());
+                if security == SmtpSecurity::None
+                    && (raw.smtp_user.is_some() || password.is_some())
+                    && !is_loopback_host(host.get_ref())
+                    && !allow_plaintext
+                {
+                    let span = raw
+                        .smtp_security
+                        .as_ref()
+                        .map_or(host.span(), Spanned::span);
+                    self.bad_value(
+                        entry,
+                        "smtp_security",
+                        span,
+                        format!(
+                            "\"none\" would send the SMTP credentials in the clear to {}: use \
+                             \"starttls\" or \"tls\", or set smtp_allow_plaintext_auth = true \
+                             for a relay you trust on this network",
+                            host.get_ref()
+                        ),
+                    );
+                }
                 let ca = raw
                     .smtp_ca_file
                     .as_ref()
@@ -1214,6 +1266,15 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// Whether `host` is this machine (`localhost`, `127.0.0.0/8`, `::1`).
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Validator<'_> {

@@ -12,7 +12,7 @@ mod raw;
 
 pub use handlers::{
     BodyKind, Guarantee, HANDLER_KINDS, HandlerConfig, HandlerKind, HttpMethod, MailConfig,
-    MailTransport, Secret, SmtpSecurity, SmtpServer, WebhookConfig,
+    MailTransport, Secret, SmtpSecurity, SmtpServer, WebhookConfig, is_loopback_host,
 };
 
 pub use postgres::{PgConfig, SslMode};

@@ -8,6 +8,7 @@
 //! Not here: SQLite's own locking, which still guards every transaction.
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -43,10 +44,13 @@ impl RunLock {
         {
             std::fs::create_dir_all(dir).map_err(lock_err)?;
         }
+        // Private whatever the umask: the lock holds nothing, but nobody
+        // else has business writing it.
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(crate::files::PRIVATE)
             .open(&path)
             .map_err(lock_err)?;
         let deadline = Instant::now() + wait;
