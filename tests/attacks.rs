@@ -979,3 +979,54 @@ fn smtp_credentials_in_the_clear_are_refused_off_loopback() {
         run.stderr()
     );
 }
+
+/// A seen table not made by Django's migration: `context` as jsonb once
+/// passed `check`, failed `process-sources` mid-run and made `events` and
+/// `show` panic ("error deserializing column 3").
+#[test]
+fn a_seen_table_whose_context_is_jsonb_is_refused_by_name_without_a_panic() {
+    let Some(backend) = Backend::postgres("a_seen_table_whose_context_is_jsonb") else {
+        return;
+    };
+    let case = challenges_case_on(backend, TWO, "");
+    case.pg_sql(
+        "CREATE TABLE spark_event (key varchar(100) PRIMARY KEY, \"group\" varchar(50) NOT NULL,
+             created_at timestamptz NOT NULL, context jsonb);
+         INSERT INTO spark_event VALUES ('old_1', 'old', now(), '{\"a\": 1}');",
+    );
+    let before = case.db_bytes();
+    for args in [
+        &["check"][..],
+        &["process-sources", "--as-of", AS_OF],
+        &["events"],
+        &["show", "old_1"],
+        &["mark-seen", "x_1"],
+    ] {
+        let run = case
+            .run(args)
+            .status(2)
+            .stderr_has(&["spark_event", "context", "jsonb"]);
+        assert!(!run.stderr().contains("panicked"), "{}", run.stderr());
+    }
+    assert_eq!(case.db_bytes(), before, "something was written");
+}
+
+/// A NULL context (a nullable column) reads as an empty context.
+#[test]
+fn a_null_context_reads_as_an_empty_one() {
+    let Some(backend) = Backend::postgres("a_null_context_reads_as_an_empty_one") else {
+        return;
+    };
+    let case = challenges_case_on(backend, TWO, "");
+    case.pg_sql(
+        "CREATE TABLE spark_event (key varchar(100) PRIMARY KEY, \"group\" varchar(50) NOT NULL,
+             created_at timestamptz NOT NULL, context text);
+         INSERT INTO spark_event VALUES ('old_1', 'old', now(), NULL);",
+    );
+    case.run(&["check"]).success();
+    let events = case.run(&["--json", "events"]).success().json();
+    assert_eq!(events[0]["key"], "old_1");
+    assert_eq!(events[0]["context"], serde_json::json!({}));
+    case.run(&["show", "old_1"]).success();
+    case.run(&["process-sources", "--as-of", AS_OF]).success();
+}

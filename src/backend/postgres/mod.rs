@@ -445,7 +445,7 @@ impl Reader for PgReader {
         );
         self.client
             .query_one(&sql, &[])
-            .map(|r| r.get(0))
+            .and_then(|r| r.try_get(0))
             .map_err(self.err("reading the seen table"))
     }
 
@@ -463,7 +463,10 @@ impl Reader for PgReader {
             .map_err(&fail)?;
         let rows = tx.query(&sql, &[&keys]).map_err(&fail)?;
         let _ = tx.rollback();
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        rows.iter()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(&fail)
     }
 
     fn list_events(
@@ -475,7 +478,7 @@ impl Reader for PgReader {
             return Ok(0);
         }
         let mut sql = format!(
-            "SELECT \"key\"::text, \"group\"::text, {CREATED_AT_TEXT}, \"context\" FROM {} \
+            "SELECT \"key\"::text, \"group\"::text, {CREATED_AT_TEXT}, \"context\"::text FROM {} \
              WHERE ($1::text IS NULL OR left(\"key\", length($1)) = $1) \
                AND ($2::text IS NULL OR \"created_at\" >= ($2 || ' 00:00:00+00')::timestamptz) \
                AND ($3::text IS NULL OR \"created_at\" < ($3 || ' 00:00:00+00')::timestamptz) \
@@ -508,15 +511,15 @@ impl Reader for PgReader {
                 if query.limit.is_some_and(|limit| listed >= limit) {
                     break 'fetching;
                 }
-                let group: String = row.get(1);
+                let group: String = row.try_get(1).map_err(&fail)?;
                 if query.group.as_ref().is_some_and(|re| !re.is_match(&group)) {
                     continue;
                 }
                 each(SeenEvent::from_stored(
-                    row.get(0),
+                    row.try_get(0).map_err(&fail)?,
                     group,
-                    row.get(2),
-                    row.get(3),
+                    row.try_get(2).map_err(&fail)?,
+                    context_text(&row, 3).map_err(&fail)?,
                 ));
                 listed += 1;
             }
@@ -530,20 +533,18 @@ impl Reader for PgReader {
             return Ok(None);
         }
         let sql = format!(
-            "SELECT \"group\"::text, \"context\" FROM {} WHERE \"key\" = $1",
+            "SELECT \"group\"::text, \"context\"::text FROM {} WHERE \"key\" = $1",
             quote_ident(&self.seen_table)
         );
-        let row = self
-            .client
-            .query_opt(&sql, &[&key])
-            .map_err(self.err("reading a seen event"))?;
-        Ok(row.map(|r| {
-            let context: String = r.get(1);
-            Event {
-                group: r.get(0),
-                key: key.to_owned(),
-                context: Arc::new(crate::event::context_from_stored(&context)),
-            }
+        let fail = self.err("reading a seen event");
+        let Some(r) = self.client.query_opt(&sql, &[&key]).map_err(&fail)? else {
+            return Ok(None);
+        };
+        let context = context_text(&r, 1).map_err(&fail)?;
+        Ok(Some(Event {
+            group: r.try_get(0).map_err(&fail)?,
+            key: key.to_owned(),
+            context: Arc::new(crate::event::context_from_stored(&context)),
         }))
     }
 
@@ -576,10 +577,21 @@ impl Reader for PgReader {
                  WHERE state = 'pending' OR (state = 'failed' AND next_attempt_at <= $1)",
                 &[&now_ms],
             )
-            .map(|r| r.get(0))
+            .and_then(|r| r.try_get(0))
             .map_err(self.err("counting due deliveries"))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+}
+
+/// A seen event's context as text, selected as `"context"::text`: NULL (a
+/// seen table not made by Django's migration) reads as an empty context.
+pub(crate) fn context_text(
+    row: &postgres::Row,
+    i: usize,
+) -> std::result::Result<String, postgres::Error> {
+    Ok(row
+        .try_get::<_, Option<String>>(i)?
+        .unwrap_or_else(|| "{}".to_owned()))
 }
 
 /// The history entries `query` selects, newest first.
@@ -596,17 +608,18 @@ pub(crate) fn history(
          ORDER BY at DESC, id DESC LIMIT $4",
         &[&query.outcomes, &query.handler, &query.keys, &limit],
     )?;
-    Ok(rows
-        .iter()
-        .map(|r| crate::store::HistoryEntry {
-            key: r.get(0),
-            handler: r.get(1),
-            at: r.get(2),
-            outcome: r.get(3),
-            attempt: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
-            ms: r.get(5),
-            error: r.get(6),
-            by: r.get(7),
+    rows.iter()
+        .map(|r| {
+            Ok(crate::store::HistoryEntry {
+                key: r.try_get(0)?,
+                handler: r.try_get(1)?,
+                at: r.try_get(2)?,
+                outcome: r.try_get(3)?,
+                attempt: u32::try_from(r.try_get::<_, i32>(4)?).unwrap_or(0),
+                ms: r.try_get(5)?,
+                error: r.try_get(6)?,
+                by: r.try_get(7)?,
+            })
         })
-        .collect())
+        .collect()
 }

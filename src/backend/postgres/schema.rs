@@ -108,7 +108,7 @@ pub fn table_exists(client: &mut impl GenericClient, name: &str) -> Result<bool,
              AND n.nspname = ANY (current_schemas(false)))",
             &[&name],
         )
-        .map(|row| row.get(0))
+        .and_then(|row| row.try_get(0))
 }
 
 /// The schema version spark last left in this database (0: none yet).
@@ -121,7 +121,8 @@ pub fn version(client: &mut impl GenericClient) -> Result<i64, postgres::Error> 
         &[],
     )?;
     Ok(row
-        .and_then(|r| r.get::<_, String>(0).parse().ok())
+        .and_then(|r| r.try_get::<_, String>(0).ok())
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0))
 }
 
@@ -180,8 +181,8 @@ pub fn check_seen_table(
     let sql_err = |e: postgres::Error| super::message(&e);
     let rows = client
         .query(
-            "SELECT a.attname, CASE WHEN a.atttypmod > 4 AND t.typname IN ('varchar', 'bpchar') \
-                 THEN a.atttypmod - 4 END \
+            "SELECT a.attname::text, CASE WHEN a.atttypmod > 4 AND t.typname IN ('varchar', 'bpchar') \
+                 THEN a.atttypmod - 4 END, t.typname::text \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -194,13 +195,40 @@ pub fn check_seen_table(
     if rows.is_empty() {
         return Ok(None);
     }
-    let columns: Vec<(String, Option<i32>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    for needed in ["key", "group", "created_at", "context"] {
-        if !columns.iter().any(|(c, _)| c == needed) {
-            let have: Vec<&str> = columns.iter().map(|(c, _)| c.as_str()).collect();
+    let columns: Vec<(String, Option<i32>, String)> = rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect::<Result<_, postgres::Error>>()
+        .map_err(sql_err)?;
+    // The types spark reads and writes these columns as (Django makes
+    // varchar, varchar, timestamptz and text).
+    const TEXT: &[&str] = &["text", "varchar", "bpchar", "citext"];
+    const MOMENT: &[&str] = &["timestamptz", "timestamp"];
+    for (needed, types) in [
+        ("key", TEXT),
+        ("group", TEXT),
+        ("created_at", MOMENT),
+        ("context", TEXT),
+    ] {
+        let Some((_, _, ty)) = columns.iter().find(|(c, _, _)| c == needed) else {
+            let have: Vec<&str> = columns.iter().map(|(c, _, _)| c.as_str()).collect();
             return Err(format!(
                 "column `{needed}` is missing (it has: {}); it must have django-spark's columns key, group, created_at, context",
                 have.join(", ")
+            ));
+        };
+        if !types.contains(&ty.as_str()) {
+            let fix = if needed == "context" {
+                format!(
+                    "; spark writes contexts as JSON text, as django-spark's migration makes the column \
+                     (ALTER TABLE {table} ALTER COLUMN context TYPE text USING context::text)"
+                )
+            } else {
+                String::new()
+            };
+            return Err(format!(
+                "column `{needed}` is of type {ty}, not one of {}{fix}",
+                types.join(", ")
             ));
         }
     }
@@ -215,15 +243,16 @@ pub fn check_seen_table(
             &[&table],
         )
         .map_err(sql_err)?
-        .get::<_, bool>(0);
+        .try_get::<_, bool>(0)
+        .map_err(sql_err)?;
     if !unique {
         return Err("column `key` is not unique (no primary key or unique index on it alone), so seen keys could repeat".into());
     }
     let length = |name: &str| {
         columns
             .iter()
-            .find(|(c, _)| c == name)
-            .and_then(|(_, n)| *n)
+            .find(|(c, _, _)| c == name)
+            .and_then(|(_, n, _)| *n)
             .and_then(|n| usize::try_from(n).ok())
     };
     Ok(Some(crate::database::KeyLimits {

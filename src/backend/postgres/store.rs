@@ -253,7 +253,7 @@ impl PgStore {
                 ),
                 exists: format!("SELECT \"key\"::text FROM {t} WHERE \"key\" = ANY($1)"),
                 load: format!(
-                    "SELECT \"key\"::text, \"group\"::text, \"context\", {CREATED_AT_TEXT} \
+                    "SELECT \"key\"::text, \"group\"::text, \"context\"::text, {CREATED_AT_TEXT} \
                      FROM {t} WHERE \"key\" = ANY($1)"
                 ),
             },
@@ -308,16 +308,15 @@ fn rand_u32() -> u32 {
 /// The deliveries some process holds a live claim on right now (an
 /// operator's change leaves them to it).
 fn claimed_now(tx: &mut impl GenericClient) -> std::result::Result<Vec<i64>, postgres::Error> {
-    Ok(tx
-        .query(
-            &format!(
-                "SELECT id FROM spark_delivery WHERE claimed_by IS NOT NULL AND lease_until >= {NOW_MS}"
-            ),
-            &[],
-        )?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+    tx.query(
+        &format!(
+            "SELECT id FROM spark_delivery WHERE claimed_by IS NOT NULL AND lease_until >= {NOW_MS}"
+        ),
+        &[],
+    )?
+    .iter()
+    .map(|r| r.try_get(0))
+    .collect()
 }
 
 /// Applies a `drop_plan`: deletes the deliveries that keep nothing, and
@@ -413,7 +412,7 @@ fn insert_delivery(
             &now,
         ],
     )?;
-    Ok(row.get(0))
+    row.try_get(0)
 }
 
 impl Store for PgStore {
@@ -442,8 +441,9 @@ impl Store for PgStore {
                 .query(&self.sql.exists, &[&keys])
                 .map_err(self.err("reading the seen table"))?
                 .iter()
-                .map(|r| r.get(0))
-                .collect();
+                .map(|r| r.try_get(0))
+                .collect::<std::result::Result<_, postgres::Error>>()
+                .map_err(self.err("reading the seen table"))?;
             (0..events.len())
                 .filter(|&i| !seen.contains(&events[i].key))
                 .collect()
@@ -533,18 +533,22 @@ impl Store for PgStore {
     }
 
     fn load_events(&mut self, keys: &[String]) -> Result<Vec<Option<StoredEvent>>> {
-        let rows = self
-            .conn()
-            .query(&self.sql.load, &[&keys])
-            .map_err(self.err("loading events for delivery"))?;
+        let fail = self.err("loading events for delivery");
+        let rows = self.conn().query(&self.sql.load, &[&keys]).map_err(&fail)?;
         let mut found: HashMap<String, StoredEvent> = rows
             .into_iter()
             .map(|r| {
-                let key: String = r.get(0);
-                let stored = StoredEvent::from_stored(&key, r.get(1), r.get(2), r.get(3));
-                (key, stored)
+                let key: String = r.try_get(0)?;
+                let stored = StoredEvent::from_stored(
+                    &key,
+                    r.try_get(1)?,
+                    super::context_text(&r, 2)?,
+                    r.try_get(3)?,
+                );
+                Ok((key, stored))
             })
-            .collect();
+            .collect::<std::result::Result<_, postgres::Error>>()
+            .map_err(&fail)?;
         Ok(keys.iter().map(|k| found.remove(k)).collect())
     }
 
@@ -846,8 +850,9 @@ impl Store for PgStore {
             )
             .map_err(self.err("making deliveries due"))?
             .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, postgres::Error>>()
+            .map_err(self.err("making deliveries due"))?;
         selected.retain(|d| reset.contains(&d.id));
         for d in &mut selected {
             d.state = DeliveryState::Pending;
@@ -871,8 +876,9 @@ impl Store for PgStore {
             .query(&delete_sql, &[&keys])
             .map_err(&fail)?
             .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, postgres::Error>>()
+            .map_err(&fail)?;
         let mut report = Forgotten::default();
         for key in keys {
             if gone.contains(key) {
@@ -1010,8 +1016,9 @@ impl Store for PgStore {
                 .query(&page_sql, &[&cutoff, &after])
                 .map_err(self.err("listing old events"))?
                 .iter()
-                .map(|r| (r.get(0), r.get(1)))
-                .collect();
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<std::result::Result<_, postgres::Error>>()
+                .map_err(self.err("listing old events"))?;
             let Some((last, _)) = page.last() else { break };
             after = last.clone();
             let doomed: Vec<&str> = page
@@ -1068,8 +1075,8 @@ impl PgStore {
         } else {
             tx.query(&self.sql.insert, &[&keys, &groups, &seen_at, &ctx])?
                 .iter()
-                .map(|r| r.get(0))
-                .collect()
+                .map(|r| r.try_get(0))
+                .collect::<std::result::Result<_, postgres::Error>>()?
         };
         let mut new: Vec<Option<Arc<str>>> = vec![None; events.len()];
         let mut taken = std::collections::HashSet::new();
