@@ -1030,3 +1030,22 @@ fn a_null_context_reads_as_an_empty_one() {
     case.run(&["show", "old_1"]).success();
     case.run(&["process-sources", "--as-of", AS_OF]).success();
 }
+
+on_every_backend! {
+    /// `mark-seen` on SQLite accepted a 200-character key that PostgreSQL
+    /// refused: one limit everywhere, django-spark's `key varchar(100)`.
+    fn mark_seen_holds_keys_to_the_seen_tables_limits(backend: Backend) {
+        let case = challenges_case_on(backend, TWO, "");
+        let long = "k".repeat(200);
+        case.run(&["mark-seen", &long])
+            .status(2)
+            .stderr_has(&["200 characters", "100"]);
+        case.run(&["mark-seen", "ok_1", "--group", &"g".repeat(51)])
+            .status(2)
+            .stderr_has(&["group", "50"]);
+        case.run(&["mark-seen", &format!("k_{}", "x".repeat(98))]).success();
+        case.run(&["process-sources", "--as-of", AS_OF]).success();
+        case.run(&["mark-seen", &long]).status(2);
+        assert!(!case.seen().contains_key(&long));
+    }
+}

@@ -77,7 +77,12 @@ pub fn mark_seen(
     let group = group
         .map(str::to_owned)
         .unwrap_or_else(|| key.rsplit_once('_').map_or(key, |(g, _)| g).to_owned());
-    check_database(config)?;
+    // The limits every record is held to, on every database (SQLite does
+    // not enforce a varchar's length itself).
+    let limits = backend::reader(config)?.seen_table()?.limits;
+    limits
+        .check(key, &group)
+        .map_err(|problem| Error::Usage(format!("mark-seen: {problem}")))?;
     let new = backend::store(config)?.mark_seen(key, &group, "{}")?;
     if cli.json {
         stdout_json(&json!({"key": key, "group": group, "new": new}))?;
