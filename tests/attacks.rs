@@ -1049,3 +1049,67 @@ on_every_backend! {
         assert!(!case.seen().contains_key(&long));
     }
 }
+
+/// Display names that once made header lines of 81-101 characters though
+/// every word was short: words that need encoding (not ASCII) or quoting,
+/// beside the address.
+#[test]
+fn every_header_line_stays_within_78_characters_whatever_the_name() {
+    let word = |c: &str, n: usize| c.repeat(n);
+    let names = [
+        format!("{} {}", word("ü", 40), word("é", 40)),
+        format!("{} {} {}", word("ü", 30), word("x", 40), word("ü", 30)),
+        format!("{} {}", word("日", 40), word("本", 40)),
+        format!("{}{}", word("x", 20), word(" y", 100)),
+        word("Dr. Jane ", 30),
+    ];
+    for name in names {
+        let case = Case::new()
+            .db(&format!(
+                "CREATE TABLE shop_order (id INTEGER PRIMARY KEY, email TEXT, name TEXT);
+                 INSERT INTO shop_order VALUES (1, 'ana@example.org', '{}');",
+                name.replace('\'', "''")
+            ))
+            .config(
+                r#"
+[database]
+path = "app.sqlite3"
+
+[[sources]]
+name = "orders"
+table = "shop_order"
+group = "order_shipped"
+
+[[handlers]]
+name = "mail"
+group = "^order"
+kind = "mail"
+from = "{{ name }} <shop@example.org>"
+to = ["{{ name }} <{{ email }}>", "{{ name }} <audit@example.org>"]
+reply_to = "{{ name }} <reply@example.org>"
+subject = "{{ name }}"
+body = "Body"
+outbox = "outbox"
+"#,
+            );
+        case.run(&["process-sources"]).success();
+        let bytes = std::fs::read(case.path("outbox/order_shipped_1.eml")).expect("a mail");
+        let raw = String::from_utf8_lossy(&bytes);
+        let headers = raw.split("\r\n\r\n").next().unwrap_or_default();
+        for line in headers.split("\r\n") {
+            assert!(
+                line.len() <= 78,
+                "{name:?}: a line of {}: {line}",
+                line.len()
+            );
+        }
+        let mail = mail_parser::MessageParser::default()
+            .parse(&bytes)
+            .expect("a mail");
+        let from = mail.from().and_then(|a| a.first()).expect("from");
+        assert_eq!(from.name(), Some(name.trim()), "{raw}");
+        let to: Vec<_> = mail.to().expect("to").iter().collect();
+        assert_eq!(to.len(), 2, "{raw}");
+        assert_eq!(to[1].name(), Some(name.trim()), "{raw}");
+    }
+}

@@ -397,12 +397,19 @@ const NAME_WORD_MAX: usize = 40;
 /// Rewrites an address header (`From`, `To`, ...) whose display names lettre
 /// could not fold (a long run without spaces, as a value from the database
 /// can be): each name as encoded words, each mailbox on lines of its own.
-fn fold_addresses(message: &mut Message, field: &'static str, boxes: &[Mailbox]) {
+fn fold_addresses(message: &mut Message, field: &'static str, boxes: &[Mailbox], force: bool) {
+    // What lettre writes as it is and folds at spaces: short words of
+    // ASCII letters, digits and the characters that need no quoting. A
+    // name lettre would encode or quote itself could still make a long
+    // line, so such names are encoded here, a line per word.
     let foldable = |name: &str| {
-        name.split_whitespace()
-            .all(|w| w.chars().count() <= NAME_WORD_MAX)
+        name.split_whitespace().all(|w| {
+            w.chars().count() <= NAME_WORD_MAX
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c))
+        })
     };
-    if boxes.iter().all(|b| b.name.as_deref().is_none_or(foldable)) {
+    if !force && boxes.iter().all(|b| b.name.as_deref().is_none_or(foldable)) {
         return;
     }
     let raw = boxes
@@ -427,6 +434,17 @@ fn fold_addresses(message: &mut Message, field: &'static str, boxes: &[Mailbox])
             raw,
             encoded,
         ));
+}
+
+/// Whether a formatted mail has a header line longer than 78 characters.
+fn header_lines_too_long(formatted: &[u8]) -> bool {
+    let end = formatted
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(formatted.len());
+    formatted[..end]
+        .split(|&b| b == b'\n')
+        .any(|line| line.strip_suffix(b"\r").unwrap_or(line).len() > 78)
 }
 
 /// One address entry as one mailbox, or a failure naming the key.
@@ -741,14 +759,26 @@ impl MailHandler {
             )),
         };
         let mut message = built.map_err(|e| format!("cannot build the mail: {e}"))?;
-        fold_addresses(&mut message, "From", std::slice::from_ref(&from));
+        let mut fields: Vec<(&'static str, &[Mailbox])> =
+            vec![("From", std::slice::from_ref(&from))];
         for (field, boxes) in [("To", &to), ("Cc", &cc), ("Reply-To", &reply_to)] {
             if !boxes.is_empty() {
-                fold_addresses(&mut message, field, boxes);
+                fields.push((field, boxes));
             }
         }
         if keep_bcc && !bcc.is_empty() {
-            fold_addresses(&mut message, "Bcc", &bcc);
+            fields.push(("Bcc", &bcc));
+        }
+        for (field, boxes) in &fields {
+            fold_addresses(&mut message, field, boxes, false);
+        }
+        // lettre folds names only at spaces, and not always within the
+        // limit (a quoted name of many words): if a line is still too
+        // long, every name is written as encoded words, a line each.
+        if header_lines_too_long(&message.formatted()) {
+            for (field, boxes) in &fields {
+                fold_addresses(&mut message, field, boxes, true);
+            }
         }
         Ok(message)
     }
