@@ -1113,3 +1113,17 @@ outbox = "outbox"
         assert_eq!(to[1].name(), Some(name.trim()), "{raw}");
     }
 }
+
+/// `batch_size = 4294967295` asked for 240 GB up front and aborted.
+#[test]
+fn a_huge_batch_size_is_exit_2_not_an_abort() {
+    for size in ["4294967295", "100001"] {
+        let case = challenges_case(TWO, "").config(&common::challenge_config("").replace(
+            "backoff = \"0s\"",
+            &format!("backoff = \"0s\"\nbatch_size = {size}"),
+        ));
+        case.run(&["process-sources", "--as-of", AS_OF])
+            .status(2)
+            .stderr_has(&["batch_size", "100000", size]);
+    }
+}

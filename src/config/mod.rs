@@ -542,6 +542,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// command that does not pass them itself.
 pub const DATABASE_PASSWORD_VARS: &[&str] = &["PGPASSWORD", "PGPASSFILE", "MYSQL_PWD"];
 
+/// The most events recorded per transaction (`[delivery] batch_size`).
+const MAX_BATCH_SIZE: u32 = 100_000;
+
 /// The longest `busy_timeout` SQLite takes (`i32::MAX` milliseconds is a
 /// little more).
 const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(24 * 86_400);
@@ -927,7 +930,23 @@ impl Validator<'_> {
             raw.max_backoff.as_ref(),
             Duration::from_secs(6 * 3600),
         );
-        let batch_size = self.positive(entry, "batch_size", raw.batch_size.as_ref(), 2500);
+        let mut batch_size = self.positive(entry, "batch_size", raw.batch_size.as_ref(), 2500);
+        // A batch is held in memory (and bounded by bytes too): a huge
+        // count would ask for gigabytes up front.
+        if let Some(value) = raw.batch_size.as_ref()
+            && batch_size > MAX_BATCH_SIZE
+        {
+            self.report(
+                value.span(),
+                Problem::OutOfRange {
+                    entry: entry.to_owned(),
+                    field: "batch_size",
+                    expected: "a whole number from 1 to 100000",
+                    value: *value.get_ref(),
+                },
+            );
+            batch_size = 2500;
+        }
         let keep_history = self.duration(
             entry,
             "keep_history",
