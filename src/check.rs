@@ -97,6 +97,14 @@ pub fn check(partial: &crate::config::PartialConfig, registry: &Registry) -> Che
             if let Err(e) = reader.seen_table() {
                 report.errors.push(e.to_string());
             }
+            match reader.missing_privileges() {
+                Ok(lacking) => report.errors.extend(
+                    lacking
+                        .into_iter()
+                        .map(|l| format!("database {}: {l}", reader.name())),
+                ),
+                Err(e) => report.errors.push(e.to_string()),
+            }
             match reader.deliveries() {
                 Ok(deliveries) => {
                     report.orphaned =

@@ -431,8 +431,11 @@ fn migrate_prints_the_ddl_and_a_role_without_create_works_against_it() {
          REVOKE CREATE ON SCHEMA public FROM PUBLIC;
          GRANT USAGE ON SCHEMA public TO {role};
          GRANT SELECT ON challenge, donation TO {role};
-         GRANT SELECT, INSERT, UPDATE, DELETE ON spark_event, spark_delivery, spark_meta TO {role};
-         GRANT USAGE ON SEQUENCE spark_delivery_id_seq TO {role};"
+         GRANT SELECT, INSERT, DELETE ON spark_event TO {role};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON spark_delivery TO {role};
+         GRANT SELECT ON spark_meta TO {role};
+         GRANT SELECT, INSERT, DELETE ON spark_history TO {role};
+         GRANT USAGE ON SEQUENCE spark_delivery_id_seq, spark_history_id_seq TO {role};"
     ));
     let (host, port, db) = url_parts(&case);
     let case = case.file(

@@ -79,6 +79,33 @@ pub fn pending_sql(config: &Config) -> Result<String> {
     }
 }
 
+/// The GRANT statements that give PostgreSQL role `role` what spark needs
+/// with this config (`spark migrate --print-grants ROLE`); `None` for a
+/// database without roles (SQLite).
+pub fn grants(config: &Config, role: &str) -> Option<String> {
+    let BackendConfig::Postgres(_) = &config.database.backend else {
+        return None;
+    };
+    let mut tables: Vec<String> = Vec::new();
+    let mut queries = false;
+    for source in &config.sources {
+        match &source.records {
+            crate::records::RecordSet::Table { table, .. } => {
+                if !tables.contains(table) {
+                    tables.push(table.clone());
+                }
+            }
+            crate::records::RecordSet::Query(_) => queries = true,
+        }
+    }
+    Some(postgres::privileges::grants(
+        &config.database.seen_table,
+        role,
+        &tables,
+        queries,
+    ))
+}
+
 /// What keeps other runs out while this one works: SQLite's run lock
 /// (waiting up to `wait` for another run); nothing on PostgreSQL, where
 /// processes share the work by claims. Dropping it lets go.

@@ -22,6 +22,27 @@ pub(super) fn check_database(config: &Config) -> Result<bool> {
     Ok(backend::reader(config)?.seen_table()?.exists)
 }
 
+/// `spark migrate --print-grants ROLE`: the GRANT statements the role
+/// needs; connects to nothing.
+pub fn print_grants(cli: &Cli, config: &Config, role: &str) -> anyhow::Result<ExitCode> {
+    if role.is_empty() {
+        return Err(Error::Usage("migrate --print-grants: ROLE must not be empty".into()).into());
+    }
+    let Some(grants) = backend::grants(config, role) else {
+        return Err(Error::Usage(format!(
+            "migrate --print-grants: {} is an SQLite file, which has no roles: spark needs to read it and to write in its folder",
+            config.database.describe()
+        ))
+        .into());
+    };
+    if cli.json {
+        stdout_json(&json!({"role": role, "sql": grants}))?;
+    } else {
+        outln!("{}", grants.trim_end())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `spark migrate`: creates or upgrades spark's tables, or prints the SQL.
 pub fn migrate(cli: &Cli, config: &Config, print_sql: bool) -> anyhow::Result<ExitCode> {
     let pending = backend::pending_sql(config)?;

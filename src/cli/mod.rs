@@ -224,11 +224,15 @@ enum Command {
         lock: LockArgs,
     },
     /// Create or upgrade spark's tables now; with --print-sql, print the SQL
-    /// instead (for a DBA who applies schema changes by hand)
+    /// instead (for a DBA who applies schema changes by hand); with
+    /// --print-grants ROLE, the GRANT statements a PostgreSQL role needs
     Migrate {
         /// Print the SQL that would bring the database up to date; run nothing
         #[arg(long)]
         print_sql: bool,
+        /// Print the GRANT statements that give ROLE what spark needs (PostgreSQL); run nothing
+        #[arg(long, value_name = "ROLE", conflicts_with = "print_sql")]
+        print_grants: Option<String>,
     },
     /// Deliver failed or dead deliveries now, with a fresh count of attempts
     Retry {
@@ -480,7 +484,11 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
             };
             run::deliver(cli, &config, registry, linger, lock.wait()?)
         }
-        Command::Migrate { print_sql } => admin::migrate(cli, &config, *print_sql),
+        Command::Migrate {
+            print_grants: Some(role),
+            ..
+        } => admin::print_grants(cli, &config, role),
+        Command::Migrate { print_sql, .. } => admin::migrate(cli, &config, *print_sql),
         Command::Retry {
             key,
             handler,

@@ -277,6 +277,12 @@ pub trait Reader: Send {
     /// Checks the seen table: `Err` names what makes it unusable.
     fn seen_table(&mut self) -> Result<SeenTable>;
 
+    /// What the connected role lacks to run spark here, one line per table
+    /// or sequence (empty where a database has no privileges to check).
+    fn missing_privileges(&mut self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     /// Whether the seen table is missing or has no rows.
     fn seen_is_empty(&mut self) -> Result<bool>;
 

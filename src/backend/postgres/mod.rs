@@ -12,6 +12,7 @@
 //!
 //! Not here: what the pipeline does with records and the store.
 
+pub mod privileges;
 pub mod schema;
 pub mod store;
 pub mod values;
@@ -433,6 +434,11 @@ impl Reader for PgReader {
                 limits,
             },
         })
+    }
+
+    fn missing_privileges(&mut self) -> Result<Vec<String>> {
+        let table = self.seen_table.clone();
+        privileges::missing(&mut self.client, &table).map_err(self.err("checking privileges"))
     }
 
     fn seen_is_empty(&mut self) -> Result<bool> {

@@ -223,6 +223,17 @@ impl PgStore {
                 error: message(&error),
             },
         })?;
+        // A role missing a privilege would fail at its first write, after
+        // a handler was called: said now, before anything happens.
+        let lacking = super::privileges::missing(&mut client, seen_table)
+            .map_err(store_err(&name, "checking privileges"))?;
+        if !lacking.is_empty() {
+            return Err(Error::Store {
+                database: name,
+                action: "checking privileges".into(),
+                error: lacking.join("; "),
+            });
+        }
         // The seen table is looked up a few thousand keys at a time; with
         // the default cost of a random page (4, a spinning disk's) the planner
         // prefers reading the whole table to that many index probes, which

@@ -1,0 +1,178 @@
+//! What a Django shop trips over when it moves to spark on PostgreSQL: the
+//! role's privileges, claims left by workers that stopped, django-spark's
+//! `repr()` contexts, and errors that name the database. Against the real
+//! test server (see tests/common: skipped without one, unless CI).
+
+mod common;
+
+use common::{Backend, CHALLENGE_SCHEMA, Case, challenge_config};
+
+const AS_OF: &str = "2026-03-10";
+
+/// A PostgreSQL case with one challenge, spark's tables made by a DBA from
+/// `migrate --print-sql`, and a role of its own (no CREATE) for spark,
+/// given `grants` (with `{role}` for its name); the config connects as
+/// that role and has, besides the jsonl `log`, a command handler that
+/// leaves a file per call in `calls/`.
+struct RoleCase {
+    case: Case,
+    role: String,
+}
+
+impl RoleCase {
+    fn new(backend: Backend, grants: &str) -> RoleCase {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let role = format!(
+            "spark_role_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let extra = r#"
+[[handlers]]
+name = "notify"
+group = "^challenge_created$"
+kind = "command"
+command = ["./notify.sh"]
+"#;
+        let case = Case::on(backend)
+            .db(&format!(
+                "{CHALLENGE_SCHEMA} INSERT INTO challenge VALUES (1, 'a', 'a@x', 1, '2026-03-09', '2026-03-30');"
+            ))
+            .config(&challenge_config(extra))
+            .script("notify.sh", "touch calls/$SPARK_EVENT_KEY");
+        std::fs::create_dir(case.path("calls")).expect("mkdir");
+        let printed = case.run(&["migrate", "--print-sql"]).success().stdout();
+        case.pg_sql(&printed);
+        case.pg_sql(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN;
+             REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+             {}",
+            grants.replace("{role}", &role)
+        ));
+        let url = case
+            .pg_url()
+            .expect("postgres")
+            .replacen("postgres@", &format!("{role}@"), 1);
+        let case = case.file(
+            "spark.toml",
+            &challenge_config(extra).replace(
+                "path = \"app.sqlite3\"",
+                &format!("url = \"{url}\"\nlease = \"3s\""),
+            ),
+        );
+        RoleCase { case, role }
+    }
+
+    fn calls(&self) -> usize {
+        std::fs::read_dir(self.case.path("calls")).map_or(0, |d| d.count())
+    }
+}
+
+impl Drop for RoleCase {
+    fn drop(&mut self) {
+        if let Some(url) = self.case.pg_url() {
+            if let Ok(mut c) = postgres::Client::connect(url, postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP OWNED BY {0}; DROP ROLE {0};", self.role));
+            }
+        }
+    }
+}
+
+/// The README once listed these, and a role with exactly them failed its
+/// first run with exit 2 after calling the handler ("permission denied for
+/// table spark_history"), while `check` said 0 errors.
+const THE_OLD_README_GRANTS: &str = "GRANT USAGE ON SCHEMA public TO {role};
+     GRANT SELECT ON challenge, donation TO {role};
+     GRANT SELECT, INSERT, UPDATE, DELETE ON spark_event, spark_delivery, spark_meta TO {role};
+     GRANT USAGE ON SEQUENCE spark_delivery_id_seq TO {role};";
+
+#[test]
+fn check_names_every_privilege_a_role_lacks_before_the_first_run() {
+    let Some(backend) = Backend::postgres("check_names_every_privilege_a_role_lacks") else {
+        return;
+    };
+    let rc = RoleCase::new(backend, THE_OLD_README_GRANTS);
+    let case = &rc.case;
+    case.run(&["check"]).status(2).stderr_has(&[
+        &rc.role,
+        "lacks SELECT, INSERT, DELETE on table spark_history",
+        "lacks USAGE on sequence spark_history_id_seq",
+        "--print-grants",
+    ]);
+    let before = case.db_bytes();
+    case.run(&["process-sources", "--as-of", AS_OF])
+        .status(2)
+        .stderr_has(&["spark_history"]);
+    assert_eq!(rc.calls(), 0, "a handler was called before the run failed");
+    assert_eq!(case.db_bytes(), before, "something was written");
+}
+
+#[test]
+fn a_role_with_the_printed_grants_runs_and_keeps_its_history() {
+    let Some(backend) = Backend::postgres("a_role_with_the_printed_grants_runs") else {
+        return;
+    };
+    let probe = RoleCase::new(backend, "");
+    let grants = probe
+        .case
+        .run(&["migrate", "--print-grants", "{role}"])
+        .success()
+        .stdout()
+        .replace("\"{role}\"", "{role}");
+    assert!(grants.contains("spark_history_id_seq"), "{grants}");
+    // The config's source is a query: its tables are the operator's to add.
+    assert!(grants.contains("-- and SELECT on every table"), "{grants}");
+    drop(probe);
+    let rc = RoleCase::new(
+        backend,
+        &format!("{grants}\nGRANT SELECT ON challenge, donation TO {{role}};"),
+    );
+    rc.case.run(&["check"]).success();
+    rc.case
+        .run(&["process-sources", "--as-of", AS_OF])
+        .success()
+        .stdout_has(&["1 new"]);
+    assert_eq!(rc.calls(), 1);
+    let history = rc.case.query("SELECT key, outcome FROM spark_history");
+    assert_eq!(
+        history,
+        [vec![
+            Some("challenge_created_1".to_owned()),
+            Some("delivered".to_owned())
+        ]]
+    );
+}
+
+/// The README's list of privileges is the one the code checks: every GRANT
+/// `--print-grants` prints for spark's own tables is in the README as it is.
+#[test]
+fn the_readmes_grants_are_the_ones_spark_checks() {
+    let case = Case::new().file(
+        "spark.toml",
+        &challenge_config("").replace(
+            "path = \"app.sqlite3\"",
+            "url = \"postgresql://spark@db.internal/app\"",
+        ),
+    );
+    let printed = case
+        .run(&["migrate", "--print-grants", "spark"])
+        .success()
+        .stdout();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let mut spark_lines = 0;
+    for line in printed.lines().filter(|l| l.contains("spark_")) {
+        spark_lines += 1;
+        assert!(
+            readme.contains(line),
+            "the README lacks {line:?}:\n{printed}"
+        );
+    }
+    assert_eq!(spark_lines, 6, "{printed}");
+    case.run(&["migrate", "--print-grants", "spark"]);
+    let sqlite = Case::new().file("spark.toml", &challenge_config(""));
+    sqlite
+        .run(&["migrate", "--print-grants", "spark"])
+        .status(2)
+        .stderr_has(&["SQLite", "no roles"]);
+}
