@@ -70,10 +70,10 @@ command = ["./notify.sh"]
 
 impl Drop for RoleCase {
     fn drop(&mut self) {
-        if let Some(url) = self.case.pg_url() {
-            if let Ok(mut c) = postgres::Client::connect(url, postgres::NoTls) {
-                let _ = c.batch_execute(&format!("DROP OWNED BY {0}; DROP ROLE {0};", self.role));
-            }
+        if let Some(url) = self.case.pg_url()
+            && let Ok(mut c) = postgres::Client::connect(url, postgres::NoTls)
+        {
+            let _ = c.batch_execute(&format!("DROP OWNED BY {0}; DROP ROLE {0};", self.role));
         }
     }
 }
