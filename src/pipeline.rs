@@ -89,6 +89,43 @@ pub struct RunReport {
     pub outstanding: Vec<(String, String, u64)>,
     /// Deliveries owed to handlers no longer in the config.
     pub orphaned: Vec<crate::store::admin::Orphaned>,
+    /// Deliveries other workers held when the run ended (a shared store).
+    pub held: Option<Held>,
+    /// Whether deliveries held elsewhere need attention (`deliver`: it
+    /// was asked to deliver what is owed, and some of it is not its to do).
+    pub held_needs_attention: bool,
+}
+
+/// Deliveries other workers hold: how many, for how many events, and when
+/// the last of their leases runs out unless renewed (UTC).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Held {
+    pub deliveries: u64,
+    pub events: u64,
+    pub until: String,
+}
+
+impl Held {
+    /// What `deliveries` other than `me`'s are held right now.
+    pub fn of(deliveries: &[crate::store::Delivery], me: Option<&str>) -> Option<Held> {
+        let others: Vec<&crate::store::Delivery> = deliveries
+            .iter()
+            .filter(|d| {
+                d.claim
+                    .as_ref()
+                    .is_some_and(|c| Some(c.worker.as_str()) != me)
+            })
+            .collect();
+        let until = others
+            .iter()
+            .filter_map(|d| d.claim.as_ref().map(|c| c.until_ms))
+            .max()?;
+        Some(Held {
+            deliveries: others.len() as u64,
+            events: others.iter().map(|d| d.remaining().len() as u64).sum(),
+            until: crate::clock::utc_text(until),
+        })
+    }
 }
 
 impl RunReport {
@@ -116,11 +153,17 @@ impl RunReport {
     pub fn waiting(&self) -> u64 {
         self.handlers.iter().map(|h| h.waiting).sum()
     }
-    /// Notes what is still owed after the run, and to which handlers no
-    /// longer in the config.
-    pub fn owed(&mut self, deliveries: &[crate::store::Delivery], config: &Config) {
+    /// Notes what is still owed after the run, to which handlers no
+    /// longer in the config, and what workers other than `me` hold.
+    pub fn owed(
+        &mut self,
+        deliveries: &[crate::store::Delivery],
+        config: &Config,
+        me: Option<&str>,
+    ) {
         self.outstanding = crate::store::admin::outstanding(deliveries);
         self.orphaned = crate::store::admin::orphaned(deliveries, &config.handler_names());
+        self.held = Held::of(deliveries, me);
     }
 
     /// True when something needs attention: failed deliveries, deliveries
@@ -131,6 +174,7 @@ impl RunReport {
             || self.bad_records() > 0
             || self.interrupted > 0
             || !self.orphaned.is_empty()
+            || (self.held_needs_attention && self.held.is_some())
     }
 }
 
@@ -593,7 +637,8 @@ pub fn process_sources(
         stats.new = *new;
     }
     report.retried = retried;
-    report.owed(&store.deliveries()?, config);
+    let owed = store.deliveries()?;
+    report.owed(&owed, config, store.worker());
     report.interrupted = engine.buried();
     report.handlers = engine.stats().to_vec();
     report.failures = engine.failures().to_vec();
@@ -748,7 +793,13 @@ pub fn deliver(
     let mut engine = Engine::new(config, registry);
     let mut worked = engine.drain(store)?;
     let mut idle_since = Instant::now();
-    while !linger.is_zero() && signals::requested().is_none() && idle_since.elapsed() < linger {
+    while !linger.is_zero() && signals::requested().is_none() {
+        // Once idle for `linger`: wait on only for deliveries other workers
+        // hold whose lease runs out within reach (a dead worker's pass to
+        // this one then; a live one's are done by it meanwhile).
+        if idle_since.elapsed() >= linger && !held_within(store, linger)? {
+            break;
+        }
         thread::sleep(Duration::from_millis(250).min(linger));
         // A new drain: what failed meanwhile waits for its own time.
         engine.restart_clock();
@@ -758,7 +809,22 @@ pub fn deliver(
             idle_since = Instant::now();
         }
     }
-    delivery_report(config, store, &engine, worked, started)
+    let mut report = delivery_report(config, store, &engine, worked, started)?;
+    report.held_needs_attention = true;
+    Ok(report)
+}
+
+/// Whether another worker holds a delivery whose lease runs out within
+/// `reach` from now.
+fn held_within(store: &mut dyn Store, reach: Duration) -> Result<bool> {
+    let me = store.worker().map(str::to_owned);
+    let horizon =
+        crate::clock::now_ms().saturating_add(i64::try_from(reach.as_millis()).unwrap_or(i64::MAX));
+    Ok(store.deliveries()?.iter().any(|d| {
+        d.claim
+            .as_ref()
+            .is_some_and(|c| Some(&c.worker) != me.as_ref() && c.until_ms <= horizon)
+    }))
 }
 
 /// Ends a run that only delivered (`retry`, `deliver`): lets go of the
@@ -780,7 +846,8 @@ fn delivery_report(
         stopped: signals::requested().map(|s| s.name().to_owned()),
         ..RunReport::default()
     };
-    report.owed(&store.deliveries()?, config);
+    let owed = store.deliveries()?;
+    report.owed(&owed, config, store.worker());
     Ok(report)
 }
 

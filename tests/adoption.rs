@@ -176,3 +176,113 @@ fn the_readmes_grants_are_the_ones_spark_checks() {
         .status(2)
         .stderr_has(&["SQLite", "no roles"]);
 }
+
+/// A PostgreSQL case with `n` challenges (each `challenge_created_N`) and a
+/// webhook `hook` for them, with `lease` instead of the tests' 3 s.
+fn hook_case(backend: Backend, n: usize, url: &str, lease: &str) -> Case {
+    let case = Case::on(backend)
+        .db(&common::many_challenges_sql(n))
+        .config(&challenge_config(&format!(
+            "[[handlers]]\nname = \"hook\"\ngroup = \"created\"\nkind = \"webhook\"\nurl = \"{url}\"\ntimeout = \"60s\"\n"
+        )));
+    let config = std::fs::read_to_string(case.path("spark.toml"))
+        .expect("config")
+        .replace("lease = \"3s\"", &format!("lease = \"{lease}\""));
+    case.file("spark.toml", &config)
+}
+
+/// A worker killed mid-call holds its chunk until its lease runs out:
+/// `deliveries` shows it in flight with the worker and the lease's end;
+/// `deliver --linger` shorter than the lease says so and exits 1 (it once
+/// exited 0 with the keys still owed), one that reaches the lease's end
+/// waits and delivers them.
+#[test]
+fn a_killed_workers_claims_are_shown_and_waited_for_within_reach() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let hanging = Arc::new(AtomicBool::new(false));
+    let first = Arc::new(AtomicBool::new(true));
+    let (h, f) = (hanging.clone(), first.clone());
+    let hook = common::servers::Hook::slow(std::time::Duration::ZERO, move |_| {
+        if f.swap(false, Ordering::SeqCst) {
+            h.store(true, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_secs(30));
+        }
+    });
+    let Some(backend) = Backend::postgres("a_killed_workers_claims_are_shown_and_waited_for")
+    else {
+        return;
+    };
+    let case = hook_case(backend, 3, &hook.url, "8s");
+    let mut a = case.spawn(&["process-sources", "--as-of", AS_OF]);
+    common::wait_until("worker A in its call", || hanging.load(Ordering::SeqCst));
+    let held = case
+        .run(&["--json", "deliveries", "--state", "in_flight"])
+        .success()
+        .json();
+    let held = held.as_array().expect("a list");
+    assert_eq!(held.len(), 3, "{held:?}");
+    assert!(held.iter().all(|d| d["state"] == "in_flight"), "{held:?}");
+    assert!(
+        held.iter().all(|d| d["worker"]
+            .as_str()
+            .is_some_and(|w| w.contains(&a.id().to_string()))),
+        "{held:?}"
+    );
+    assert!(
+        held.iter().all(|d| d["lease_until"].is_string()),
+        "{held:?}"
+    );
+    let text = case.run(&["deliveries"]).success().stdout();
+    assert!(
+        text.contains("HELD_BY") && text.contains(" until "),
+        "{text}"
+    );
+    a.kill().expect("kill -9");
+    let _ = a.wait();
+    let short = case.run(&["deliver", "--linger", "1s"]).status(1);
+    short.stdout_has(&["0 delivered", "3 events", "held by other workers"]);
+    let long = case.run(&["deliver", "--linger", "15s"]).success();
+    long.stdout_has(&["3 delivered"]);
+    assert!(case.deliveries().is_empty(), "nothing left owed");
+}
+
+/// A run that fails (exit 2, not killed) gives its claims back at once: it
+/// once kept them for the lease, and the next run said `0 delivered`,
+/// exit 0, with no hint why.
+#[test]
+fn a_run_that_fails_gives_its_claims_back_at_once() {
+    let Some(backend) = Backend::postgres("a_run_that_fails_gives_its_claims_back_at_once") else {
+        return;
+    };
+    let hook = common::servers::Hook::start();
+    let case = hook_case(backend, 30, &hook.url, "60s");
+    let url = case.pg_url().expect("postgres").to_owned();
+    // The first call breaks the store under the run: its next write fails.
+    let case = case.script(
+        "break.sh",
+        &format!(
+            "[ -f broken ] && exit 0; touch broken; psql -X -q -d '{url}' -c 'ALTER TABLE spark_history RENAME TO spark_history_gone' >/dev/null"
+        ),
+    );
+    let config = std::fs::read_to_string(case.path("spark.toml"))
+        .expect("config")
+        .replace("name = \"hook\"", "name = \"hook\"\nconcurrency = 1")
+        + "\n[[handlers]]\nname = \"breaker\"\ngroup = \"created\"\nkind = \"command\"\ncommand = [\"./break.sh\"]\n";
+    let case = case.file("spark.toml", &config);
+    case.run(&["process-sources", "--as-of", AS_OF])
+        .status(2)
+        .stderr_has(&["spark_history"]);
+    case.pg_sql("ALTER TABLE spark_history_gone RENAME TO spark_history");
+    let claimed = case.query(
+        "SELECT count(*) FROM spark_delivery WHERE claimed_by IS NOT NULL AND state <> 'in_flight'",
+    );
+    assert_eq!(
+        claimed[0][0].as_deref(),
+        Some("0"),
+        "claims kept after exit 2"
+    );
+    let next = case.run(&["deliver"]).success();
+    assert!(!next.stdout().contains(" 0 delivered"), "{}", next.stdout());
+    assert!(case.deliveries().is_empty(), "{:?}", case.deliveries());
+}

@@ -165,7 +165,7 @@ pub fn deliveries(
         stdout_json(&json!(lines))?;
     } else if !cli.quiet {
         if lines.is_empty() {
-            outln!("no deliveries pending, failed or dead")?;
+            outln!("no deliveries pending, in flight, failed or dead")?;
             return Ok(ExitCode::SUCCESS);
         }
         let rows: Vec<Vec<String>> = lines
@@ -177,6 +177,10 @@ pub fn deliveries(
                     d.state.clone(),
                     d.attempts.to_string(),
                     d.next_attempt_at.clone().unwrap_or_else(|| "-".into()),
+                    match (&d.worker, &d.lease_until) {
+                        (Some(worker), Some(until)) => format!("{worker} until {until}"),
+                        _ => "-".into(),
+                    },
                     clip(d.last_error.as_deref().unwrap_or("-"), 80),
                 ]
             })
@@ -188,6 +192,7 @@ pub fn deliveries(
                 "STATE",
                 "ATTEMPTS",
                 "NEXT_ATTEMPT",
+                "HELD_BY",
                 "ERROR",
             ],
             &rows,

@@ -160,6 +160,12 @@ fn summary(command: &str, r: &RunReport) -> String {
     if r.bad_records() > 0 {
         line.push_str(&format!(", {} records skipped", r.bad_records()));
     }
+    if let Some(held) = &r.held {
+        line.push_str(&format!(
+            ", {} deliveries ({} events) held by other workers (leases end by {} UTC unless renewed)",
+            held.deliveries, held.events, held.until
+        ));
+    }
     line.push_str(&format!(" in {:.2}s", r.seconds));
     line
 }
@@ -184,6 +190,7 @@ pub fn report_json(command: &str, r: &RunReport) -> serde_json::Value {
         "failures": r.failures,
         "record_errors": r.record_errors,
         "orphaned": r.orphaned,
+        "held": r.held,
         "outstanding": r
             .outstanding
             .iter()

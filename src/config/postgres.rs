@@ -192,7 +192,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<PgConfi
             .or_else(|| from_env("PGAPPNAME"))
             .unwrap_or_else(|| "spark".to_owned()),
         connect_timeout,
-        lease: Duration::from_secs(60),
+        lease: Duration::from_secs(15),
         written: text.to_owned(),
         listen: None,
     })

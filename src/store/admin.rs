@@ -60,7 +60,7 @@ pub struct DeliveryQuery {
 
 impl DeliveryQuery {
     pub fn matches(&self, d: &Delivery) -> bool {
-        (self.states.is_empty() || self.states.contains(&d.state))
+        (self.states.is_empty() || self.states.contains(&d.shown_state()))
             && self.handler.as_ref().is_none_or(|h| h == &d.handler)
             && (self.keys.is_empty() || d.remaining().iter().any(|k| self.keys.contains(k)))
     }
@@ -78,6 +78,10 @@ pub struct DeliveryLine {
     pub next_attempt_at: Option<String>,
     pub last_error: Option<String>,
     pub created_at: String,
+    /// The worker holding it right now (`in_flight`), and until when (UTC)
+    /// unless it renews its lease.
+    pub worker: Option<String>,
+    pub lease_until: Option<String>,
 }
 
 /// Deliveries not finished, counted in events: (handler, state, count),
@@ -86,7 +90,7 @@ pub fn outstanding(deliveries: &[Delivery]) -> Vec<(String, String, u64)> {
     let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
     for d in deliveries {
         *counts
-            .entry((d.handler.clone(), d.state.to_string()))
+            .entry((d.handler.clone(), d.shown_state().to_string()))
             .or_default() += d.remaining().len() as u64;
     }
     counts
@@ -110,12 +114,14 @@ pub fn list_deliveries(deliveries: &[Delivery], query: &DeliveryQuery) -> Vec<De
                 id: d.id,
                 handler: d.handler.clone(),
                 key: key.clone(),
-                state: d.state.to_string(),
+                state: d.shown_state().to_string(),
                 attempts: d.attempts,
                 next_attempt_at: (d.state == DeliveryState::Failed)
                     .then(|| clock::utc_text(d.next_attempt_at)),
                 last_error: d.last_error.clone(),
                 created_at: d.created_at.clone(),
+                worker: d.claim.as_ref().map(|c| c.worker.clone()),
+                lease_until: d.claim.as_ref().map(|c| clock::utc_text(c.until_ms)),
             });
         }
     }

@@ -91,6 +91,17 @@ pub struct Delivery {
     /// and which file it was.
     pub file_mark: Option<FileMark>,
     pub created_at: String,
+    /// On a shared store: the worker that holds it right now (a lease not
+    /// run out), if one does.
+    pub claim: Option<Claim>,
+}
+
+/// A worker's hold on a delivery: who, and until when (Unix ms, the
+/// database's clock) unless it renews it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub worker: String,
+    pub until_ms: i64,
 }
 
 /// Where a file-sink delivery writes from: the file's length before it
@@ -103,6 +114,16 @@ pub struct FileMark {
 }
 
 impl Delivery {
+    /// Where it stands as the operator sees it: a delivery a worker holds
+    /// right now is in flight, whatever its state.
+    pub fn shown_state(&self) -> DeliveryState {
+        if self.claim.is_some() {
+            DeliveryState::InFlight
+        } else {
+            self.state
+        }
+    }
+
     /// The keys still to deliver.
     pub fn remaining(&self) -> &[String] {
         self.keys.get(self.done..).unwrap_or(&[])
@@ -371,6 +392,11 @@ pub trait Store: Send {
 
     /// Every delivery not finished yet, oldest first.
     fn deliveries(&mut self) -> Result<Vec<Delivery>>;
+
+    /// This process's name in its claims, on a store processes share.
+    fn worker(&self) -> Option<&str> {
+        None
+    }
 
     /// The run is over: lets go of claims not worked on, and tidies up
     /// (SQLite: a checkpoint).

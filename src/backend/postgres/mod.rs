@@ -45,7 +45,9 @@ pub(crate) const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000):
 
 /// The columns `store::delivery_from_row` reads, in its order.
 pub(crate) const DELIVERY_COLUMNS: &str = "id, handler, keys, done, state, attempts, next_attempt_at, \
-     last_error, file_offset, created_at, file_id";
+     last_error, file_offset, created_at, file_id, \
+     CASE WHEN lease_until >= (extract(epoch from clock_timestamp()) * 1000)::bigint THEN claimed_by END, \
+     lease_until";
 
 /// A PostgreSQL error in a sentence: the server's message (with its detail
 /// and hint), or what went wrong on the way.

@@ -46,7 +46,7 @@ use crate::files::FileId;
 use crate::records::quote_ident;
 use crate::store::admin::owed_keys;
 use crate::store::{
-    ContextJson, Delivery, DeliveryQuery, DeliveryState, Failure, FileMark, Forgotten,
+    Claim, ContextJson, Delivery, DeliveryQuery, DeliveryState, Failure, FileMark, Forgotten,
     HistoryEntry, PlannedDelivery, Pruned, Recorded, Store, StoredEvent,
 };
 
@@ -160,6 +160,8 @@ pub(crate) fn delivery_from_row(row: &Row) -> std::result::Result<Delivery, post
     let attempts: i32 = row.try_get(5)?;
     let file_offset: Option<i64> = row.try_get(8)?;
     let file_id: Option<String> = row.try_get(10)?;
+    let worker: Option<String> = row.try_get(11)?;
+    let lease_until: Option<i64> = row.try_get(12)?;
     Ok(Delivery {
         id: row.try_get(0)?,
         handler: row.try_get(1)?,
@@ -177,6 +179,9 @@ pub(crate) fn delivery_from_row(row: &Row) -> std::result::Result<Delivery, post
                 file: file_id.as_deref().and_then(FileId::parse),
             }),
         created_at: row.try_get(9)?,
+        claim: worker
+            .zip(lease_until)
+            .map(|(worker, until_ms)| Claim { worker, until_ms }),
     })
 }
 
@@ -271,9 +276,15 @@ impl PgStore {
         })
     }
 
-    /// This process's name in its claims.
-    pub fn worker(&self) -> &str {
-        &self.me
+    /// Gives this process's claims back (but an at-most-once call's, whose
+    /// outcome is unknown until its lease runs out): other workers may take
+    /// them at once.
+    fn let_go(&self) -> std::result::Result<u64, postgres::Error> {
+        self.conn().execute(
+            "UPDATE spark_delivery SET claimed_by = NULL, lease_until = NULL \
+             WHERE claimed_by = $1 AND state <> 'in_flight'",
+            &[&self.me],
+        )
     }
 
     /// The connection (shared with the heartbeat).
@@ -426,9 +437,23 @@ fn insert_delivery(
     row.try_get(0)
 }
 
+/// A process that stops any way but a kill (an error, a panic unwinding)
+/// gives its claims back at once, instead of leaving them to their lease.
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.let_go() {
+            tracing::debug!(error = message(&e).as_str(), "giving claims back failed");
+        }
+    }
+}
+
 impl Store for PgStore {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn worker(&self) -> Option<&str> {
+        Some(&self.me)
     }
 
     fn record_batch(
@@ -650,14 +675,7 @@ impl Store for PgStore {
             self.recorded = 0;
         }
         // Claims not worked on go back to the others at once.
-        let me = self.me.clone();
-        self.conn()
-            .execute(
-                "UPDATE spark_delivery SET claimed_by = NULL, lease_until = NULL \
-                 WHERE claimed_by = $1 AND state <> 'in_flight'",
-                &[&me],
-            )
-            .map_err(self.err("letting go of claims"))?;
+        self.let_go().map_err(self.err("letting go of claims"))?;
         Ok(())
     }
 
@@ -823,6 +841,7 @@ impl Store for PgStore {
         tx.commit().map_err(&fail)?;
         delivery.done += 1;
         Ok(Delivery {
+            claim: None,
             id,
             handler: delivery.handler.clone(),
             keys: key,
@@ -1124,6 +1143,7 @@ impl PgStore {
                 )?;
                 now_deliveries.push((
                     Delivery {
+                        claim: None,
                         id,
                         handler: p.handler.clone(),
                         keys,

@@ -320,6 +320,7 @@ pub(crate) fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
     let file_offset: Option<i64> = row.get(8)?;
     let file_id: Option<String> = row.get(10)?;
     Ok(Delivery {
+        claim: None,
         id: row.get(0)?,
         handler: row.get(1)?,
         keys,
@@ -389,6 +390,7 @@ fn insert_single(
         now
     ])?;
     Ok(Delivery {
+        claim: None,
         id: conn.last_insert_rowid(),
         handler: from.handler.clone(),
         keys,
@@ -551,6 +553,7 @@ impl Store for SqliteStore {
                         seen_at
                     ])?;
                     let delivery = Delivery {
+                        claim: None,
                         id: conn.last_insert_rowid(),
                         handler: planned.handler,
                         keys,
