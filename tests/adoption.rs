@@ -286,3 +286,63 @@ fn a_run_that_fails_gives_its_claims_back_at_once() {
     assert!(!next.stdout().contains(" 0 delivered"), "{}", next.stdout());
     assert!(case.deliveries().is_empty(), "{:?}", case.deliveries());
 }
+
+/// A database django-spark used first: its keys in the seen table with the
+/// Python `repr()` contexts it stored.
+fn django_spark_case(backend: Backend) -> Case {
+    let case = common::challenges_case_on(
+        backend,
+        "(1, 'Swim', 'a@x', 1, '2026-03-01', '2026-06-01')",
+        "",
+    );
+    // spark makes its tables (Django's DDL), then django-spark's rows arrive.
+    case.run(&["migrate"]).success();
+    case.sql(
+        "INSERT INTO spark_event (key, \"group\", created_at, context) VALUES
+         ('challenge_ended_7', 'challenge_ended', '2025-01-01 10:00:00', '{''challenge'': <Challenge: Swim>}'),
+         ('challenge_ended_8', 'challenge_ended', '2025-01-01 10:00:00', '{\"challenge\": {\"title\": \"Run\"}}');",
+    );
+    case
+}
+
+on_every_backend! {
+    /// Replaying django-spark's `repr()` contexts once delivered
+    /// `{"context": {"text": "..."}}`, and `{{ challenge.title }}` rendered
+    /// empty, silently: refused unless asked for, naming the keys.
+    fn replaying_a_context_that_is_not_json_is_refused_unless_asked(backend: Backend) {
+        let case = django_spark_case(backend);
+        let before = case.db_bytes();
+        for args in [
+            &["replay", "--handler", "log", "--key", "challenge_ended_7"][..],
+            &["replay", "--handler", "log", "--group", "ended"],
+        ] {
+            case.run(args)
+                .status(2)
+                .stderr_has(&["challenge_ended_7", "not JSON", "--text-contexts"]);
+        }
+        assert_eq!(case.db_bytes(), before, "something was written");
+        case.run(&["replay", "--handler", "log", "--key", "challenge_ended_8"])
+            .success();
+        case.run(&["replay", "--handler", "log", "--key", "challenge_ended_7", "--text-contexts"])
+            .success();
+        case.run(&["process-sources", "--as-of", AS_OF]).success();
+        let lines = case.lines("events.jsonl");
+        let seven = lines.iter().find(|l| l.contains("challenge_ended_7")).expect("replayed");
+        let v: serde_json::Value = serde_json::from_str(seven).expect("JSON");
+        assert_eq!(v["context"]["text"], "{'challenge': <Challenge: Swim>}");
+    }
+
+    /// `show` of a django-spark key once said "handler log: done (in the
+    /// file)" though spark never wrote it.
+    fn show_says_an_event_was_recorded_before_spark(backend: Backend) {
+        let case = django_spark_case(backend);
+        let out = case.run(&["show", "challenge_ended_7"]).success().stdout();
+        assert!(out.contains("recorded before spark"), "{out}");
+        assert!(!out.contains("done (in the file)"), "{out}");
+        assert!(out.contains("<Challenge: Swim>"), "{out}");
+        let json = case.run(&["--json", "show", "challenge_ended_7"]).success().json();
+        assert_eq!(json["recorded_before_spark"], true);
+        let eight = case.run(&["show", "challenge_ended_8"]).success().stdout();
+        assert!(!eight.contains("recorded before spark"), "{eight}");
+    }
+}

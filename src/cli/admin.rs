@@ -306,9 +306,12 @@ pub fn preview_mail(
         (Some(key), _) => {
             let mut reader = backend::reader(config)?;
             reader.seen_table()?;
-            reader.seen_event(key)?.ok_or_else(|| {
-                Error::Usage(format!("preview-mail --key {key}: no such seen event"))
-            })?
+            reader
+                .seen_event(key)?
+                .ok_or_else(|| {
+                    Error::Usage(format!("preview-mail --key {key}: no such seen event"))
+                })?
+                .to_event()
         }
         (None, Some(json)) => {
             let Ok(serde_json::Value::Object(map)) = serde_json::from_str(json) else {

@@ -96,10 +96,13 @@ fn print_show(
     cli: &Cli,
     config: &Config,
     key: &str,
-    event: Option<&crate::event::Event>,
+    event: Option<&admin::SeenEvent>,
     owed: &[admin::DeliveryLine],
     history: &[HistoryEntry],
 ) -> anyhow::Result<ExitCode> {
+    // spark writes every context as a JSON object: one that is not (a
+    // Python repr) was recorded by django-spark, before spark.
+    let before_spark = event.is_some_and(|e| !e.context_is_json());
     // The handlers that receive the event's group, then any other that
     // owes or did something for it.
     let mut handlers: Vec<String> = event.map_or_else(Vec::new, |e| {
@@ -135,8 +138,12 @@ fn print_show(
                     "delivered" => "done".into(),
                     other => other.into(),
                 },
-                // Nothing owed and no history: a file handler's (the file is
+                // Nothing owed and no history: recorded by django-spark
+                // (spark never delivered it), a file handler's (the file is
                 // its record), or done before the history was kept.
+                (None, None) if before_spark => {
+                    "recorded before spark (by django-spark: its context is not JSON); no delivery recorded".into()
+                }
                 (None, None) if kind == Some("jsonl") => "done (in the file)".into(),
                 (None, None) if kind.is_none() => "unknown".into(),
                 (None, None) => "done (no history)".into(),
@@ -154,7 +161,9 @@ fn print_show(
         stdout_json(&json!({
             "key": key,
             "group": event.map(|e| e.group.clone()),
-            "context": event.map(|e| serde_json::Value::Object((*e.context).clone())),
+            "context": event.map(|e| e.context.clone()),
+            "created_at": event.map(|e| e.created_at.clone()),
+            "recorded_before_spark": before_spark,
             "handlers": stories,
         }))?;
         return Ok(ExitCode::SUCCESS);
@@ -162,7 +171,13 @@ fn print_show(
     match event {
         Some(e) => {
             outln!("{} (group {})", field(key), field(&e.group))?;
-            let context = serde_json::to_string_pretty(&*e.context).unwrap_or_default();
+            let context = match &e.context {
+                serde_json::Value::String(text) if before_spark => {
+                    outln!("  context as django-spark stored it (not JSON):")?;
+                    text.clone()
+                }
+                other => serde_json::to_string_pretty(other).unwrap_or_default(),
+            };
             for line in context.lines() {
                 outln!("  {line}")?;
             }
@@ -307,15 +322,29 @@ pub fn discard(
 }
 
 /// `replay`: already-seen events delivered again, to one handler.
-pub fn replay(
-    cli: &Cli,
-    config: &Config,
-    handler: &str,
-    query: &EventQuery,
-    keys: &[String],
-    dry_run: bool,
-    wait: Duration,
-) -> anyhow::Result<ExitCode> {
+/// What `spark replay` is asked to do.
+pub struct Replay<'a> {
+    pub handler: &'a str,
+    pub query: &'a EventQuery,
+    pub keys: &'a [String],
+    pub dry_run: bool,
+    /// Replay events whose stored context is not JSON too (as text).
+    pub text_contexts: bool,
+    pub wait: Duration,
+}
+
+/// How many keys a refusal names.
+const KEYS_NAMED: usize = 10;
+
+pub fn replay(cli: &Cli, config: &Config, request: &Replay<'_>) -> anyhow::Result<ExitCode> {
+    let Replay {
+        handler,
+        query,
+        keys,
+        dry_run,
+        text_contexts,
+        wait,
+    } = *request;
     let Some(h) = config.handlers.iter().find(|h| h.name == handler) else {
         return Err(Error::Usage(format!(
             "replay --handler {handler}: no handler of that name in {}",
@@ -327,13 +356,22 @@ pub fn replay(
     reader.seen_table()?;
     // The events asked for, in the order they were seen.
     let mut chosen: Vec<(String, String)> = Vec::new();
+    // Events whose stored context is not JSON (django-spark's `repr()`):
+    // a handler would get `{"text": ...}` and a template render empty.
+    let mut not_json: Vec<String> = Vec::new();
+    let mut choose = |e: admin::SeenEvent| {
+        if !e.context_is_json() && h.group.is_match(&e.group) {
+            not_json.push(e.key.clone());
+        }
+        chosen.push((e.key, e.group));
+    };
     if keys.is_empty() {
-        reader.list_events(query, &mut |e| chosen.push((e.key, e.group)))?;
+        reader.list_events(query, &mut choose)?;
         chosen.reverse();
     } else {
         for key in keys {
             match reader.seen_event(key)? {
-                Some(e) => chosen.push((e.key, e.group)),
+                Some(e) => choose(e),
                 None => {
                     return Err(
                         Error::Usage(format!("replay --key {key}: no such seen event")).into(),
@@ -341,6 +379,19 @@ pub fn replay(
                 }
             }
         }
+    }
+    if !not_json.is_empty() && !text_contexts {
+        let named: Vec<String> = not_json.iter().take(KEYS_NAMED).map(|k| field(k)).collect();
+        let more = not_json.len().saturating_sub(KEYS_NAMED);
+        return Err(Error::Usage(format!(
+            "replay: {} events' stored contexts are not JSON (django-spark wrote Python reprs), so \
+             {handler} would get them as {{\"text\": \"...\"}} and templates would render them empty: {}{}; \
+             leave them out (--key, --group, --since), or pass --text-contexts to send them as text",
+            not_json.len(),
+            named.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        ))
+        .into());
     }
     // Only events of groups the handler receives; none it already owes.
     let owed: std::collections::HashSet<String> = reader

@@ -209,6 +209,10 @@ enum Command {
         /// Say what would be replayed; change nothing
         #[arg(long)]
         dry_run: bool,
+        /// Replay events whose stored context is not JSON (django-spark's
+        /// `repr()`) too: handlers get it as text, `{"text": "..."}`
+        #[arg(long)]
+        text_contexts: bool,
         #[command(flatten)]
         lock: LockArgs,
     },
@@ -627,6 +631,7 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
             since,
             key,
             dry_run,
+            text_contexts,
             lock,
         } => {
             let query = crate::store::admin::EventQuery {
@@ -637,7 +642,18 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
                     .transpose()?,
                 ..Default::default()
             };
-            history::replay(cli, &config, handler, &query, key, *dry_run, lock.wait()?)
+            history::replay(
+                cli,
+                &config,
+                &history::Replay {
+                    handler,
+                    query: &query,
+                    keys: key,
+                    dry_run: *dry_run,
+                    text_contexts: *text_contexts,
+                    wait: lock.wait()?,
+                },
+            )
         }
         Command::Forget { keys, lock } => admin::forget(cli, &config, keys, lock.wait()?),
         Command::PreviewMail {

@@ -46,6 +46,27 @@ impl SeenEvent {
             context: serde_json::from_str(&context).unwrap_or(Value::String(context)),
         }
     }
+
+    /// Whether its context is a JSON object, as spark writes contexts (not,
+    /// for instance, the Python `repr()` django-spark wrote).
+    pub fn context_is_json(&self) -> bool {
+        self.context.is_object()
+    }
+
+    /// The event, its context as handlers get it: the object, or other
+    /// stored text kept under `"text"`.
+    pub fn to_event(&self) -> crate::event::Event {
+        let context = match &self.context {
+            Value::Object(map) => map.clone(),
+            Value::String(text) => crate::event::context_from_stored(text),
+            other => crate::event::context_from_stored(&other.to_string()),
+        };
+        crate::event::Event {
+            group: self.group.clone(),
+            key: self.key.clone(),
+            context: std::sync::Arc::new(context),
+        }
+    }
 }
 
 /// Which deliveries to list or retry.

@@ -314,9 +314,9 @@ pub trait Reader: Send {
     fn list_events(&mut self, query: &EventQuery, each: &mut dyn FnMut(SeenEvent))
     -> Result<usize>;
 
-    /// One seen event by key (its context parsed; other text kept under
-    /// `"text"`).
-    fn seen_event(&mut self, key: &str) -> Result<Option<Event>>;
+    /// One seen event by key, as listed (its context JSON, or the stored
+    /// text when it is not).
+    fn seen_event(&mut self, key: &str) -> Result<Option<SeenEvent>>;
 
     /// Every delivery not finished yet, oldest first.
     fn deliveries(&mut self) -> Result<Vec<Delivery>>;

@@ -30,7 +30,6 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use crate::config::{PgConfig, SslMode};
 use crate::database::KeyLimits;
 use crate::error::{Error, Result};
-use crate::event::Event;
 use crate::records::{Record, quote_ident};
 use crate::store::{Column, Delivery, EventQuery, Reader, SeenEvent, SeenTable};
 
@@ -536,24 +535,24 @@ impl Reader for PgReader {
         Ok(listed)
     }
 
-    fn seen_event(&mut self, key: &str) -> Result<Option<Event>> {
+    fn seen_event(&mut self, key: &str) -> Result<Option<SeenEvent>> {
         if !self.seen_exists()? {
             return Ok(None);
         }
         let sql = format!(
-            "SELECT \"group\"::text, \"context\"::text FROM {} WHERE \"key\" = $1",
+            "SELECT \"group\"::text, {CREATED_AT_TEXT}, \"context\"::text FROM {} WHERE \"key\" = $1",
             quote_ident(&self.seen_table)
         );
         let fail = self.err("reading a seen event");
         let Some(r) = self.client.query_opt(&sql, &[&key]).map_err(&fail)? else {
             return Ok(None);
         };
-        let context = context_text(&r, 1).map_err(&fail)?;
-        Ok(Some(Event {
-            group: r.try_get(0).map_err(&fail)?,
-            key: key.to_owned(),
-            context: Arc::new(crate::event::context_from_stored(&context)),
-        }))
+        Ok(Some(SeenEvent::from_stored(
+            key.to_owned(),
+            r.try_get(0).map_err(&fail)?,
+            r.try_get(1).map_err(&fail)?,
+            context_text(&r, 2).map_err(&fail)?,
+        )))
     }
 
     fn deliveries(&mut self) -> Result<Vec<Delivery>> {

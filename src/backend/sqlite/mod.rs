@@ -24,7 +24,6 @@ use schema::table_exists;
 use crate::config::{Config, SqliteConfig};
 use crate::database::{KeyLimits, declared_length};
 use crate::error::{Error, Result};
-use crate::event::Event;
 use crate::records::{Record, quote_ident};
 use crate::store::{
     Column, Delivery, EventQuery, HistoryEntry, HistoryQuery, Reader, SeenEvent, SeenTable,
@@ -319,24 +318,25 @@ impl Reader for SqliteReader {
             .map_err(self.err("listing seen events"))
     }
 
-    fn seen_event(&mut self, key: &str) -> Result<Option<Event>> {
+    fn seen_event(&mut self, key: &str) -> Result<Option<SeenEvent>> {
         if !table_exists(&self.conn, &self.seen_table).map_err(self.err("looking up a table"))? {
             return Ok(None);
         }
         let sql = format!(
-            "SELECT \"group\", \"context\" FROM {} WHERE \"key\" = ?1",
+            "SELECT \"group\", \"created_at\", \"context\" FROM {} WHERE \"key\" = ?1",
             quote_ident(&self.seen_table)
         );
-        let found: Option<(String, String)> = self
-            .conn
-            .query_row(&sql, [key], |r| Ok((r.get(0)?, r.get(1)?)))
+        self.conn
+            .query_row(&sql, [key], |r| {
+                Ok(SeenEvent::from_stored(
+                    key.to_owned(),
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                ))
+            })
             .optional()
-            .map_err(self.err("reading a seen event"))?;
-        Ok(found.map(|(group, context)| Event {
-            group,
-            key: key.to_owned(),
-            context: std::sync::Arc::new(crate::event::context_from_stored(&context)),
-        }))
+            .map_err(self.err("reading a seen event"))
     }
 
     fn deliveries(&mut self) -> Result<Vec<Delivery>> {
