@@ -64,6 +64,36 @@ fn runnable(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
+/// A Django project whose `django_migrations` has no rows of django-spark's
+/// app (`spark`) beside a seen table made without them (spark made it, with
+/// Django's DDL): its next `manage.py migrate` would fail with "relation
+/// spark_event already exists" unless the migrations are faked.
+fn django_migrations_note(reader: &mut dyn crate::store::Reader, config: &Config) -> Option<String> {
+    if !reader.table_exists("django_migrations").ok()?
+        || !reader.table_exists(&config.database.seen_table).ok()?
+    {
+        return None;
+    }
+    let mut applied = None;
+    reader
+        .scan(
+            "SELECT count(*) AS n FROM django_migrations WHERE app = 'spark'",
+            &mut |r| {
+                applied = r.get("n").and_then(serde_json::Value::as_i64);
+                std::ops::ControlFlow::Break(())
+            },
+        )
+        .ok()?;
+    (applied == Some(0)).then(|| {
+        format!(
+            "the seen table `{}` was not made by Django's migrations (django_migrations has no rows of \
+             django-spark's app `spark`): if the project keeps django-spark installed, mark its \
+             migrations applied before the next `manage.py migrate`: `python manage.py migrate spark 0002 --fake`",
+            config.database.seen_table
+        )
+    })
+}
+
 /// Checks a config that may have problems of its own: they are reported
 /// first, and what is valid of it is checked against its database too (the
 /// database when `[database]` itself is valid). Writes nothing.
@@ -96,6 +126,9 @@ pub fn check(partial: &crate::config::PartialConfig, registry: &Registry) -> Che
             }
             if let Err(e) = reader.seen_table() {
                 report.errors.push(e.to_string());
+            }
+            if let Some(warning) = django_migrations_note(&mut *reader, config) {
+                report.warnings.push(warning);
             }
             match reader.missing_privileges() {
                 Ok(lacking) => report.errors.extend(

@@ -346,3 +346,32 @@ on_every_backend! {
         assert!(!eight.contains("recorded before spark"), "{eight}");
     }
 }
+
+on_every_backend! {
+    /// When spark made `spark_event` first, a later `manage.py migrate` of a
+    /// project with django-spark installed fails ("relation spark_event
+    /// already exists"): `check` says how to fake its migrations.
+    fn check_says_to_fake_django_sparks_migrations_when_spark_made_the_table(backend: Backend) {
+        let case = common::challenges_case_on(
+            backend,
+            "(1, 'Swim', 'a@x', 1, '2026-03-01', '2026-06-01')",
+            "",
+        );
+        case.sql(
+            "CREATE TABLE django_migrations (id INTEGER PRIMARY KEY, app varchar(255) NOT NULL,
+                 name varchar(255) NOT NULL, applied timestamp NOT NULL);
+             INSERT INTO django_migrations (app, name, applied) VALUES ('contenttypes', '0001_initial', '2025-01-01');",
+        );
+        case.run(&["process-sources", "--as-of", AS_OF]).success();
+        let out = case.run(&["check"]).success();
+        let text = format!("{}{}", out.stdout(), out.stderr());
+        assert!(text.contains("migrate spark 0002 --fake"), "{text}");
+        case.sql(
+            "INSERT INTO django_migrations (app, name, applied) VALUES
+             ('spark', '0001_initial', '2025-01-01'), ('spark', '0002_auto', '2025-01-01');",
+        );
+        let out = case.run(&["check"]).success();
+        let text = format!("{}{}", out.stdout(), out.stderr());
+        assert!(!text.contains("--fake"), "{text}");
+    }
+}
