@@ -68,7 +68,10 @@ fn runnable(program: &str) -> bool {
 /// app (`spark`) beside a seen table made without them (spark made it, with
 /// Django's DDL): its next `manage.py migrate` would fail with "relation
 /// spark_event already exists" unless the migrations are faked.
-fn django_migrations_note(reader: &mut dyn crate::store::Reader, config: &Config) -> Option<String> {
+fn django_migrations_note(
+    reader: &mut dyn crate::store::Reader,
+    config: &Config,
+) -> Option<String> {
     if !reader.table_exists("django_migrations").ok()?
         || !reader.table_exists(&config.database.seen_table).ok()?
     {

@@ -90,12 +90,14 @@ pub fn check_source(
             source_name: source.name.clone(),
             what,
             message,
+            database: reader.name().to_owned(),
         })?;
     if let Some(bad) = columns.iter().find(|c| c.affinity == Affinity::Unmappable) {
         return Err(Error::UnmappableColumn {
             source_name: source.name.clone(),
             column: bad.name.clone(),
             type_name: bad.declared.clone().unwrap_or_default(),
+            database: reader.name().to_owned(),
         });
     }
     let names = || {
@@ -117,6 +119,7 @@ pub fn check_source(
                     needed_by: format!("function `{function}` reads"),
                     column: missing.clone(),
                     columns: names(),
+                    database: reader.name().to_owned(),
                 });
             }
         }
@@ -127,6 +130,7 @@ pub fn check_source(
                     needed_by: "makes the generator's keys (`id`)".into(),
                     column: generator.id.clone(),
                     columns: names(),
+                    database: reader.name().to_owned(),
                 });
             }
             for condition in &generator.conditions {

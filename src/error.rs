@@ -44,16 +44,17 @@ pub enum Error {
     },
 
     #[error(
-        "source `{source_name}`: column `{column}` is of type {type_name}, which spark cannot turn into JSON; cast it in the query (e.g. `{column}::text`)"
+        "source `{source_name}`: column `{column}` in {database} is of type {type_name}, which spark cannot turn into JSON; cast it in the query (e.g. `{column}::text`)"
     )]
     UnmappableColumn {
         source_name: String,
         column: String,
         type_name: String,
+        database: String,
     },
 
     #[error(
-        "source `{source_name}`: column `{column}`, which {needed_by}, is not among its columns ({columns})"
+        "source `{source_name}`: column `{column}`, which {needed_by}, is not among its columns in {database} ({columns})"
     )]
     MissingColumn {
         source_name: String,
@@ -61,16 +62,18 @@ pub enum Error {
         needed_by: String,
         column: String,
         columns: String,
+        database: String,
     },
 
     #[error("{0}")]
     ConditionType(Box<ConditionMismatch>),
 
-    #[error("source `{source_name}`: {what} does not run: {message}")]
+    #[error("source `{source_name}`: {what} does not run in {database}: {message}")]
     BadQuery {
         source_name: String,
         what: &'static str,
         message: String,
+        database: String,
     },
 
     #[error("seen table `{table}` in {database}: {problem}")]
@@ -87,8 +90,12 @@ pub enum Error {
         known: String,
     },
 
-    #[error("source `{source_name}`: reading its records failed: {error}")]
-    ReadRecords { source_name: String, error: String },
+    #[error("source `{source_name}`: reading its records from {database} failed: {error}")]
+    ReadRecords {
+        source_name: String,
+        error: String,
+        database: String,
+    },
 
     #[error("database {database}: {action}: {error}")]
     Store {

@@ -287,6 +287,7 @@ impl<'a> Scanner<'a> {
         );
         let mut events = Vec::new();
         let mut read = 0u64;
+        let database = reader.name().to_owned();
         reader
             .scan(&first.records.sql(), &mut |record| {
                 if signals::requested().is_some() {
@@ -345,6 +346,7 @@ impl<'a> Scanner<'a> {
             .map_err(|error| Error::ReadRecords {
                 source_name: first.name.clone(),
                 error,
+                database,
             })
     }
 

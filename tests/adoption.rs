@@ -375,3 +375,49 @@ on_every_backend! {
         assert!(!text.contains("--fake"), "{text}");
     }
 }
+
+/// A query source whose table is missing said only ``source `challenges`:
+/// its query does not run: ERROR: relation "challenge" does not exist``,
+/// not which database it had connected to (from libpq's variables, say).
+#[test]
+fn errors_about_records_name_the_database_they_came_from() {
+    let Some(backend) = Backend::postgres("errors_about_records_name_the_database") else {
+        return;
+    };
+    let case = Case::on(backend).config(&challenge_config(""));
+    let url = case.pg_url().expect("postgres").to_owned();
+    let db = url
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    // Connected through libpq's variables, as cron jobs often are.
+    let config = std::fs::read_to_string(case.path("spark.toml"))
+        .expect("config")
+        .replace(&format!("url = \"{url}\""), "url = \"\"");
+    let case = case.file("spark.toml", &config);
+    for args in [
+        &["check"][..],
+        &["process-sources", "--as-of", AS_OF],
+        &["dry-run", "--as-of", AS_OF],
+    ] {
+        let out = case
+            .command()
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", "5432")
+            .env("PGUSER", "postgres")
+            .env("PGDATABASE", &db)
+            .args(args)
+            .output()
+            .expect("run");
+        let run = common::Run { output: out }.status(2);
+        run.stderr_has(&[
+            "source `challenges`",
+            "challenge",
+            &format!("postgres@127.0.0.1:5432/{db}"),
+        ]);
+    }
+}
