@@ -130,6 +130,16 @@ pub fn check(partial: &crate::config::PartialConfig, registry: &Registry) -> Che
             if let Err(e) = reader.seen_table() {
                 report.errors.push(e.to_string());
             }
+            if let crate::config::BackendConfig::Postgres(pg) = &config.database.backend
+                && let Some(channel) = &pg.listen
+                && let Ok(Some(false)) = reader.notifies(channel)
+            {
+                report.warnings.push(format!(
+                    "[database] listen = {channel:?}, but no trigger in {} notifies {channel:?}: `spark watch` \
+                     will wake on its interval only (see the README's watch mode for the trigger)",
+                    reader.name()
+                ));
+            }
             if let Some(warning) = django_migrations_note(&mut *reader, config) {
                 report.warnings.push(warning);
             }

@@ -421,3 +421,64 @@ fn errors_about_records_name_the_database_they_came_from() {
         ]);
     }
 }
+
+/// `mysql://...` was read as libpq key=value pairs ("is not followed by
+/// `=`"), and `path = "mysql://..."` as a missing SQLite file.
+#[test]
+fn a_mysql_url_says_mysql_is_not_supported_yet() {
+    for line in [
+        "url = \"mysql://spark:pw@db.internal:3306/app\"",
+        "url = \"mariadb://spark@db.internal/app\"",
+        "path = \"mysql://spark@db.internal/app\"",
+    ] {
+        let case = Case::new().file(
+            "spark.toml",
+            &challenge_config("").replace("path = \"app.sqlite3\"", line),
+        );
+        for command in ["check", "process-sources"] {
+            let run = case
+                .run(&[command])
+                .status(2)
+                .stderr_has(&["MySQL/MariaDB is not supported yet", "spark.toml"]);
+            assert!(!run.stderr().contains("followed by"), "{}", run.stderr());
+            assert!(!run.stderr().contains("does not exist"), "{}", run.stderr());
+        }
+    }
+}
+
+/// `listen` set and no trigger notifying the channel: `check` said nothing,
+/// and watch woke on its interval only.
+#[test]
+fn check_warns_when_no_trigger_notifies_the_listen_channel() {
+    let Some(backend) = Backend::postgres("check_warns_when_no_trigger_notifies") else {
+        return;
+    };
+    let case = common::challenges_case_on(
+        backend,
+        "(1, 'Swim', 'a@x', 1, '2026-03-01', '2026-06-01')",
+        "",
+    );
+    let config = std::fs::read_to_string(case.path("spark.toml"))
+        .expect("config")
+        .replace("lease = \"3s\"", "lease = \"3s\"\nlisten = \"spark_wake\"");
+    let case = case.file("spark.toml", &config);
+    let warned = |case: &Case| {
+        let run = case.run(&["check"]).success();
+        format!("{}{}", run.stdout(), run.stderr()).contains("no trigger")
+    };
+    assert!(warned(&case), "no warning without a trigger");
+    case.pg_sql(
+        "CREATE FUNCTION spark_wake() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_notify('spark_wake', ''); RETURN NULL; END $$;
+         CREATE TRIGGER spark_wake AFTER INSERT OR UPDATE ON challenge
+         FOR EACH STATEMENT EXECUTE FUNCTION spark_wake();",
+    );
+    assert!(!warned(&case), "a warning though the trigger is there");
+}
+
+#[test]
+fn config_help_says_what_config_prints() {
+    let out = Case::new().run(&["config", "--help"]).success().stdout();
+    assert!(!out.contains("expanded"), "{out}");
+    assert!(out.contains("${VAR}"), "{out}");
+}

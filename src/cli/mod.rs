@@ -280,7 +280,8 @@ enum Command {
     },
     /// Check the config against its database without writing anything
     Check,
-    /// Print the effective config (paths resolved, ${VAR}s expanded, secrets masked)
+    /// Print the effective config as TOML (or JSON): defaults filled in, paths
+    /// absolute, each value from ${VAR} written as ${VAR} again; no secret shown
     Config,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {

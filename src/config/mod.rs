@@ -784,7 +784,30 @@ impl Validator<'_> {
                 );
             }
         };
+        // A MySQL or MariaDB URL, where spark takes SQLite or PostgreSQL:
+        // said as such, not as a libpq string or a missing file.
+        let mut mysql = false;
+        for (field, value) in [("path", &raw.path), ("url", &raw.url)] {
+            if let Some(value) = value {
+                let lower = value.get_ref().trim().to_ascii_lowercase();
+                if lower.starts_with("mysql:") || lower.starts_with("mariadb:") {
+                    mysql = true;
+                    self.bad_value(
+                        entry,
+                        field,
+                        value.span(),
+                        "MySQL/MariaDB is not supported yet: spark reads SQLite (`path`) and PostgreSQL (`url`)"
+                            .into(),
+                    );
+                }
+            }
+        }
         let backend = match (&raw.path, &raw.url) {
+            _ if mysql => BackendConfig::Sqlite(SqliteConfig {
+                path: PathBuf::new(),
+                create_from: None,
+                busy_timeout: Duration::ZERO,
+            }),
             (Some(path), None) => {
                 self.non_empty(entry, "path", path);
                 unused(

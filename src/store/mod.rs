@@ -298,6 +298,12 @@ pub trait Reader: Send {
     /// Checks the seen table: `Err` names what makes it unusable.
     fn seen_table(&mut self) -> Result<SeenTable>;
 
+    /// Whether a trigger in the database notifies `channel` (what `spark
+    /// watch` LISTENs on); `None` where a database has no such thing.
+    fn notifies(&mut self, _channel: &str) -> Result<Option<bool>> {
+        Ok(None)
+    }
+
     /// What the connected role lacks to run spark here, one line per table
     /// or sequence (empty where a database has no privileges to check).
     fn missing_privileges(&mut self) -> Result<Vec<String>> {

@@ -437,6 +437,20 @@ impl Reader for PgReader {
         })
     }
 
+    fn notifies(&mut self, channel: &str) -> Result<Option<bool>> {
+        self.client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t \
+                 JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+                 WHERE NOT t.tgisinternal AND p.prosrc ILIKE '%notify%' \
+                   AND position(lower($1) in lower(p.prosrc)) > 0)",
+                &[&channel],
+            )
+            .and_then(|r| r.try_get(0))
+            .map(Some)
+            .map_err(self.err("looking up triggers"))
+    }
+
     fn missing_privileges(&mut self) -> Result<Vec<String>> {
         let table = self.seen_table.clone();
         privileges::missing(&mut self.client, &table).map_err(self.err("checking privileges"))
