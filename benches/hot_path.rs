@@ -123,6 +123,7 @@ fn record_batch(c: &mut Criterion) {
             }),
             file_sink: true,
             chunk: 10,
+            in_flight: 1,
         }]
     };
     group.bench_function("record a batch of new events (lookup first)", |b| {

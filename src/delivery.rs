@@ -79,12 +79,125 @@ struct Called {
     took: Took,
 }
 
+/// The threads that make a handler's calls in flight: started as calls
+/// need them (at most `n`), each taking the next call from a queue, so that
+/// a fast handler does not pay a thread per call. Each outcome comes back
+/// with the tag it was sent with.
+struct Workers<'scope, T> {
+    jobs: Option<mpsc::Sender<(T, Dispatch<'scope>, u32)>>,
+    queue: Arc<Mutex<mpsc::Receiver<(T, Dispatch<'scope>, u32)>>>,
+    done_tx: mpsc::Sender<(T, Called)>,
+    done: mpsc::Receiver<(T, Called)>,
+    /// Outcomes taken off `done` early (to see whether a worker is free),
+    /// handed out first.
+    early: std::collections::VecDeque<(T, Called)>,
+    started: usize,
+    idle: usize,
+}
+
+impl<'scope, T: Send + 'scope> Workers<'scope, T> {
+    fn new() -> Self {
+        let (jobs, queue) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel();
+        Workers {
+            jobs: Some(jobs),
+            queue: Arc::new(Mutex::new(queue)),
+            done_tx,
+            done,
+            early: std::collections::VecDeque::new(),
+            started: 0,
+            idle: 0,
+        }
+    }
+
+    /// Hands a call to a worker, starting one if none is idle.
+    fn send<'env>(
+        &mut self,
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        calls: &'scope Calls,
+        job: (T, Dispatch<'scope>, u32),
+    ) {
+        // A fast handler's worker is often done already: take what it
+        // finished, and it takes this call, rather than a new thread.
+        while self.idle == 0
+            && let Ok(done) = self.done.try_recv()
+        {
+            self.idle += 1;
+            self.early.push_back(done);
+        }
+        if self.idle == 0 && self.started < calls.n {
+            self.started += 1;
+            self.idle += 1;
+            let queue = Arc::clone(&self.queue);
+            let done = self.done_tx.clone();
+            scope.spawn(move || {
+                loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok((tag, dispatch, attempt)) = next else {
+                        return;
+                    };
+                    if done.send((tag, calls.call(&dispatch, attempt))).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        self.idle = self.idle.saturating_sub(1);
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(job);
+        }
+    }
+
+    /// Waits for the next outcome (`None` when no worker is left).
+    fn recv(&mut self) -> Option<(T, Called)> {
+        if let Some(done) = self.early.pop_front() {
+            return Some(done);
+        }
+        let got = self.done.recv().ok();
+        if got.is_some() {
+            self.idle += 1;
+        }
+        got
+    }
+
+    /// An outcome that is ready, without waiting.
+    fn try_recv(&mut self) -> Option<(T, Called)> {
+        if let Some(done) = self.early.pop_front() {
+            return Some(done);
+        }
+        let got = self.done.try_recv().ok();
+        if got.is_some() {
+            self.idle += 1;
+        }
+        got
+    }
+}
+
+impl<T> Drop for Workers<'_, T> {
+    /// Closing the queue lets the workers end (the scope joins them).
+    fn drop(&mut self) {
+        self.jobs = None;
+    }
+}
+
 /// Which attempt a call was and how long it took (for the history).
 #[derive(Clone, Copy)]
 struct Took {
     attempt: u32,
     ms: i64,
+    /// The same in microseconds (to tell a fast handler).
+    us: u64,
 }
+
+/// A call quicker than this is one a thread of its own only slows down.
+const FAST_CALL_US: u64 = 50;
+
+/// After this many fast calls in a row, a handler with calls in flight is
+/// called from the delivering thread itself (see `Slot::inline`).
+const FAST_STREAK: u32 = 64;
+
+/// An inline call slower than this puts the calls back on their threads.
+const SLOW_CALL_US: u64 = 1_000;
 
 impl Calls {
     /// Calls the handler; with `-v`, one log line per call: key, handler,
@@ -99,7 +212,9 @@ impl Calls {
             failed.error = crate::redact::error_text(failed.error);
             failed
         });
-        let ms = started.elapsed().as_millis() as u64;
+        let elapsed = started.elapsed();
+        let ms = elapsed.as_millis() as u64;
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         match &outcome {
             Ok(()) => tracing::info!(key = dispatch.event.key.as_str(), handler = %self.handler,
                 outcome = "delivered", attempt, ms, "delivery"),
@@ -113,6 +228,7 @@ impl Calls {
             took: Took {
                 attempt,
                 ms: i64::try_from(ms).unwrap_or(i64::MAX),
+                us,
             },
         }
     }
@@ -163,6 +279,13 @@ struct Slot {
     /// File deliveries staged in the sink, not written yet, with their
     /// event counts (in the order they were staged).
     staged: Vec<(Delivery, u64)>,
+    /// Whether this handler's calls in flight are made one after the other
+    /// by the delivering thread: its calls proved so fast (`FAST_CALL_US`)
+    /// that handing each to a thread costs more than the call. Its
+    /// outcomes are still recorded a window of `concurrency` at a time.
+    inline: bool,
+    /// Fast calls in a row (to decide `inline`).
+    fast_streak: u32,
 }
 
 /// Delivers and records, handler by handler.
@@ -189,7 +312,7 @@ pub struct Engine {
 
 /// Keys per delivery where workers share the backlog, for a handler with
 /// one call at a time: small, so that many workers share a backlog evenly.
-pub const CHUNK: usize = 10;
+pub const CHUNK: usize = 50;
 
 /// How many failures a run's report lists (the counts cover them all).
 const FAILURES_LISTED: usize = 100;
@@ -209,6 +332,8 @@ impl Engine {
                 stopped: None,
                 elsewhere: false,
                 staged: Vec::new(),
+                inline: false,
+                fast_streak: 0,
             })
             .collect();
         let by_name = slots
@@ -407,7 +532,12 @@ impl Engine {
     /// the backlog: `CHUNK`, or four windows of its calls in flight.
     pub fn chunk(&self, h: usize) -> usize {
         let n = self.slots.get(h).map_or(1, |s| s.concurrency);
-        CHUNK.max(4 * n)
+        CHUNK.max(16 * n)
+    }
+
+    /// How many calls handler `h` has in flight at once.
+    pub fn in_flight(&self, h: usize) -> usize {
+        self.slots.get(h).map_or(1, |s| s.concurrency.max(1))
     }
 
     /// Whether handler `h` writes a local file (its deliveries belong to
@@ -699,7 +829,7 @@ impl Engine {
         let attempt = delivery.attempts + 1;
         let len = delivery.keys.len();
         std::thread::scope(|scope| -> Result<()> {
-            let (tx, rx) = mpsc::channel::<(usize, Called)>();
+            let mut workers = Workers::<usize>::new();
             let mut next = delivery.done;
             let mut in_flight = 0usize;
             // Outcomes not recorded yet (`None`: the event is gone).
@@ -721,14 +851,13 @@ impl Engine {
                         pending.insert(i, None);
                         continue;
                     };
-                    if calls.n == 1 {
-                        pending.insert(i, Some(calls.call(&dispatch, attempt)));
+                    if calls.n == 1 || self.slots[h].inline {
+                        let called = calls.call(&dispatch, attempt);
+                        self.note_speed(h, &called);
+                        pending.insert(i, Some(called));
                     } else {
                         in_flight += 1;
-                        let tx = tx.clone();
-                        scope.spawn(move || {
-                            let _ = tx.send((i, calls.call(&dispatch, attempt)));
-                        });
+                        workers.send(scope, calls, (i, dispatch, attempt));
                     }
                 }
                 if in_flight == 0 {
@@ -738,11 +867,13 @@ impl Engine {
                     continue;
                 }
                 // Wait for one outcome, and take every other one ready.
-                if let Ok((i, outcome)) = rx.recv() {
+                if let Some((i, outcome)) = workers.recv() {
                     in_flight -= 1;
+                    self.note_speed(h, &outcome);
                     pending.insert(i, Some(outcome));
-                    while let Ok((i, outcome)) = rx.try_recv() {
+                    while let Some((i, outcome)) = workers.try_recv() {
                         in_flight -= 1;
+                        self.note_speed(h, &outcome);
                         pending.insert(i, Some(outcome));
                     }
                 }
@@ -752,6 +883,26 @@ impl Engine {
             }
             Ok(())
         })
+    }
+
+    /// Notes how long a call of handler `h` took: a handler whose calls are
+    /// all fast is called inline (see `Slot::inline`), until one is slow.
+    fn note_speed(&mut self, h: usize, called: &Called) {
+        let slot = &mut self.slots[h];
+        if slot.concurrency <= 1 {
+            return;
+        }
+        if slot.inline {
+            if called.took.us >= SLOW_CALL_US {
+                slot.inline = false;
+                slot.fast_streak = 0;
+            }
+        } else if called.took.us < FAST_CALL_US {
+            slot.fast_streak += 1;
+            slot.inline = slot.fast_streak >= FAST_STREAK;
+        } else {
+            slot.fast_streak = 0;
+        }
     }
 
     /// Records, in key order, the outcomes `pending` holds from the
@@ -831,7 +982,7 @@ impl Engine {
     ) -> Result<()> {
         let len = delivery.keys.len();
         std::thread::scope(|scope| -> Result<()> {
-            let (tx, rx) = mpsc::channel::<(Delivery, String, Called)>();
+            let mut workers = Workers::<(Delivery, String)>::new();
             let mut in_flight = 0usize;
             let mut last_taken = false;
             loop {
@@ -856,16 +1007,13 @@ impl Engine {
                         self.record_single(store, h, single, &key, outcome)?;
                     } else {
                         in_flight += 1;
-                        let tx = tx.clone();
-                        scope.spawn(move || {
-                            let _ = tx.send((single, key, calls.call(&dispatch, attempt)));
-                        });
+                        workers.send(scope, calls, ((single, key), dispatch, attempt));
                     }
                 }
                 if in_flight == 0 {
                     break;
                 }
-                if let Ok((single, key, outcome)) = rx.recv() {
+                if let Some(((single, key), outcome)) = workers.recv() {
                     in_flight -= 1;
                     self.record_single(store, h, single, &key, outcome)?;
                 }

@@ -712,6 +712,7 @@ impl Batcher<'_> {
                     file_mark: engine.planned_mark(h),
                     file_sink: engine.is_file_sink(h),
                     chunk: engine.chunk(h),
+                    in_flight: engine.in_flight(h),
                 })
                 .collect()
         })?;

@@ -258,22 +258,24 @@ fn a_run_that_fails_gives_its_claims_back_at_once() {
     let hook = common::servers::Hook::start();
     let case = hook_case(backend, 30, &hook.url, "60s");
     let url = case.pg_url().expect("postgres").to_owned();
-    // The first call breaks the store under the run: its next write fails.
+    // The first call breaks the store under the run: its next batch of
+    // new events cannot be recorded.
     let case = case.script(
         "break.sh",
         &format!(
-            "[ -f broken ] && exit 0; touch broken; psql -X -q -d '{url}' -c 'ALTER TABLE spark_history RENAME TO spark_history_gone' >/dev/null"
+            "[ -f broken ] && exit 0; touch broken; psql -X -q -d '{url}' -c 'ALTER TABLE spark_event RENAME TO spark_event_gone' >/dev/null"
         ),
     );
     let config = std::fs::read_to_string(case.path("spark.toml"))
         .expect("config")
         .replace("name = \"hook\"", "name = \"hook\"\nconcurrency = 1")
+        .replace("[delivery]", "[delivery]\nbatch_size = 5")
         + "\n[[handlers]]\nname = \"breaker\"\ngroup = \"created\"\nkind = \"command\"\ncommand = [\"./break.sh\"]\n";
     let case = case.file("spark.toml", &config);
     case.run(&["process-sources", "--as-of", AS_OF])
         .status(2)
-        .stderr_has(&["spark_history"]);
-    case.pg_sql("ALTER TABLE spark_history_gone RENAME TO spark_history");
+        .stderr_has(&["spark_event"]);
+    case.pg_sql("ALTER TABLE spark_event_gone RENAME TO spark_event");
     let claimed = case.query(
         "SELECT count(*) FROM spark_delivery WHERE claimed_by IS NOT NULL AND state <> 'in_flight'",
     );

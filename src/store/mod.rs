@@ -141,9 +141,12 @@ pub struct PlannedDelivery {
     /// Whether the handler writes a local file (its deliveries belong to
     /// this host: another host's file is another file).
     pub file_sink: bool,
-    /// Keys per delivery where workers share the backlog (PostgreSQL): a
-    /// few calls' worth, enough to keep the handler's calls in flight busy.
+    /// Keys per delivery for a handler called per event where workers
+    /// share the backlog (PostgreSQL): a few calls' worth, enough to keep
+    /// its calls in flight busy.
     pub chunk: usize,
+    /// How many calls the handler has in flight at once.
+    pub in_flight: usize,
 }
 
 /// What a batch left in the store.

@@ -53,6 +53,10 @@ use crate::store::{
 /// Planner costs for spark's own sessions (see `PgStore::open`).
 pub(crate) const LOOKUP_COSTS: &str = "SET random_page_cost = 1.1";
 
+/// Makes the transaction it starts a commit that waits for the disk (in a
+/// session whose commits do not, by default).
+const DURABLE: &str = "SET LOCAL synchronous_commit = on";
+
 /// After recording this many keys in a run, the seen table is analyzed.
 const ANALYZE_AFTER: u64 = 10_000;
 
@@ -75,9 +79,18 @@ pub struct PgStore {
     /// Keys this process recorded (a big first run analyzes the seen table
     /// after it, so that the next run's lookups are planned well).
     recorded: u64,
+    /// History entries not written yet: written `HISTORY_HELD` at a time,
+    /// and when the run ends (the operator's record, not the delivery log).
+    history: Vec<HistoryEntry>,
+    /// The statements of the hot path, prepared once (one round trip per
+    /// outcome instead of two).
+    prepared: HashMap<&'static str, postgres::Statement>,
     /// Renews this process's leases while it lives; stops when dropped.
     _heartbeat: Heartbeat,
 }
+
+/// How many history entries a store holds before writing them.
+const HISTORY_HELD: usize = 256;
 
 struct Statements {
     insert: String,
@@ -246,6 +259,16 @@ impl PgStore {
         client
             .batch_execute(LOOKUP_COSTS)
             .map_err(store_err(&name, "setting up the session"))?;
+        // Commits in this session do not wait for the disk by default: a
+        // handler's outcome, the history and claims survive spark being
+        // killed (the server has them), and a crash of the server itself
+        // can only make a delivered event delivered again. What must be on
+        // disk before spark acts on it (new events, a file's mark, an
+        // at-most-once call's mark, an operator's change) is committed with
+        // `DURABLE` or followed by a sync point.
+        client
+            .batch_execute("SET synchronous_commit = off")
+            .map_err(store_err(&name, "setting up the session"))?;
         let host = host_name();
         let random: u32 = rand_u32();
         let me = format!("{host}:{}:{random:08x}", std::process::id());
@@ -260,6 +283,8 @@ impl PgStore {
             host,
             lease_ms: i64::try_from(pg.lease.as_millis()).unwrap_or(i64::MAX),
             recorded: 0,
+            history: Vec::new(),
+            prepared: HashMap::new(),
             sql: Statements {
                 insert: format!(
                     "INSERT INTO {t} (\"key\", \"group\", \"created_at\", \"context\") \
@@ -285,6 +310,46 @@ impl PgStore {
              WHERE claimed_by = $1 AND state <> 'in_flight'",
             &[&self.me],
         )
+    }
+
+    /// Runs one of the hot path's statements, prepared the first time.
+    fn execute_prepared(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<u64, postgres::Error> {
+        let mut conn = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        let stmt = match self.prepared.get(sql) {
+            Some(stmt) => stmt.clone(),
+            None => {
+                let stmt = conn.prepare(sql)?;
+                self.prepared.insert(sql, stmt.clone());
+                stmt
+            }
+        };
+        conn.execute(&stmt, params)
+    }
+
+    /// Writes the held history entries.
+    fn flush_history(&mut self) -> Result<()> {
+        if self.history.is_empty() {
+            return Ok(());
+        }
+        let entries = std::mem::take(&mut self.history);
+        let fail = store_err(&self.name, "recording the delivery history");
+        insert_history(&mut *self.conn(), &entries).map_err(fail)
+    }
+
+    /// Waits until everything this session committed is on disk: a commit
+    /// that waits for the disk flushes the log up to it, so all the commits
+    /// before it too.
+    fn sync_point(&self, action: &str) -> Result<()> {
+        let fail = self.err(action);
+        let mut conn = self.conn();
+        let mut tx = conn.transaction().map_err(&fail)?;
+        tx.batch_execute(&format!("{DURABLE}; SELECT txid_current()"))
+            .map_err(&fail)?;
+        tx.commit().map_err(&fail)
     }
 
     /// The connection (shared with the heartbeat).
@@ -441,6 +506,7 @@ fn insert_delivery(
 /// gives its claims back at once, instead of leaving them to their lease.
 impl Drop for PgStore {
     fn drop(&mut self) {
+        let _ = self.flush_history();
         if let Err(e) = self.let_go() {
             tracing::debug!(error = message(&e).as_str(), "giving claims back failed");
         }
@@ -557,15 +623,9 @@ impl Store for PgStore {
     }
 
     fn mark_seen(&mut self, key: &str, group: &str, context_json: &str) -> Result<bool> {
-        let now = clock::now_text();
-        let rows = self
-            .conn()
-            .query(
-                &self.sql.insert,
-                &[&vec![key], &vec![group], &now, &vec![context_json]],
-            )
-            .map_err(self.err("marking a key seen"))?;
-        Ok(!rows.is_empty())
+        let done = self.mark_seen_unsynced(key, group, context_json)?;
+        self.sync_point("making an operator's change durable")?;
+        Ok(done)
     }
 
     fn load_events(&mut self, keys: &[String]) -> Result<Vec<Option<StoredEvent>>> {
@@ -589,20 +649,9 @@ impl Store for PgStore {
     }
 
     fn bury_interrupted(&mut self, error: &str) -> Result<usize> {
-        let now = clock::now_text();
-        // In flight with a lease that ran out: its process died mid-call.
-        let n = self
-            .conn()
-            .execute(
-                &format!(
-                    "UPDATE spark_delivery SET state = 'dead', attempts = attempts + 1, last_error = $1, \
-                     claimed_by = NULL, lease_until = NULL, updated_at = $2 \
-                     WHERE state = 'in_flight' AND (claimed_by IS NULL OR lease_until < {NOW_MS})"
-                ),
-                &[&error, &now],
-            )
-            .map_err(self.err("burying interrupted deliveries"))?;
-        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        let done = self.bury_interrupted_unsynced(error)?;
+        self.sync_point("making an operator's change durable")?;
+        Ok(done)
     }
 
     fn marked(&mut self, handlers: &[&str]) -> Result<Vec<Delivery>> {
@@ -676,7 +725,9 @@ impl Store for PgStore {
         }
         // Claims not worked on go back to the others at once.
         self.let_go().map_err(self.err("letting go of claims"))?;
-        Ok(())
+        self.flush_history()?;
+        // What the run recorded is on disk when it ends.
+        self.sync_point("ending the run")
     }
 
     fn set_file_mark(&mut self, delivery: &mut Delivery, mark: Option<FileMark>) -> Result<()> {
@@ -691,6 +742,8 @@ impl Store for PgStore {
             )
             .map_err(self.err("recording a file offset"))?;
         self.check_claim(n, delivery.id)?;
+        // The file is cut back to this mark after a crash: on disk first.
+        self.sync_point("recording a file offset")?;
         delivery.file_mark = mark;
         Ok(())
     }
@@ -698,12 +751,12 @@ impl Store for PgStore {
     fn advance(&mut self, delivery: &mut Delivery, done: usize) -> Result<()> {
         let (now, me) = (clock::now_text(), self.me.clone());
         let n = if done >= delivery.keys.len() {
-            self.conn().execute(
+            self.execute_prepared(
                 "DELETE FROM spark_delivery WHERE id = $1 AND claimed_by = $2",
                 &[&delivery.id, &me],
             )
         } else {
-            self.conn().execute(
+            self.execute_prepared(
                 "UPDATE spark_delivery SET done = $2, updated_at = $3 WHERE id = $1 AND claimed_by = $4",
                 &[&delivery.id, &to_i32(done), &now, &me],
             )
@@ -808,6 +861,8 @@ impl Store for PgStore {
                 )
                 .map_err(self.err("marking a delivery in flight"))?;
             self.check_claim(n, delivery.id)?;
+            // Never called twice: marked on disk before the call.
+            self.sync_point("marking a delivery in flight")?;
             delivery.state = DeliveryState::InFlight;
             return Ok(delivery.clone());
         }
@@ -816,6 +871,8 @@ impl Store for PgStore {
         let name = self.name.clone();
         let mut conn = self.conn();
         let mut tx = conn.transaction().map_err(&fail)?;
+        // Never called twice: marked on disk before the call.
+        tx.batch_execute(DURABLE).map_err(&fail)?;
         let n = tx
             .execute(
                 "UPDATE spark_delivery SET done = $2, updated_at = $3 WHERE id = $1 AND claimed_by = $4",
@@ -856,6 +913,100 @@ impl Store for PgStore {
     }
 
     fn reset_for_retry(&mut self, query: &DeliveryQuery) -> Result<Vec<Delivery>> {
+        let done = self.reset_for_retry_unsynced(query)?;
+        self.sync_point("making an operator's change durable")?;
+        Ok(done)
+    }
+
+    fn forget(&mut self, keys: &[String]) -> Result<Forgotten> {
+        let done = self.forget_unsynced(keys)?;
+        self.sync_point("making an operator's change durable")?;
+        Ok(done)
+    }
+
+    fn add_history(&mut self, entries: &[HistoryEntry]) -> Result<()> {
+        self.history.extend_from_slice(entries);
+        if self.history.len() >= HISTORY_HELD {
+            self.flush_history()?;
+        }
+        Ok(())
+    }
+
+    fn prune_history(&mut self, cutoff: &str) -> Result<u64> {
+        let done = self.prune_history_unsynced(cutoff)?;
+        self.sync_point("making an operator's change durable")?;
+        Ok(done)
+    }
+
+    fn drop_owed(
+        &mut self,
+        changes: &[(i64, Option<Vec<String>>)],
+        history: &[HistoryEntry],
+    ) -> Result<usize> {
+        let done = self.drop_owed_unsynced(changes, history)?;
+        self.sync_point("making an operator's change durable")?;
+        Ok(done)
+    }
+
+    fn reassign(&mut self, from: &str, to: &str, history: &[HistoryEntry]) -> Result<u64> {
+        let done = self.reassign_unsynced(from, to, history)?;
+        self.sync_point("making an operator's change durable")?;
+        Ok(done)
+    }
+
+    fn add_deliveries(
+        &mut self,
+        handler: &str,
+        keys: &[String],
+        chunk: usize,
+        file_sink: bool,
+        history: &[HistoryEntry],
+    ) -> Result<u64> {
+        let done = self.add_deliveries_unsynced(handler, keys, chunk, file_sink, history)?;
+        self.sync_point("making an operator's change durable")?;
+        Ok(done)
+    }
+
+    fn prune(&mut self, cutoff: &str, group: Option<&Regex>, dry_run: bool) -> Result<Pruned> {
+        let done = self.prune_unsynced(cutoff, group, dry_run)?;
+        self.sync_point("making an operator's change durable")?;
+        Ok(done)
+    }
+}
+
+/// The operator's changes as they are made; their trait methods end with
+/// a sync point (an operator's change is on disk when the command ends).
+impl PgStore {
+    fn mark_seen_unsynced(&mut self, key: &str, group: &str, context_json: &str) -> Result<bool> {
+        let now = clock::now_text();
+        let rows = self
+            .conn()
+            .query(
+                &self.sql.insert,
+                &[&vec![key], &vec![group], &now, &vec![context_json]],
+            )
+            .map_err(self.err("marking a key seen"))?;
+        Ok(!rows.is_empty())
+    }
+
+    fn bury_interrupted_unsynced(&mut self, error: &str) -> Result<usize> {
+        let now = clock::now_text();
+        // In flight with a lease that ran out: its process died mid-call.
+        let n = self
+            .conn()
+            .execute(
+                &format!(
+                    "UPDATE spark_delivery SET state = 'dead', attempts = attempts + 1, last_error = $1, \
+                     claimed_by = NULL, lease_until = NULL, updated_at = $2 \
+                     WHERE state = 'in_flight' AND (claimed_by IS NULL OR lease_until < {NOW_MS})"
+                ),
+                &[&error, &now],
+            )
+            .map_err(self.err("burying interrupted deliveries"))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn reset_for_retry_unsynced(&mut self, query: &DeliveryQuery) -> Result<Vec<Delivery>> {
         let now = clock::now_text();
         let mut selected: Vec<Delivery> = self
             .deliveries()?
@@ -893,7 +1044,7 @@ impl Store for PgStore {
         Ok(selected)
     }
 
-    fn forget(&mut self, keys: &[String]) -> Result<Forgotten> {
+    fn forget_unsynced(&mut self, keys: &[String]) -> Result<Forgotten> {
         let now = clock::now_text();
         let delete_sql = format!(
             "DELETE FROM {} WHERE \"key\" = ANY($1) RETURNING \"key\"::text",
@@ -933,28 +1084,13 @@ impl Store for PgStore {
         Ok(report)
     }
 
-    fn add_history(&mut self, entries: &[HistoryEntry]) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let fail = store_err(&self.name, "recording the delivery history");
-        let mut conn = self.conn();
-        let mut tx = conn.transaction().map_err(&fail)?;
-        // The history is the operator's record, not the delivery log: its
-        // commit need not wait for the disk.
-        tx.batch_execute("SET LOCAL synchronous_commit = off")
-            .map_err(&fail)?;
-        insert_history(&mut tx, entries).map_err(&fail)?;
-        tx.commit().map_err(&fail)
-    }
-
-    fn prune_history(&mut self, cutoff: &str) -> Result<u64> {
+    fn prune_history_unsynced(&mut self, cutoff: &str) -> Result<u64> {
         self.conn()
             .execute("DELETE FROM spark_history WHERE at < $1", &[&cutoff])
             .map_err(self.err("pruning the delivery history"))
     }
 
-    fn drop_owed(
+    fn drop_owed_unsynced(
         &mut self,
         changes: &[(i64, Option<Vec<String>>)],
         history: &[HistoryEntry],
@@ -976,7 +1112,7 @@ impl Store for PgStore {
         Ok(free.len())
     }
 
-    fn reassign(&mut self, from: &str, to: &str, history: &[HistoryEntry]) -> Result<u64> {
+    fn reassign_unsynced(&mut self, from: &str, to: &str, history: &[HistoryEntry]) -> Result<u64> {
         let now = clock::now_text();
         let fail = store_err(&self.name, "handing deliveries to another handler");
         let mut conn = self.conn();
@@ -992,7 +1128,7 @@ impl Store for PgStore {
         Ok(n)
     }
 
-    fn add_deliveries(
+    fn add_deliveries_unsynced(
         &mut self,
         handler: &str,
         keys: &[String],
@@ -1029,7 +1165,12 @@ impl Store for PgStore {
         Ok(n)
     }
 
-    fn prune(&mut self, cutoff: &str, group: Option<&Regex>, dry_run: bool) -> Result<Pruned> {
+    fn prune_unsynced(
+        &mut self,
+        cutoff: &str,
+        group: Option<&Regex>,
+        dry_run: bool,
+    ) -> Result<Pruned> {
         let table = quote_ident(&self.seen_table);
         let page_sql = format!(
             "SELECT \"key\"::text, \"group\"::text FROM {table} \
@@ -1094,6 +1235,8 @@ impl PgStore {
         let (me, host, lease) = (self.me.clone(), self.host.clone(), self.lease_ms);
         let mut conn = self.conn();
         let mut tx = conn.transaction()?;
+        // Handlers are called for these events once this returns.
+        tx.batch_execute(DURABLE)?;
         if !finished.is_empty() {
             tx.execute(
                 "DELETE FROM spark_delivery WHERE id = ANY($1) AND claimed_by = $2",

@@ -3,10 +3,14 @@
 //!
 //! The connection runs in WAL mode with `synchronous = FULL`, so a commit
 //! survives a power loss, and with a busy timeout, so that an application
-//! writing to the same database makes spark wait, not fail. Batches of new
-//! events are the exception: committed with `synchronous = NORMAL`, and made
-//! durable (the log synced) by `make_durable` before anything acts on them,
-//! so that several batches share one sync.
+//! writing to the same database makes spark wait, not fail. Two kinds of
+//! writes are the exception, committed with `synchronous = NORMAL` (they
+//! survive spark being killed, not a power loss until the log is synced):
+//! batches of new events, made durable by `make_durable` before anything
+//! acts on them, so that several batches share one sync; and the outcomes
+//! of handler calls (done, failed, the history), whose loss to a power cut
+//! can only make a delivered event delivered again, so that a fast handler
+//! is not held to a disk sync per call.
 //! Every write is one `BEGIN IMMEDIATE` transaction; statements are prepared
 //! once and reused.
 //!
@@ -194,7 +198,7 @@ impl SqliteStore {
         action: &str,
         work: impl FnMut(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
-        self.transact(action, work)
+        self.transact(action, true, work)
     }
 
     /// Like `write`, but the commit does not wait for the disk
@@ -205,17 +209,40 @@ impl SqliteStore {
         action: &str,
         work: impl FnMut(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
+        let value = self.write_unsynced(action, true, work)?;
+        self.unsynced.set(true);
+        Ok(value)
+    }
+
+    /// Records the outcome of handler calls: a commit that does not wait
+    /// for the disk, and that nothing waits on (a power loss can cost it,
+    /// and then a delivered event is delivered again: at least once). The
+    /// history entries held stay held (written `HISTORY_HELD` at a time), so
+    /// that each outcome rewrites a page or two.
+    fn write_outcome<T>(
+        &self,
+        action: &str,
+        work: impl FnMut(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        self.write_unsynced(action, false, work)
+    }
+
+    /// `write` with `synchronous = NORMAL` for this one commit.
+    fn write_unsynced<T>(
+        &self,
+        action: &str,
+        with_history: bool,
+        work: impl FnMut(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
         let set = |level: &str| {
             self.conn
                 .pragma_update(None, "synchronous", level)
                 .map_err(self.error(action))
         };
         set("NORMAL")?;
-        let value = self.transact(action, work);
+        let value = self.transact(action, with_history, work);
         set("FULL")?;
-        let value = value?;
-        self.unsynced.set(true);
-        Ok(value)
+        value
     }
 
     /// Writes the held history entries now (a commit that need not wait
@@ -224,25 +251,29 @@ impl SqliteStore {
         if self.history.borrow().is_empty() {
             return Ok(());
         }
-        self.write_lazy("recording the delivery history", |_| Ok(()))
+        self.write_unsynced("recording the delivery history", true, |_| Ok(()))
     }
 
+    /// One transaction; held history entries ride along `with_history`.
     fn transact<T>(
         &self,
         action: &str,
+        with_history: bool,
         mut work: impl FnMut(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
         retry_busy(self.busy_timeout, || {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             let done = work(&self.conn).and_then(|value| {
-                // Held history entries ride along with this commit.
                 let held = self.history.borrow();
-                if !held.is_empty() {
+                let flushed = with_history && !held.is_empty();
+                if flushed {
                     insert_history(&self.conn, &held)?;
                 }
                 drop(held);
                 self.conn.execute_batch("COMMIT")?;
-                self.history.borrow_mut().clear();
+                if flushed {
+                    self.history.borrow_mut().clear();
+                }
                 Ok(value)
             });
             if done.is_err() && !self.conn.is_autocommit() {
@@ -542,30 +573,45 @@ impl Store for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
                 )?;
                 for planned in plan(&mask) {
-                    let keys: Vec<String> =
-                        planned.events.iter().map(|&i| events[i].key.clone()).collect();
-                    let (offset, file_id) = mark_sql(planned.file_mark);
-                    add.execute(params![
-                        planned.handler,
-                        keys_json(&keys),
-                        offset,
-                        file_id,
-                        seen_at
-                    ])?;
-                    let delivery = Delivery {
-                        claim: None,
-                        id: conn.last_insert_rowid(),
-                        handler: planned.handler,
-                        keys,
-                        done: 0,
-                        state: DeliveryState::Pending,
-                        attempts: 0,
-                        next_attempt_at: 0,
-                        last_error: None,
-                        file_mark: planned.file_mark,
-                        created_at: seen_at.to_owned(),
+                    // One process delivers here: a batch is one delivery
+                    // (a file sink's one write; calls in flight move their
+                    // window over all of it), but for a handler called one
+                    // event at a time, whose every outcome is a commit of
+                    // its own: chunks, so that each rewrites a small row.
+                    let chunk = if planned.file_sink
+                        || planned.file_mark.is_some()
+                        || planned.in_flight > 1
+                    {
+                        planned.events.len().max(1)
+                    } else {
+                        planned.chunk.max(1)
                     };
-                    deliveries.push((delivery, planned.events));
+                    for indices in planned.events.chunks(chunk) {
+                        let keys: Vec<String> =
+                            indices.iter().map(|&i| events[i].key.clone()).collect();
+                        let (offset, file_id) = mark_sql(planned.file_mark);
+                        add.execute(params![
+                            planned.handler,
+                            keys_json(&keys),
+                            offset,
+                            file_id,
+                            seen_at
+                        ])?;
+                        let delivery = Delivery {
+                            claim: None,
+                            id: conn.last_insert_rowid(),
+                            handler: planned.handler.clone(),
+                            keys,
+                            done: 0,
+                            state: DeliveryState::Pending,
+                            attempts: 0,
+                            next_attempt_at: 0,
+                            last_error: None,
+                            file_mark: planned.file_mark,
+                            created_at: seen_at.to_owned(),
+                        };
+                        deliveries.push((delivery, indices.to_vec()));
+                    }
                 }
                 Ok((new, deliveries))
             })?
@@ -581,7 +627,7 @@ impl Store for SqliteStore {
         if finished.is_empty() {
             return Ok(());
         }
-        self.write("recording deliveries done", |conn| {
+        self.write_outcome("recording deliveries done", |conn| {
             delete_deliveries(conn, finished)
         })
     }
@@ -781,7 +827,7 @@ impl Store for SqliteStore {
         let now = clock::now_text();
         let id = delivery.id;
         let finished = done >= delivery.keys.len();
-        self.write("recording deliveries done", |conn| {
+        self.write_outcome("recording deliveries done", |conn| {
             if finished {
                 delete_deliveries(conn, &[id])
             } else {
@@ -799,7 +845,7 @@ impl Store for SqliteStore {
         let now = clock::now_text();
         let state = failure_state(failure);
         let from = delivery.clone();
-        self.write("recording a failed delivery", |conn| {
+        self.write_outcome("recording a failed delivery", |conn| {
             insert_single(conn, &from, state, Some(failure), &now)?;
             set_done(conn, from.id, from.done + 1, &now)
         })?;
@@ -811,7 +857,7 @@ impl Store for SqliteStore {
         let now = clock::now_text();
         let state = failure_state(failure);
         let id = delivery.id;
-        self.write("recording a failed delivery", |conn| {
+        self.write_outcome("recording a failed delivery", |conn| {
             conn.prepare_cached(
                 "UPDATE spark_delivery SET state = ?2, attempts = ?3, next_attempt_at = ?4, \
                  last_error = ?5, file_offset = NULL, file_id = NULL, updated_at = ?6 WHERE id = ?1",
