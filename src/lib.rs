@@ -4,8 +4,9 @@
 //! It is a standalone successor of django-spark: sources map records to
 //! events (`event(group, id, context)` builds the key `"{group}_{id}"`), a
 //! store remembers every key ever seen, and handlers (jsonl files, commands,
-//! compiled-in functions) receive each new event, with retries when they
-//! fail.
+//! webhooks, mail, compiled-in functions) receive each new event, with
+//! retries when they fail. The compiled-in example source and handler are
+//! in `builtins` (`Registry::with_builtins`).
 //!
 //! A binary with its own compiled-in sources and handlers is a few lines:
 //!
@@ -26,6 +27,7 @@
 //! ```
 
 pub mod backend;
+pub mod builtins;
 pub mod check;
 pub mod cli;
 pub mod clock;

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::backend;
 use crate::config::{Config, SourceConfig, SourceKind};
-use crate::database::{self, KeyLimits};
+use crate::database;
 use crate::delivery::{Engine, FailureReport, HandlerStats};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -31,6 +31,7 @@ use crate::records::{Record, RecordError};
 use crate::registry::{Registry, SourceCtx, SourceFunction};
 use crate::signals;
 use crate::sources::generator::Generator;
+use crate::store::KeyLimits;
 use crate::store::{PlannedDelivery, Reader, SeenTable, Store};
 
 /// What a run is asked to do.

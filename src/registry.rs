@@ -103,15 +103,6 @@ impl Registry {
         Registry::default()
     }
 
-    /// The registry of the `spark` binary: the example source
-    /// `challenge_events` and the `log_event` handler.
-    pub fn with_builtins() -> Registry {
-        let mut registry = Registry::new();
-        crate::sources::register_builtins(&mut registry);
-        crate::handlers::function::register_builtins(&mut registry);
-        registry
-    }
-
     /// Registers a source function under `name` (replacing one of that name).
     pub fn add_source<F>(&mut self, name: &str, func: F) -> &mut SourceFunction
     where

@@ -15,7 +15,19 @@ use std::time::Duration;
 
 use crate::config::{BackendConfig, Config};
 use crate::error::Result;
-use crate::store::{Reader, Store};
+use crate::store::{Notifier, Reader, Store};
+
+/// What `spark watch` waits on in this database (`None`: nothing but the
+/// interval, PostgreSQL without `listen`).
+pub fn notifier(config: &Config) -> Result<Option<Box<dyn Notifier>>> {
+    Ok(match &config.database.backend {
+        BackendConfig::Sqlite(db) => Some(Box::new(sqlite::notify::DataVersion::open(db)?)),
+        BackendConfig::Postgres(pg) => match &pg.listen {
+            None => None,
+            Some(channel) => Some(Box::new(postgres::notify::Listener::open(pg, channel)?)),
+        },
+    })
+}
 
 /// Opens the database read-only (never writes, not even spark's schema).
 pub fn reader(config: &Config) -> Result<Box<dyn Reader>> {

@@ -1,10 +1,10 @@
 //! `function`: calls a compiled-in handler function registered by name. A
 //! panic in the function is caught and recorded as a failed delivery.
 //!
-//! Also the built-in handler functions every `spark` binary offers.
+//! Not here: the built-in functions themselves (`crate::builtins`).
 
 use super::{DeliverEach, Dispatch, Outcome};
-use crate::registry::{HandlerFunction, Registry};
+use crate::registry::HandlerFunction;
 
 pub struct FunctionSink {
     name: String,
@@ -31,17 +31,4 @@ impl DeliverEach for FunctionSink {
             Err(msg) => Err(format!("handler function `{}` panicked: {msg}", self.name).into()),
         }
     }
-}
-
-/// Registers the handler functions every `spark` binary offers:
-/// `log_event` logs each event at info level (see `-v`).
-pub fn register_builtins(registry: &mut Registry) {
-    registry.add_handler("log_event", |event| {
-        tracing::info!(
-            key = event.key.as_str(),
-            group = event.group.as_str(),
-            "event"
-        );
-        Ok(())
-    });
 }

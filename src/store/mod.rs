@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod history;
+pub mod limits;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -32,6 +33,7 @@ use crate::records::{Affinity, Record};
 
 pub use admin::{DeliveryQuery, EventQuery, Forgotten, Orphaned, Pruned, SeenEvent};
 pub use history::{HistoryEntry, HistoryQuery};
+pub use limits::{KeyLimits, declared_length};
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,7 +275,7 @@ pub struct SeenTable {
     pub exists: bool,
     /// The longest key and group it takes (django-spark's when it does not
     /// exist yet: spark creates it so).
-    pub limits: crate::database::KeyLimits,
+    pub limits: KeyLimits,
 }
 
 /// Read-only access to a database: checking a config against it, reading
@@ -340,6 +342,16 @@ pub trait Reader: Send {
     /// Reading is done (SQLite: its snapshot no longer holds the WAL back,
     /// so committed batches can be copied into the database file now).
     fn finish(self: Box<Self>) {}
+}
+
+/// What `spark watch` waits on between cycles: a database's own way of
+/// saying it changed (SQLite's data version, PostgreSQL's LISTEN).
+pub trait Notifier {
+    /// Takes the database as it is now as seen: only later changes count.
+    fn settle(&mut self) -> Result<()>;
+
+    /// Whether the database changed, waiting up to `wait` to find out.
+    fn changed(&mut self, wait: std::time::Duration) -> Result<bool>;
 }
 
 /// The seen keys and the deliveries.

@@ -207,6 +207,7 @@ fn for_postgres(sql: &str) -> String {
     )
 }
 
+#[must_use]
 pub struct Case {
     pub dir: TempDir,
     bin: PathBuf,
@@ -494,7 +495,7 @@ impl Case {
     }
 }
 
-/// What one run of spark did.
+/// What one run of spark did (its assertions return it, to chain more).
 pub struct Run {
     pub output: Output,
 }
@@ -518,14 +519,17 @@ impl Run {
         )
     }
     /// Asserts the exit status and returns the run.
+    #[track_caller]
     pub fn status(self, code: i32) -> Run {
         assert_eq!(self.code(), code, "{}", self.describe());
         self
     }
+    #[track_caller]
     pub fn success(self) -> Run {
         self.status(0)
     }
     /// Asserts that stderr mentions every one of `parts`.
+    #[track_caller]
     pub fn stderr_has(self, parts: &[&str]) -> Run {
         let err = self.stderr();
         for part in parts {
@@ -537,6 +541,7 @@ impl Run {
         }
         self
     }
+    #[track_caller]
     pub fn stdout_has(self, parts: &[&str]) -> Run {
         let out = self.stdout();
         for part in parts {
@@ -549,6 +554,7 @@ impl Run {
         self
     }
     /// stdout parsed as JSON.
+    #[track_caller]
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout())
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{}", self.describe()))
@@ -556,6 +562,7 @@ impl Run {
 }
 
 /// Waits (up to 30 s) until `cond` holds.
+#[track_caller]
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !cond() {

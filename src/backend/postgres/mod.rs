@@ -12,6 +12,7 @@
 //!
 //! Not here: what the pipeline does with records and the store.
 
+pub mod notify;
 pub mod privileges;
 pub mod schema;
 pub mod store;
@@ -28,9 +29,9 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::config::{PgConfig, SslMode};
-use crate::database::KeyLimits;
 use crate::error::{Error, Result};
 use crate::records::{Record, quote_ident};
+use crate::store::KeyLimits;
 use crate::store::{Column, Delivery, EventQuery, Reader, SeenEvent, SeenTable};
 
 pub use store::PgStore;

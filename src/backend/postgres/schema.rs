@@ -177,7 +177,7 @@ pub fn migrate(client: &mut postgres::Client, seen_table: &str) -> Result<(), Mi
 pub fn check_seen_table(
     client: &mut impl GenericClient,
     table: &str,
-) -> Result<Option<crate::database::KeyLimits>, String> {
+) -> Result<Option<crate::store::KeyLimits>, String> {
     let sql_err = |e: postgres::Error| super::message(&e);
     let rows = client
         .query(
@@ -255,7 +255,7 @@ pub fn check_seen_table(
             .and_then(|(_, n, _)| *n)
             .and_then(|n| usize::try_from(n).ok())
     };
-    Ok(Some(crate::database::KeyLimits {
+    Ok(Some(crate::store::KeyLimits {
         key: length("key"),
         group: length("group"),
     }))

@@ -9,6 +9,7 @@
 //! Not here: what the pipeline does with records and the store.
 
 pub mod lock;
+pub mod notify;
 pub mod records;
 pub mod schema;
 pub mod store;
@@ -22,12 +23,12 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use schema::table_exists;
 
 use crate::config::{Config, SqliteConfig};
-use crate::database::{KeyLimits, declared_length};
 use crate::error::{Error, Result};
 use crate::records::{Record, quote_ident};
 use crate::store::{
     Column, Delivery, EventQuery, HistoryEntry, HistoryQuery, Reader, SeenEvent, SeenTable,
 };
+use crate::store::{KeyLimits, declared_length};
 
 pub use store::SqliteStore;
 
