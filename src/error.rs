@@ -97,6 +97,16 @@ pub enum Error {
         database: String,
     },
 
+    #[error(
+        "database {database}: delivery {id} (handler `{handler}`) in spark_delivery is corrupt: {problem}; fix the row or delete it"
+    )]
+    CorruptDelivery {
+        database: String,
+        id: i64,
+        handler: String,
+        problem: String,
+    },
+
     #[error("database {database}: {action}: {error}")]
     Store {
         database: String,

@@ -98,6 +98,86 @@ pub struct Delivery {
     pub claim: Option<Claim>,
 }
 
+/// A row of `spark_delivery` as a driver reads it, before it is trusted:
+/// `decode` turns it into a `Delivery`, or says what makes it corrupt, the
+/// same on every database (never a silent rewrite into something else).
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub handler: String,
+    pub keys: String,
+    pub done: i64,
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub file_offset: Option<i64>,
+    pub file_id: Option<String>,
+    pub created_at: String,
+    pub claim: Option<Claim>,
+}
+
+impl DeliveryRow {
+    /// The delivery the row holds; `Err` names the delivery and what is
+    /// wrong with it (a state spark does not know, keys that are not a JSON
+    /// list of strings, counts out of range).
+    pub fn decode(self, database: &str) -> Result<Delivery> {
+        let corrupt = |problem: String| crate::error::Error::CorruptDelivery {
+            database: database.to_owned(),
+            id: self.id,
+            handler: crate::escape::escape(&self.handler).into_owned(),
+            problem,
+        };
+        let keys: Vec<String> = serde_json::from_str(&self.keys)
+            .map_err(|e| corrupt(format!("its keys are not a JSON list of strings ({e})")))?;
+        let state = DeliveryState::parse(&self.state).ok_or_else(|| {
+            corrupt(format!(
+                "its state {:?} is not one spark knows (pending, failed, dead, in_flight)",
+                crate::escape::escape(&self.state)
+            ))
+        })?;
+        let done = usize::try_from(self.done)
+            .ok()
+            .filter(|d| *d <= keys.len())
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "it says {} of its {} keys are done",
+                    self.done,
+                    keys.len()
+                ))
+            })?;
+        let attempts = u32::try_from(self.attempts)
+            .map_err(|_| corrupt(format!("its attempts ({}) are out of range", self.attempts)))?;
+        Ok(Delivery {
+            id: self.id,
+            handler: self.handler,
+            keys,
+            done,
+            state,
+            attempts,
+            next_attempt_at: self.next_attempt_at,
+            last_error: self.last_error,
+            file_mark: self
+                .file_offset
+                .and_then(|o| u64::try_from(o).ok())
+                .map(|offset| FileMark {
+                    offset,
+                    file: self
+                        .file_id
+                        .as_deref()
+                        .and_then(crate::files::FileId::parse),
+                }),
+            created_at: self.created_at,
+            claim: self.claim,
+        })
+    }
+
+    /// `decode` for every row.
+    pub fn decode_all(rows: Vec<DeliveryRow>, database: &str) -> Result<Vec<Delivery>> {
+        rows.into_iter().map(|r| r.decode(database)).collect()
+    }
+}
+
 /// A worker's hold on a delivery: who, and until when (Unix ms, the
 /// database's clock) unless it renews it.
 #[derive(Debug, Clone, PartialEq, Eq)]

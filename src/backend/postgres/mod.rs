@@ -31,8 +31,8 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use crate::config::{PgConfig, SslMode};
 use crate::error::{Error, Result};
 use crate::records::{Record, quote_ident};
-use crate::store::KeyLimits;
 use crate::store::{Column, Delivery, EventQuery, Reader, SeenEvent, SeenTable};
+use crate::store::{DeliveryRow, KeyLimits};
 
 pub use store::PgStore;
 
@@ -43,7 +43,7 @@ const FETCH_ROWS: i32 = 2000;
 /// so that workers on machines whose clocks differ agree).
 pub(crate) const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
-/// The columns `store::delivery_from_row` reads, in its order.
+/// The columns `store::delivery_row` reads, in its order.
 pub(crate) const DELIVERY_COLUMNS: &str = "id, handler, keys, done, state, attempts, next_attempt_at, \
      last_error, file_offset, created_at, file_id, \
      CASE WHEN lease_until >= (extract(epoch from clock_timestamp()) * 1000)::bigint THEN claimed_by END, \
@@ -324,7 +324,7 @@ pub(crate) fn store_err(database: &str, action: &str) -> impl Fn(postgres::Error
 /// Every delivery not finished yet, oldest first.
 pub(crate) fn all_deliveries(
     client: &mut impl postgres::GenericClient,
-) -> std::result::Result<Vec<Delivery>, postgres::Error> {
+) -> std::result::Result<Vec<DeliveryRow>, postgres::Error> {
     if !schema::table_exists(client, "spark_delivery")? {
         return Ok(Vec::new());
     }
@@ -332,7 +332,7 @@ pub(crate) fn all_deliveries(
         &format!("SELECT {DELIVERY_COLUMNS} FROM spark_delivery ORDER BY id"),
         &[],
     )?;
-    rows.iter().map(store::delivery_from_row).collect()
+    rows.iter().map(store::delivery_row).collect()
 }
 
 /// `created_at` as UTC text in Django's format, as the SQLite store keeps it.
@@ -571,7 +571,8 @@ impl Reader for PgReader {
     }
 
     fn deliveries(&mut self) -> Result<Vec<Delivery>> {
-        all_deliveries(&mut self.client).map_err(self.err("listing deliveries"))
+        let rows = all_deliveries(&mut self.client).map_err(self.err("listing deliveries"))?;
+        DeliveryRow::decode_all(rows, &self.name)
     }
 
     fn history(

@@ -42,12 +42,11 @@ use crate::clock;
 use crate::config::PgConfig;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::files::FileId;
 use crate::records::quote_ident;
 use crate::store::admin::owed_keys;
 use crate::store::{
-    Claim, ContextJson, Delivery, DeliveryQuery, DeliveryState, Failure, FileMark, Forgotten,
-    HistoryEntry, PlannedDelivery, Pruned, Recorded, Store, StoredEvent,
+    Claim, ContextJson, Delivery, DeliveryQuery, DeliveryRow, DeliveryState, Failure, FileMark,
+    Forgotten, HistoryEntry, PlannedDelivery, Pruned, Recorded, Store, StoredEvent,
 };
 
 /// Planner costs for spark's own sessions (see `PgStore::open`).
@@ -165,33 +164,24 @@ fn host_name() -> String {
 }
 
 /// A delivery from a row of `DELIVERY_COLUMNS`.
-pub(crate) fn delivery_from_row(row: &Row) -> std::result::Result<Delivery, postgres::Error> {
-    let keys_json: String = row.try_get(2)?;
-    let keys: Vec<String> = serde_json::from_str(&keys_json).unwrap_or_default();
-    let state: String = row.try_get(4)?;
+/// A row of `DELIVERY_COLUMNS`, to decode (`DeliveryRow::decode`).
+pub(crate) fn delivery_row(row: &Row) -> std::result::Result<DeliveryRow, postgres::Error> {
     let done: i32 = row.try_get(3)?;
     let attempts: i32 = row.try_get(5)?;
-    let file_offset: Option<i64> = row.try_get(8)?;
-    let file_id: Option<String> = row.try_get(10)?;
     let worker: Option<String> = row.try_get(11)?;
     let lease_until: Option<i64> = row.try_get(12)?;
-    Ok(Delivery {
+    Ok(DeliveryRow {
         id: row.try_get(0)?,
         handler: row.try_get(1)?,
-        keys,
-        done: usize::try_from(done).unwrap_or(0),
-        // An unknown state (a newer spark's) is left alone as dead.
-        state: DeliveryState::parse(&state).unwrap_or(DeliveryState::Dead),
-        attempts: u32::try_from(attempts).unwrap_or(0),
+        keys: row.try_get(2)?,
+        done: i64::from(done),
+        state: row.try_get(4)?,
+        attempts: i64::from(attempts),
         next_attempt_at: row.try_get(6)?,
         last_error: row.try_get(7)?,
-        file_mark: file_offset
-            .and_then(|o| u64::try_from(o).ok())
-            .map(|offset| FileMark {
-                offset,
-                file: file_id.as_deref().and_then(FileId::parse),
-            }),
+        file_offset: row.try_get(8)?,
         created_at: row.try_get(9)?,
+        file_id: row.try_get(10)?,
         claim: worker
             .zip(lease_until)
             .map(|(worker, until_ms)| Claim { worker, until_ms }),
@@ -673,11 +663,12 @@ impl Store for PgStore {
                 &[&handlers, &host, &me, &lease],
             )
             .map_err(self.err("claiming deliveries to settle"))?;
-        let mut found: Vec<Delivery> = rows
+        let rows: Vec<DeliveryRow> = rows
             .iter()
-            .map(delivery_from_row)
+            .map(delivery_row)
             .collect::<std::result::Result<_, _>>()
             .map_err(self.err("claiming deliveries to settle"))?;
+        let mut found = DeliveryRow::decode_all(rows, &self.name)?;
         found.sort_by_key(|d| d.id);
         Ok(found)
     }
@@ -699,14 +690,17 @@ impl Store for PgStore {
                 &[&now_ms, &handlers, &host, &me, &lease],
             )
             .map_err(self.err("claiming due deliveries"))?;
-        rows.iter()
-            .map(delivery_from_row)
+        let rows: Vec<DeliveryRow> = rows
+            .iter()
+            .map(delivery_row)
             .collect::<std::result::Result<_, _>>()
-            .map_err(self.err("claiming due deliveries"))
+            .map_err(self.err("claiming due deliveries"))?;
+        DeliveryRow::decode_all(rows, &self.name)
     }
 
     fn deliveries(&mut self) -> Result<Vec<Delivery>> {
-        all_deliveries(&mut *self.conn()).map_err(self.err("listing deliveries"))
+        let rows = all_deliveries(&mut *self.conn()).map_err(self.err("listing deliveries"))?;
+        DeliveryRow::decode_all(rows, &self.name)
     }
 
     fn finish_run(&mut self) -> Result<()> {
@@ -1069,10 +1063,8 @@ impl PgStore {
             }
         }
         // Deliveries another process is working on are left to it.
-        let free: Vec<Delivery> = all_deliveries(&mut tx)
-            .map_err(&fail)?
-            .into_iter()
-            .collect();
+        let free: Vec<Delivery> =
+            DeliveryRow::decode_all(all_deliveries(&mut tx).map_err(&fail)?, &self.name)?;
         let claimed = claimed_now(&mut tx).map_err(&fail)?;
         let free: Vec<Delivery> = free
             .into_iter()

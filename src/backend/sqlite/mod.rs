@@ -28,7 +28,7 @@ use crate::records::{Record, quote_ident};
 use crate::store::{
     Column, Delivery, EventQuery, HistoryEntry, HistoryQuery, Reader, SeenEvent, SeenTable,
 };
-use crate::store::{KeyLimits, declared_length};
+use crate::store::{DeliveryRow, KeyLimits, declared_length};
 
 pub use store::SqliteStore;
 
@@ -36,7 +36,7 @@ pub use store::SqliteStore;
 /// attempt (`?1`, Unix ms) is due.
 pub(crate) const DUE: &str = "state = 'pending' OR (state = 'failed' AND next_attempt_at <= ?1)";
 
-/// The columns `store::delivery_from_row` reads, in its order.
+/// The columns `store::delivery_row` reads, in its order.
 pub(crate) const DELIVERY_COLUMNS: &str = "id, handler, keys, done, state, attempts, next_attempt_at, \
                                 last_error, file_offset, created_at, file_id";
 
@@ -188,14 +188,14 @@ fn checkpoint(path: &Path) {
 }
 
 /// Every delivery not finished yet, oldest first.
-pub(crate) fn all_deliveries(conn: &Connection) -> rusqlite::Result<Vec<Delivery>> {
+pub(crate) fn all_deliveries(conn: &Connection) -> rusqlite::Result<Vec<DeliveryRow>> {
     if !table_exists(conn, "spark_delivery")? {
         return Ok(Vec::new());
     }
     let mut stmt = conn.prepare(&format!(
         "SELECT {DELIVERY_COLUMNS} FROM spark_delivery ORDER BY id"
     ))?;
-    stmt.query_map([], store::delivery_from_row)?.collect()
+    stmt.query_map([], store::delivery_row)?.collect()
 }
 
 impl Reader for SqliteReader {
@@ -341,7 +341,8 @@ impl Reader for SqliteReader {
     }
 
     fn deliveries(&mut self) -> Result<Vec<Delivery>> {
-        all_deliveries(&self.conn).map_err(self.err("listing deliveries"))
+        let rows = all_deliveries(&self.conn).map_err(self.err("listing deliveries"))?;
+        DeliveryRow::decode_all(rows, &self.name)
     }
 
     fn count_due(&mut self, now_ms: i64) -> Result<u64> {

@@ -31,8 +31,8 @@ use crate::records::quote_ident;
 use crate::store::ContextJson;
 use crate::store::admin::owed_keys;
 use crate::store::{
-    Delivery, DeliveryQuery, DeliveryState, Failure, FileMark, Forgotten, HistoryEntry,
-    PlannedDelivery, Pruned, Recorded, Store, StoredEvent,
+    Delivery, DeliveryQuery, DeliveryRow, DeliveryState, Failure, FileMark, Forgotten,
+    HistoryEntry, PlannedDelivery, Pruned, Recorded, Store, StoredEvent,
 };
 
 /// The deliveries holding a file mark (settled first), in any state but in
@@ -182,10 +182,21 @@ impl SqliteStore {
         action: impl Into<String>,
     ) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
         let action = action.into();
-        move |error| Error::Store {
-            database: self.name.clone(),
-            action,
-            error: super::sql_message(&error),
+        move |error| match error {
+            // A corrupt row, decoded inside a transaction: said as itself.
+            rusqlite::Error::ToSqlConversionFailure(inner) => match inner.downcast::<Error>() {
+                Ok(inner) => *inner,
+                Err(other) => Error::Store {
+                    database: self.name.clone(),
+                    action,
+                    error: other.to_string(),
+                },
+            },
+            error => Error::Store {
+                database: self.name.clone(),
+                action,
+                error: super::sql_message(&error),
+            },
         }
     }
 
@@ -333,41 +344,29 @@ impl AsSqlError for schema::MigrateError {
     }
 }
 
-pub(crate) fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
-    let keys_json: String = row.get(2)?;
-    let keys: Vec<String> = serde_json::from_str(&keys_json).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
-    })?;
-    let state: String = row.get(4)?;
-    let state = DeliveryState::parse(&state).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            4,
-            rusqlite::types::Type::Text,
-            format!("unknown delivery state {state:?}").into(),
-        )
-    })?;
-    let done: i64 = row.get(3)?;
-    let attempts: i64 = row.get(5)?;
-    let file_offset: Option<i64> = row.get(8)?;
-    let file_id: Option<String> = row.get(10)?;
-    Ok(Delivery {
-        claim: None,
+/// A row of `DELIVERY_COLUMNS`, to decode (`DeliveryRow::decode`).
+pub(crate) fn delivery_row(row: &Row<'_>) -> rusqlite::Result<DeliveryRow> {
+    Ok(DeliveryRow {
         id: row.get(0)?,
         handler: row.get(1)?,
-        keys,
-        done: usize::try_from(done).unwrap_or(0),
-        state,
-        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        keys: row.get(2)?,
+        done: row.get(3)?,
+        state: row.get(4)?,
+        attempts: row.get(5)?,
         next_attempt_at: row.get(6)?,
         last_error: row.get(7)?,
-        file_mark: file_offset
-            .and_then(|o| u64::try_from(o).ok())
-            .map(|offset| FileMark {
-                offset,
-                file: file_id.as_deref().and_then(crate::files::FileId::parse),
-            }),
+        file_offset: row.get(8)?,
         created_at: row.get(9)?,
+        file_id: row.get(10)?,
+        claim: None,
     })
+}
+
+/// Rows decoded inside a transaction: a corrupt one is carried out as the
+/// same error the model gives everywhere (see `SqliteStore::error`).
+pub(crate) fn decoded(rows: Vec<DeliveryRow>, database: &str) -> rusqlite::Result<Vec<Delivery>> {
+    DeliveryRow::decode_all(rows, database)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
 /// Handler names as a JSON array, for `IN (SELECT value FROM json_each(?))`.
@@ -683,8 +682,10 @@ impl Store for SqliteStore {
                 "SELECT {DELIVERY_COLUMNS} FROM spark_delivery WHERE {MARKED} \
                  AND handler IN (SELECT value FROM json_each(?1)) ORDER BY id"
             ))?;
-            stmt.query_map([names_json(handlers)], delivery_from_row)?
-                .collect()
+            let rows = stmt
+                .query_map([names_json(handlers)], delivery_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            decoded(rows, &self.name)
         };
         query(&self.conn).map_err(self.error("listing deliveries to settle"))
     }
@@ -697,17 +698,20 @@ impl Store for SqliteStore {
                 "SELECT {DELIVERY_COLUMNS} FROM spark_delivery WHERE ({CLAIMABLE}) \
                  AND handler IN (SELECT value FROM json_each(?2)) ORDER BY id LIMIT ?3"
             ))?;
-            stmt.query_map(
-                params![now_ms, names_json(handlers), CLAIM_LIMIT],
-                delivery_from_row,
-            )?
-            .collect()
+            let rows = stmt
+                .query_map(
+                    params![now_ms, names_json(handlers), CLAIM_LIMIT],
+                    delivery_row,
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            decoded(rows, &self.name)
         };
         query(&self.conn).map_err(self.error("listing due deliveries"))
     }
 
     fn deliveries(&mut self) -> Result<Vec<Delivery>> {
-        all_deliveries(&self.conn).map_err(self.error("listing deliveries"))
+        let rows = all_deliveries(&self.conn).map_err(self.error("listing deliveries"))?;
+        DeliveryRow::decode_all(rows, &self.name)
     }
 
     fn finish_run(&mut self) -> Result<()> {
@@ -719,7 +723,7 @@ impl Store for SqliteStore {
     fn reset_for_retry(&mut self, query: &DeliveryQuery) -> Result<Vec<Delivery>> {
         let now = clock::now_text();
         self.write("making deliveries due", |conn| {
-            let mut selected: Vec<Delivery> = all_deliveries(conn)?
+            let mut selected: Vec<Delivery> = decoded(all_deliveries(conn)?, &self.name)?
                 .into_iter()
                 .filter(|d| query.matches(d))
                 .collect();
@@ -754,7 +758,7 @@ impl Store for SqliteStore {
                     report.unknown.push(key.clone());
                 }
             }
-            let changes = report.plan(&all_deliveries(conn)?, keys);
+            let changes = report.plan(&decoded(all_deliveries(conn)?, &self.name)?, keys);
             apply_changes(conn, &changes, &now)?;
             Ok(report)
         })
@@ -767,8 +771,7 @@ impl Store for SqliteStore {
              ORDER BY \"key\" LIMIT 5000"
         );
         let delete_sql = format!("DELETE FROM {table} WHERE \"key\" = ?1");
-        let owed =
-            owed_keys(&all_deliveries(&self.conn).map_err(self.error("listing deliveries"))?);
+        let owed = owed_keys(&self.deliveries()?);
         let mut report = Pruned::default();
         let mut after = String::new();
         loop {
