@@ -330,6 +330,14 @@ impl PgStore {
         insert_history(&mut *self.conn(), &entries).map_err(fail)
     }
 
+    /// Runs an operator's change, then a sync point: the change is on disk
+    /// when the command ends.
+    fn durable<T>(&mut self, change: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let done = change(self)?;
+        self.sync_point("making an operator's change durable")?;
+        Ok(done)
+    }
+
     /// Waits until everything this session committed is on disk: a commit
     /// that waits for the disk flushes the log up to it, so all the commits
     /// before it too.
@@ -613,9 +621,7 @@ impl Store for PgStore {
     }
 
     fn mark_seen(&mut self, key: &str, group: &str, context_json: &str) -> Result<bool> {
-        let done = self.mark_seen_unsynced(key, group, context_json)?;
-        self.sync_point("making an operator's change durable")?;
-        Ok(done)
+        self.durable(|s| s.mark_seen_unsynced(key, group, context_json))
     }
 
     fn load_events(&mut self, keys: &[String]) -> Result<Vec<Option<StoredEvent>>> {
@@ -639,9 +645,7 @@ impl Store for PgStore {
     }
 
     fn bury_interrupted(&mut self, error: &str) -> Result<usize> {
-        let done = self.bury_interrupted_unsynced(error)?;
-        self.sync_point("making an operator's change durable")?;
-        Ok(done)
+        self.durable(|s| s.bury_interrupted_unsynced(error))
     }
 
     fn marked(&mut self, handlers: &[&str]) -> Result<Vec<Delivery>> {
@@ -907,15 +911,11 @@ impl Store for PgStore {
     }
 
     fn reset_for_retry(&mut self, query: &DeliveryQuery) -> Result<Vec<Delivery>> {
-        let done = self.reset_for_retry_unsynced(query)?;
-        self.sync_point("making an operator's change durable")?;
-        Ok(done)
+        self.durable(|s| s.reset_for_retry_unsynced(query))
     }
 
     fn forget(&mut self, keys: &[String]) -> Result<Forgotten> {
-        let done = self.forget_unsynced(keys)?;
-        self.sync_point("making an operator's change durable")?;
-        Ok(done)
+        self.durable(|s| s.forget_unsynced(keys))
     }
 
     fn add_history(&mut self, entries: &[HistoryEntry]) -> Result<()> {
@@ -927,9 +927,7 @@ impl Store for PgStore {
     }
 
     fn prune_history(&mut self, cutoff: &str) -> Result<u64> {
-        let done = self.prune_history_unsynced(cutoff)?;
-        self.sync_point("making an operator's change durable")?;
-        Ok(done)
+        self.durable(|s| s.prune_history_unsynced(cutoff))
     }
 
     fn drop_owed(
@@ -937,15 +935,11 @@ impl Store for PgStore {
         changes: &[(i64, Option<Vec<String>>)],
         history: &[HistoryEntry],
     ) -> Result<usize> {
-        let done = self.drop_owed_unsynced(changes, history)?;
-        self.sync_point("making an operator's change durable")?;
-        Ok(done)
+        self.durable(|s| s.drop_owed_unsynced(changes, history))
     }
 
     fn reassign(&mut self, from: &str, to: &str, history: &[HistoryEntry]) -> Result<u64> {
-        let done = self.reassign_unsynced(from, to, history)?;
-        self.sync_point("making an operator's change durable")?;
-        Ok(done)
+        self.durable(|s| s.reassign_unsynced(from, to, history))
     }
 
     fn add_deliveries(
@@ -956,15 +950,11 @@ impl Store for PgStore {
         file_sink: bool,
         history: &[HistoryEntry],
     ) -> Result<u64> {
-        let done = self.add_deliveries_unsynced(handler, keys, chunk, file_sink, history)?;
-        self.sync_point("making an operator's change durable")?;
-        Ok(done)
+        self.durable(|s| s.add_deliveries_unsynced(handler, keys, chunk, file_sink, history))
     }
 
     fn prune(&mut self, cutoff: &str, group: Option<&Regex>, dry_run: bool) -> Result<Pruned> {
-        let done = self.prune_unsynced(cutoff, group, dry_run)?;
-        self.sync_point("making an operator's change durable")?;
-        Ok(done)
+        self.durable(|s| s.prune_unsynced(cutoff, group, dry_run))
     }
 }
 
