@@ -43,6 +43,7 @@ pub mod files;
 pub mod fuzzing;
 pub mod handlers;
 pub mod metrics;
+pub mod ops;
 pub mod panics;
 pub mod pipeline;
 pub mod records;

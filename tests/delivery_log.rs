@@ -214,3 +214,64 @@ on_every_backend! {
         case.run(&["replay", "--handler", "nope"]).status(2).stderr_has(&["no handler of that name"]);
     }
 }
+
+/// Every operator command that writes takes the run lock (SQLite): with a
+/// run holding it, each exits 3 and changes nothing; once it is let go,
+/// they go ahead. `mark-seen` and `migrate` wrote without it.
+#[test]
+fn operator_commands_that_write_wait_for_the_run_lock() {
+    let case = case(Backend::Sqlite, CMD);
+    // spark's tables are not made yet: migrate has work to do.
+    let lock = std::fs::File::create(case.path("app.sqlite3-spark.lock")).unwrap();
+    lock.lock().unwrap();
+    case.run(&["migrate"]).status(3);
+    assert!(
+        !case.tables().iter().any(|t| t.starts_with("spark_")),
+        "{:?}",
+        case.tables()
+    );
+    lock.unlock().unwrap();
+    std::fs::write(case.path("fail"), "").unwrap();
+    case.run(&["process-sources", "--as-of", AS_OF]).status(1);
+
+    let before = (case.seen(), case.deliveries(), history_rows(&case));
+    lock.lock().unwrap();
+    for args in [
+        &["mark-seen", "other_1"][..],
+        &["forget", "challenge_created_1"],
+        &["prune", "--older-than", "0s"],
+        &["reassign", "cmd", "log"],
+        &["discard", "--handler", "cmd"],
+        &["replay", "--handler", "cmd", "--key", "challenge_created_1"],
+        &["retry", "--all"],
+    ] {
+        let run = case.run(args).status(3);
+        assert!(
+            run.stderr().contains("another"),
+            "{args:?}: {}",
+            run.stderr()
+        );
+        assert_eq!(
+            (case.seen(), case.deliveries(), history_rows(&case)),
+            before,
+            "{args:?} changed the store while another run held the lock"
+        );
+    }
+    // Waiting for it: goes ahead once the run lets go.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        lock.unlock().unwrap();
+    });
+    case.run(&["mark-seen", "other_1", "--wait", "10s"])
+        .success();
+    release.join().unwrap();
+    assert!(case.seen().contains_key("other_1"));
+}
+
+fn history_rows(case: &Case) -> usize {
+    case.query("SELECT count(*) FROM spark_history")[0][0]
+        .as_deref()
+        .unwrap_or("0")
+        .parse()
+        .unwrap()
+}

@@ -1,5 +1,6 @@
 //! Printing for the operator commands over the store: mark-seen, events,
-//! deliveries, forget, prune.
+//! deliveries, forget, prune, migrate, preview-mail (the changes are made
+//! by `crate::ops`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,17 +11,10 @@ use serde_json::json;
 use super::Cli;
 use super::output::{clip, field, outln, print_table, stdout_json};
 use crate::backend;
-use crate::clock;
 use crate::config::{Config, HandlerKind};
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::handlers::mail::MailHandler;
 use crate::store::admin::{self, DeliveryQuery, EventQuery};
-
-/// Checks the database read-only (so that a bad one is left untouched) and
-/// tells whether the seen table exists yet.
-pub(super) fn check_database(config: &Config) -> Result<bool> {
-    Ok(backend::reader(config)?.seen_table()?.exists)
-}
 
 /// `spark migrate --print-grants ROLE`: the GRANT statements the role
 /// needs; connects to nothing.
@@ -44,7 +38,12 @@ pub fn print_grants(cli: &Cli, config: &Config, role: &str) -> anyhow::Result<Ex
 }
 
 /// `spark migrate`: creates or upgrades spark's tables, or prints the SQL.
-pub fn migrate(cli: &Cli, config: &Config, print_sql: bool) -> anyhow::Result<ExitCode> {
+pub fn migrate(
+    cli: &Cli,
+    config: &Config,
+    print_sql: bool,
+    wait: Duration,
+) -> anyhow::Result<ExitCode> {
     let pending = backend::pending_sql(config)?;
     let up_to_date = pending.lines().count() <= 2;
     if print_sql {
@@ -65,8 +64,7 @@ pub fn migrate(cli: &Cli, config: &Config, print_sql: bool) -> anyhow::Result<Ex
         return Ok(ExitCode::SUCCESS);
     }
     if !up_to_date {
-        // Opening the store creates or upgrades the tables.
-        backend::store(config)?;
+        crate::ops::migrate(config, wait)?;
     }
     if cli.json {
         stdout_json(&json!({"up_to_date": up_to_date, "migrated": !up_to_date}))?;
@@ -91,31 +89,20 @@ pub fn mark_seen(
     config: &Config,
     key: &str,
     group: Option<&str>,
+    wait: Duration,
 ) -> anyhow::Result<ExitCode> {
-    if key.is_empty() {
-        return Err(Error::Usage("mark-seen: KEY must not be empty".into()).into());
-    }
-    let group = group
-        .map(str::to_owned)
-        .unwrap_or_else(|| key.rsplit_once('_').map_or(key, |(g, _)| g).to_owned());
-    // The limits every record is held to, on every database (SQLite does
-    // not enforce a varchar's length itself).
-    let limits = backend::reader(config)?.seen_table()?.limits;
-    limits
-        .check(key, &group)
-        .map_err(|problem| Error::Usage(format!("mark-seen: {problem}")))?;
-    let new = backend::store(config)?.mark_seen(key, &group, "{}")?;
+    let done = crate::ops::mark_seen(config, key, group, wait)?;
     if cli.json {
-        stdout_json(&json!({"key": key, "group": group, "new": new}))?;
+        stdout_json(&json!(done))?;
     } else if !cli.quiet {
-        if new {
+        if done.new {
             outln!(
                 "marked {} as seen (group {}); it will not be dispatched",
-                field(key),
-                field(&group)
+                field(&done.key),
+                field(&done.group)
             )?;
         } else {
-            outln!("{} was already seen; nothing changed", field(key))?;
+            outln!("{} was already seen; nothing changed", field(&done.key))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -207,15 +194,7 @@ pub fn forget(
     keys: &[String],
     wait: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let report = if check_database(config)? {
-        let _guard = backend::run_guard(config, wait)?;
-        backend::store(config)?.forget(keys)?
-    } else {
-        admin::Forgotten {
-            unknown: keys.to_vec(),
-            ..admin::Forgotten::default()
-        }
-    };
+    let report = crate::ops::forget(config, keys, wait)?;
     if cli.json {
         stdout_json(&json!(report))?;
     } else if !cli.quiet {
@@ -240,40 +219,22 @@ pub fn prune(
     dry_run: bool,
     wait: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let cutoff = clock::ago_text(age);
-    let history_cutoff = clock::ago_text(config.delivery.keep_history);
-    let (report, history) = if check_database(config)? {
-        let _guard = backend::run_guard(config, wait)?;
-        let mut store = backend::store(config)?;
-        let report = store.prune(&cutoff, group, dry_run)?;
-        let history = if dry_run {
-            0
-        } else {
-            store.prune_history(&history_cutoff)?
-        };
-        (report, history)
-    } else {
-        (admin::Pruned::default(), 0)
-    };
+    let done = crate::ops::prune(config, age, group, dry_run, wait)?;
     if cli.json {
-        stdout_json(&json!({
-            "cutoff": cutoff,
-            "dry_run": dry_run,
-            "pruned": report.pruned,
-            "kept_undelivered": report.kept_undelivered,
-            "history_cutoff": history_cutoff,
-            "history_pruned": history,
-        }))?;
+        stdout_json(&json!(done))?;
     } else if !cli.quiet {
         let verb = if dry_run { "would prune" } else { "pruned" };
         outln!(
-            "{verb} {} events recorded before {cutoff} UTC; kept {} with unfinished deliveries",
-            report.pruned,
-            report.kept_undelivered
+            "{verb} {} events recorded before {} UTC; kept {} with unfinished deliveries",
+            done.pruned,
+            done.cutoff,
+            done.kept_undelivered
         )?;
         if !dry_run {
             outln!(
-                "pruned {history} history entries from before {history_cutoff} UTC (keep_history)"
+                "pruned {} history entries from before {} UTC (keep_history)",
+                done.history_pruned,
+                done.history_cutoff
             )?;
         }
     }

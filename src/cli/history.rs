@@ -1,6 +1,6 @@
 //! The delivery log an operator needs: the history (`deliveries --state
-//! done`, `show KEY`), and repairs that leave a trace in it (`reassign`,
-//! `discard`, `replay`).
+//! done`, `show KEY`), and printing the repairs that leave a trace in it
+//! (`reassign`, `discard`, `replay`: made by `crate::ops`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,16 +8,14 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::Cli;
-use super::admin::check_database;
 use super::output::{clip, field, outln, print_table, stdout_json};
 use crate::backend;
-use crate::config::{Config, HandlerKind};
+use crate::config::Config;
 use crate::error::Error;
-use crate::store::admin::{self, DeliveryQuery, EventQuery};
+use crate::ops::{self, ReplayRequest};
+use crate::store::admin::{self, DeliveryQuery};
+use crate::store::history::operator;
 use crate::store::{HistoryEntry, HistoryQuery};
-
-/// Keys per delivery `replay` creates.
-const REPLAY_CHUNK: usize = 500;
 
 fn history_rows<'a>(entries: impl IntoIterator<Item = &'a HistoryEntry>) -> Vec<Vec<String>> {
     entries
@@ -237,39 +235,15 @@ pub fn reassign(
     new: &str,
     wait: Duration,
 ) -> anyhow::Result<ExitCode> {
-    if !config.handlers.iter().any(|h| h.name == new) {
-        return Err(Error::Usage(format!(
-            "reassign: no handler `{new}` in {} to hand deliveries to",
-            config.path.display()
-        ))
-        .into());
-    }
-    if old == new {
-        return Err(Error::Usage("reassign: OLD and NEW are the same handler".into()).into());
-    }
-    let (moved, events) = if check_database(config)? {
-        let _guard = backend::run_guard(config, wait)?;
-        let mut store = backend::store(config)?;
-        let owed: Vec<(String, String)> = store
-            .deliveries()?
-            .iter()
-            .filter(|d| d.handler == old)
-            .flat_map(|d| d.remaining().iter().map(|k| (d.handler.clone(), k.clone())))
-            .collect();
-        let history: Vec<HistoryEntry> = owed
-            .iter()
-            .map(|(_, key)| {
-                HistoryEntry::action(key, new, "reassigned", Some(&format!("from handler {old}")))
-            })
-            .collect();
-        (store.reassign(old, new, &history)?, owed.len())
-    } else {
-        (0, 0)
-    };
+    let done = ops::reassign(config, old, new, &operator(), wait)?;
     if cli.json {
-        stdout_json(&json!({"from": old, "to": new, "deliveries": moved, "events": events}))?;
+        stdout_json(&json!(done))?;
     } else if !cli.quiet {
-        outln!("handed {events} owed events ({moved} deliveries) of handler {old} to {new}")?;
+        outln!(
+            "handed {} owed events ({} deliveries) of handler {old} to {new}",
+            done.events,
+            done.deliveries
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -282,151 +256,41 @@ pub fn discard(
     reason: Option<&str>,
     wait: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let (discarded, changed) = if check_database(config)? {
-        let _guard = backend::run_guard(config, wait)?;
-        let mut store = backend::store(config)?;
-        let deliveries = store.deliveries()?;
-        let (changes, dropped) = admin::drop_plan(&deliveries, &|d, key| {
-            query.matches(d) && (query.keys.is_empty() || query.keys.contains(key))
-        });
-        let history: Vec<HistoryEntry> = dropped
-            .iter()
-            .map(|(handler, key)| HistoryEntry::action(key, handler, "discarded", reason))
-            .collect();
-        let changed = store.drop_owed(&changes, &history)?;
-        if changed < changes.len() {
-            // A shared store: another worker holds some of them right now.
-            (history, Some(changes.len() - changed))
-        } else {
-            (history, None)
-        }
-    } else {
-        (Vec::new(), None)
-    };
+    let done = ops::discard(config, query, reason, &operator(), wait)?;
     if cli.json {
         stdout_json(&json!({
-            "discarded": discarded.iter().map(|e| json!({"handler": e.handler, "key": e.key})).collect::<Vec<_>>(),
-            "left_to_other_workers": changed.unwrap_or(0),
+            "discarded": done.discarded.iter().map(|(handler, key)| json!({"handler": handler, "key": key})).collect::<Vec<_>>(),
+            "left_to_other_workers": done.left_to_other_workers,
         }))?;
     } else if !cli.quiet {
         outln!(
             "discarded {} owed deliveries{}",
-            discarded.len(),
+            done.discarded.len(),
             reason.map(|r| format!(" ({r})")).unwrap_or_default()
         )?;
-        if let Some(n) = changed {
-            outln!("{n} deliveries another worker holds right now were left alone; run again")?;
+        if done.left_to_other_workers > 0 {
+            outln!(
+                "{} deliveries another worker holds right now were left alone; run again",
+                done.left_to_other_workers
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `replay`: already-seen events delivered again, to one handler.
-/// What `spark replay` is asked to do.
-pub struct Replay<'a> {
-    pub handler: &'a str,
-    pub query: &'a EventQuery,
-    pub keys: &'a [String],
-    pub dry_run: bool,
-    /// Replay events whose stored context is not JSON too (as text).
-    pub text_contexts: bool,
-    pub wait: Duration,
-}
-
-/// How many keys a refusal names.
-const KEYS_NAMED: usize = 10;
-
-pub fn replay(cli: &Cli, config: &Config, request: &Replay<'_>) -> anyhow::Result<ExitCode> {
-    let Replay {
-        handler,
-        query,
-        keys,
-        dry_run,
-        text_contexts,
-        wait,
-    } = *request;
-    let Some(h) = config.handlers.iter().find(|h| h.name == handler) else {
-        return Err(Error::Usage(format!(
-            "replay --handler {handler}: no handler of that name in {}",
-            config.path.display()
-        ))
-        .into());
-    };
-    let mut reader = backend::reader(config)?;
-    reader.seen_table()?;
-    // The events asked for, in the order they were seen.
-    let mut chosen: Vec<(String, String)> = Vec::new();
-    // Events whose stored context is not JSON (django-spark's `repr()`):
-    // a handler would get `{"text": ...}` and a template render empty.
-    let mut not_json: Vec<String> = Vec::new();
-    let mut choose = |e: admin::SeenEvent| {
-        if !e.context_is_json() && h.group.is_match(&e.group) {
-            not_json.push(e.key.clone());
-        }
-        chosen.push((e.key, e.group));
-    };
-    if keys.is_empty() {
-        reader.list_events(query, &mut choose)?;
-        chosen.reverse();
-    } else {
-        for key in keys {
-            match reader.seen_event(key)? {
-                Some(e) => choose(e),
-                None => {
-                    return Err(
-                        Error::Usage(format!("replay --key {key}: no such seen event")).into(),
-                    );
-                }
-            }
-        }
-    }
-    if !not_json.is_empty() && !text_contexts {
-        let named: Vec<String> = not_json.iter().take(KEYS_NAMED).map(|k| field(k)).collect();
-        let more = not_json.len().saturating_sub(KEYS_NAMED);
-        return Err(Error::Usage(format!(
-            "replay: {} events' stored contexts are not JSON (django-spark wrote Python reprs), so \
-             {handler} would get them as {{\"text\": \"...\"}} and templates would render them empty: {}{}; \
-             leave them out (--key, --group, --since), or pass --text-contexts to send them as text",
-            not_json.len(),
-            named.join(", "),
-            if more > 0 { format!(" and {more} more") } else { String::new() }
-        ))
-        .into());
-    }
-    // Only events of groups the handler receives; none it already owes.
-    let owed: std::collections::HashSet<String> = reader
-        .deliveries()?
-        .iter()
-        .filter(|d| d.handler == handler)
-        .flat_map(|d| d.remaining().to_vec())
-        .collect();
-    drop(reader);
-    let total = chosen.len();
-    type Chosen = Vec<(String, String)>;
-    let (receives, other): (Chosen, Chosen) = chosen
-        .into_iter()
-        .partition(|(_, group)| h.group.is_match(group));
-    let (already, replayed): (Vec<String>, Vec<String>) = receives
-        .into_iter()
-        .map(|(key, _)| key)
-        .partition(|key| owed.contains(key));
-    if !dry_run && !replayed.is_empty() {
-        let _guard = backend::run_guard(config, wait)?;
-        let mut store = backend::store(config)?;
-        let history: Vec<HistoryEntry> = replayed
-            .iter()
-            .map(|key| HistoryEntry::action(key, handler, "replayed", None))
-            .collect();
-        let file_sink = matches!(h.kind, HandlerKind::Jsonl { .. });
-        store.add_deliveries(handler, &replayed, REPLAY_CHUNK, file_sink, &history)?;
-    }
+pub fn replay(cli: &Cli, config: &Config, request: &ReplayRequest<'_>) -> anyhow::Result<ExitCode> {
+    let done = ops::replay(config, request, &operator())?;
+    let (handler, dry_run, total) = (&done.handler, done.dry_run, done.selected);
+    let (replayed, already) = (&done.replayed, &done.already_owed);
+    let other = done.not_received;
     if cli.json {
         stdout_json(&json!({
             "handler": handler,
             "dry_run": dry_run,
             "replayed": replayed,
             "already_owed": already,
-            "not_received": other.len(),
+            "not_received": other,
             "selected": total,
         }))?;
     } else if !cli.quiet {
@@ -435,7 +299,7 @@ pub fn replay(cli: &Cli, config: &Config, request: &Replay<'_>) -> anyhow::Resul
             "{verb} {} events to {handler} (of {total} selected: {} already owed to it, {} of groups it does not receive){}",
             replayed.len(),
             already.len(),
-            other.len(),
+            other,
             if dry_run || replayed.is_empty() {
                 ""
             } else {

@@ -111,6 +111,8 @@ enum Command {
         /// The event's group [default: KEY up to its last "_"]
         #[arg(long, value_name = "G")]
         group: Option<String>,
+        #[command(flatten)]
+        lock: LockArgs,
     },
     /// Record everything the sources produce now as seen, dispatching nothing
     /// (turning spark on over an existing database)
@@ -237,6 +239,8 @@ enum Command {
         /// Print the GRANT statements that give ROLE what spark needs (PostgreSQL); run nothing
         #[arg(long, value_name = "ROLE", conflicts_with = "print_sql")]
         print_grants: Option<String>,
+        #[command(flatten)]
+        lock: LockArgs,
     },
     /// Deliver failed or dead deliveries now, with a fresh count of attempts
     Retry {
@@ -493,7 +497,9 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
             print_grants: Some(role),
             ..
         } => admin::print_grants(cli, &config, role),
-        Command::Migrate { print_sql, .. } => admin::migrate(cli, &config, *print_sql),
+        Command::Migrate {
+            print_sql, lock, ..
+        } => admin::migrate(cli, &config, *print_sql, lock.wait()?),
         Command::Retry {
             key,
             handler,
@@ -531,7 +537,9 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
         }
         Command::ListHandlers => list::handlers(cli, &config, registry),
         Command::ListSources => list::sources(cli, &config, registry),
-        Command::MarkSeen { key, group } => admin::mark_seen(cli, &config, key, group.as_deref()),
+        Command::MarkSeen { key, group, lock } => {
+            admin::mark_seen(cli, &config, key, group.as_deref(), lock.wait()?)
+        }
         Command::Events {
             group,
             key_prefix,
@@ -646,7 +654,7 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
             history::replay(
                 cli,
                 &config,
-                &history::Replay {
+                &crate::ops::ReplayRequest {
                     handler,
                     query: &query,
                     keys: key,

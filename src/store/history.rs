@@ -35,6 +35,17 @@ pub struct HistoryEntry {
 impl HistoryEntry {
     /// An entry for an operator's action on `key`'s delivery to `handler`.
     pub fn action(key: &str, handler: &str, outcome: &str, reason: Option<&str>) -> HistoryEntry {
+        HistoryEntry::action_by(key, handler, outcome, reason, &operator())
+    }
+
+    /// `action`, by `who` (a console's user, say).
+    pub fn action_by(
+        key: &str,
+        handler: &str,
+        outcome: &str,
+        reason: Option<&str>,
+        who: &str,
+    ) -> HistoryEntry {
         HistoryEntry {
             key: key.to_owned(),
             handler: handler.to_owned(),
@@ -43,7 +54,7 @@ impl HistoryEntry {
             attempt: 0,
             ms: None,
             error: reason.map(str::to_owned),
-            by: Some(operator()),
+            by: Some(who.to_owned()),
         }
     }
 }
