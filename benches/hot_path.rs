@@ -13,7 +13,7 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use jiff::civil::Date;
 use rusqlite::Connection;
-use spark::backend::sqlite::SqliteStore;
+use spark::backend::sqlite::SqliteExecutor;
 use spark::backend::sqlite::records::RecordReader;
 use spark::config::Config;
 use spark::handlers::Dispatch;
@@ -111,7 +111,9 @@ fn record_batch(c: &mut Criterion) {
             .expect("db")
             .execute_batch("CREATE TABLE x (a)")
             .expect("table");
-        SqliteStore::open(&path, "spark_event", Duration::from_secs(5)).expect("store")
+        spark::store::machine::Machine::new(Box::new(
+            SqliteExecutor::open(&path, "spark_event", Duration::from_secs(5)).expect("store"),
+        ))
     };
     let plan = |mask: &[bool]| {
         vec![spark::store::PlannedDelivery {

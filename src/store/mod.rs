@@ -19,8 +19,10 @@
 //! calling handlers, or SQL (the backends).
 
 pub mod admin;
+pub mod driver;
 pub mod history;
 pub mod limits;
+pub mod machine;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -193,6 +195,25 @@ pub struct Claim {
 pub struct FileMark {
     pub offset: u64,
     pub file: Option<crate::files::FileId>,
+}
+
+impl FileMark {
+    /// A mark as the two columns that keep it: the offset, and the file's
+    /// identity as text.
+    pub fn columns(mark: Option<FileMark>) -> (Option<i64>, Option<String>) {
+        match mark {
+            None => (None, None),
+            Some(m) => (
+                Some(i64::try_from(m.offset).unwrap_or(i64::MAX)),
+                m.file.map(|f| f.to_string()),
+            ),
+        }
+    }
+}
+
+/// A delivery's keys as its row keeps them: a JSON list of strings.
+pub fn keys_json(keys: &[String]) -> String {
+    serde_json::to_string(keys).unwrap_or_else(|_| String::from("[]"))
 }
 
 impl Delivery {

@@ -31,10 +31,11 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use crate::config::{PgConfig, SslMode};
 use crate::error::{Error, Result};
 use crate::records::{Record, quote_ident};
+use crate::store::driver::{Driver, Executor, RunGuard};
 use crate::store::{Column, Delivery, EventQuery, Reader, SeenEvent, SeenTable};
-use crate::store::{DeliveryRow, KeyLimits};
+use crate::store::{DeliveryRow, KeyLimits, Notifier};
 
-pub use store::PgStore;
+pub use store::PgExecutor;
 
 /// Rows fetched from a cursor at a time.
 const FETCH_ROWS: i32 = 2000;
@@ -286,6 +287,60 @@ impl ServerCertVerifier for AnyName {
 }
 
 /// A read-only connection to the database.
+/// A PostgreSQL database as `[database] url` names it.
+pub struct PgDriver {
+    pg: PgConfig,
+    seen_table: String,
+}
+
+impl PgDriver {
+    pub fn new(pg: &PgConfig, seen_table: &str) -> PgDriver {
+        PgDriver {
+            pg: pg.clone(),
+            seen_table: seen_table.to_owned(),
+        }
+    }
+}
+
+impl Driver for PgDriver {
+    fn name(&self) -> String {
+        self.pg.describe()
+    }
+
+    fn reader(&self) -> Result<Box<dyn Reader>> {
+        Ok(Box::new(PgReader::open(&self.pg, &self.seen_table)?))
+    }
+
+    fn executor(&self) -> Result<Box<dyn Executor>> {
+        Ok(Box::new(PgExecutor::open(&self.pg, &self.seen_table)?))
+    }
+
+    fn pending_sql(&self) -> Result<String> {
+        let mut client = connect(&self.pg)?;
+        let fail = store_err(&self.pg.describe(), "reading spark's schema version");
+        let found = schema::version(&mut client).map_err(&fail)?;
+        let seen = schema::table_exists(&mut client, &self.seen_table).map_err(&fail)?;
+        Ok(schema::pending_sql(&self.seen_table, seen, found))
+    }
+
+    fn grants(&self, role: &str, tables: &[String], queries: bool) -> Option<String> {
+        Some(privileges::grants(&self.seen_table, role, tables, queries))
+    }
+
+    fn guard(&self, _wait: std::time::Duration) -> Result<RunGuard> {
+        // Processes share the store by claims.
+        Ok(RunGuard::none())
+    }
+
+    fn notifier(&self) -> Result<Option<Box<dyn Notifier>>> {
+        Ok(match &self.pg.listen {
+            None => None,
+            Some(channel) => Some(Box::new(notify::Listener::open(&self.pg, channel)?)),
+        })
+    }
+}
+
+/// A read-only connection.
 pub struct PgReader {
     client: Client,
     name: String,

@@ -1,10 +1,11 @@
-//! The PostgreSQL store, shared by any number of spark processes.
+//! The PostgreSQL executor, shared by any number of spark processes: the
+//! SQL of PostgreSQL for the delivery rules (`crate::store::machine`).
 //!
-//! - **Keys**: each batch is one transaction: `INSERT ... ON CONFLICT DO
-//!   NOTHING RETURNING` (in key order, so that scanners racing over the same
-//!   records never deadlock) tells which keys this process recorded; only
-//!   those get deliveries, in the same transaction. A key is recorded once
-//!   and gets its deliveries once, whichever process reads it first.
+//! - **Keys**: `INSERT ... ON CONFLICT DO NOTHING RETURNING` (in key order,
+//!   so that scanners racing over the same records never deadlock) tells
+//!   which keys this transaction recorded; only those get deliveries, in
+//!   the same transaction. A key is recorded once and gets its deliveries
+//!   once, whichever process reads it first.
 //! - **Claims**: a process works only on deliveries it has claimed:
 //!   `SELECT ... FOR UPDATE SKIP LOCKED` picks one nobody holds, and an
 //!   `UPDATE` gives it a lease (`claimed_by`, `lease_until`, measured by the
@@ -13,43 +14,41 @@
 //!   (kill -9, a lost connection, a machine gone) its leases run out and the
 //!   others take its deliveries over. Every change to a claimed delivery is
 //!   fenced (`AND claimed_by = me`): a process that lost its claim learns it
-//!   (`Error::LostClaim`) and stops working on that delivery.
-//! - **Chunks**: deliveries for handlers called once per event are written
-//!   in chunks (`PlannedDelivery::chunk`: 10 keys, or four windows of a
-//!   handler's calls in flight), so that many workers share a backlog evenly.
-//!   Deliveries for a file sink (jsonl) belong to the host that recorded
-//!   them (`host`), and are written claimed by the process that holds the
-//!   file, which delivers them at once.
-//! - **At-most-once**: a delivery in flight whose lease ran out belonged to
-//!   a process that died mid-call: it becomes dead "interrupted", as on
-//!   SQLite.
+//!   (`Error::LostClaim`) and stops working on that delivery. A process that
+//!   stops any other way gives its claims back at once.
+//! - **Files**: deliveries for a file sink (jsonl) belong to the host that
+//!   recorded them (`host`); those written by the process that holds the
+//!   file are claimed by it, which delivers them at once.
+//! - **Commits**: spark's session does not wait for the disk
+//!   (`synchronous_commit = off`): outcomes survive spark being killed (the
+//!   server has them), and a crash of the server can only repeat a
+//!   delivery. Batches and durable writes wait (`SET LOCAL
+//!   synchronous_commit = on`). A deadlock or serialization failure tries
+//!   the transaction again.
 //!
-//! Not here: the schema (`schema.rs`) or read-only queries (`PgReader`).
+//! Not here: the rules, the schema (`schema.rs`) or read-only queries
+//! (`PgReader`).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::{Mutex, MutexGuard, mpsc};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::Duration;
 
-use postgres::{Client, GenericClient, Row};
-use regex::Regex;
+use postgres::types::ToSql;
+use postgres::{Client, GenericClient, Row, Statement};
 
-use super::{
-    CREATED_AT_TEXT, DELIVERY_COLUMNS, NOW_MS, all_deliveries, connect, message, schema, store_err,
-};
+use super::{CREATED_AT_TEXT, DELIVERY_COLUMNS, NOW_MS, connect, message, schema, store_err};
 use crate::clock;
 use crate::config::PgConfig;
 use crate::error::{Error, Result};
-use crate::event::Event;
 use crate::records::quote_ident;
-use crate::store::admin::owed_keys;
+use crate::store::driver::{Commit, Executor, NewDelivery, Rows, SeenRow};
 use crate::store::{
-    Claim, ContextJson, Delivery, DeliveryQuery, DeliveryRow, DeliveryState, Failure, FileMark,
-    Forgotten, HistoryEntry, PlannedDelivery, Pruned, Recorded, Store, StoredEvent,
+    Claim, Delivery, DeliveryRow, DeliveryState, Failure, FileMark, HistoryEntry, StoredEvent,
+    keys_json,
 };
 
-/// Planner costs for spark's own sessions (see `PgStore::open`).
+/// Planner costs for spark's own sessions (see `PgExecutor::open`).
 pub(crate) const LOOKUP_COSTS: &str = "SET random_page_cost = 1.1";
 
 /// Makes the transaction it starts a commit that waits for the disk (in a
@@ -59,12 +58,12 @@ const DURABLE: &str = "SET LOCAL synchronous_commit = on";
 /// After recording this many keys in a run, the seen table is analyzed.
 const ANALYZE_AFTER: u64 = 10_000;
 
-/// How many times a batch is tried again after a deadlock or a
+/// How many times a transaction is tried after a deadlock or a
 /// serialization failure (another worker's transaction in the way).
 const RETRIES: u32 = 5;
 
-/// The PostgreSQL store.
-pub struct PgStore {
+/// The connection of one spark process that writes.
+pub struct PgExecutor {
     /// The connection, shared with the heartbeat: when it is cut, renewals
     /// stop with it, and the others take this process's claims over.
     client: Arc<Mutex<Client>>,
@@ -78,23 +77,20 @@ pub struct PgStore {
     /// Keys this process recorded (a big first run analyzes the seen table
     /// after it, so that the next run's lookups are planned well).
     recorded: u64,
-    /// History entries not written yet: written `HISTORY_HELD` at a time,
-    /// and when the run ends (the operator's record, not the delivery log).
-    history: Vec<HistoryEntry>,
     /// The statements of the hot path, prepared once (one round trip per
     /// outcome instead of two).
-    prepared: HashMap<&'static str, postgres::Statement>,
+    prepared: HashMap<&'static str, Statement>,
     /// Renews this process's leases while it lives; stops when dropped.
     _heartbeat: Heartbeat,
 }
 
-/// How many history entries a store holds before writing them.
-const HISTORY_HELD: usize = 256;
-
+/// The SQL that names the seen table, built once.
 struct Statements {
     insert: String,
     exists: String,
     load: String,
+    delete: String,
+    page: String,
 }
 
 /// A thread renewing this process's leases every third of a lease, on the
@@ -163,7 +159,6 @@ fn host_name() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// A delivery from a row of `DELIVERY_COLUMNS`.
 /// A row of `DELIVERY_COLUMNS`, to decode (`DeliveryRow::decode`).
 pub(crate) fn delivery_row(row: &Row) -> std::result::Result<DeliveryRow, postgres::Error> {
     let done: i32 = row.try_get(3)?;
@@ -188,21 +183,7 @@ pub(crate) fn delivery_row(row: &Row) -> std::result::Result<DeliveryRow, postgr
     })
 }
 
-fn keys_json(keys: &[String]) -> String {
-    serde_json::to_string(keys).unwrap_or_else(|_| String::from("[]"))
-}
-
-fn mark_sql(mark: Option<FileMark>) -> (Option<i64>, Option<String>) {
-    match mark {
-        None => (None, None),
-        Some(m) => (
-            Some(i64::try_from(m.offset).unwrap_or(i64::MAX)),
-            m.file.map(|f| f.to_string()),
-        ),
-    }
-}
-
-fn to_i32(n: usize) -> i32 {
+fn to_i32(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
@@ -214,10 +195,10 @@ fn is_transient(e: &postgres::Error) -> bool {
     })
 }
 
-impl PgStore {
+impl PgExecutor {
     /// Connects, creates or upgrades spark's tables (when needed), and
     /// starts renewing this process's leases.
-    pub fn open(pg: &PgConfig, seen_table: &str) -> Result<PgStore> {
+    pub fn open(pg: &PgConfig, seen_table: &str) -> Result<PgExecutor> {
         let mut client = connect(pg)?;
         let name = pg.describe();
         schema::migrate(&mut client, seen_table).map_err(|e| match e {
@@ -264,7 +245,7 @@ impl PgStore {
         let me = format!("{host}:{}:{random:08x}", std::process::id());
         let t = quote_ident(seen_table);
         let client = Arc::new(Mutex::new(client));
-        Ok(PgStore {
+        Ok(PgExecutor {
             _heartbeat: Heartbeat::start(client.clone(), &me, pg.lease),
             client,
             name,
@@ -273,7 +254,6 @@ impl PgStore {
             host,
             lease_ms: i64::try_from(pg.lease.as_millis()).unwrap_or(i64::MAX),
             recorded: 0,
-            history: Vec::new(),
             prepared: HashMap::new(),
             sql: Statements {
                 insert: format!(
@@ -286,6 +266,12 @@ impl PgStore {
                 load: format!(
                     "SELECT \"key\"::text, \"group\"::text, \"context\"::text, {CREATED_AT_TEXT} \
                      FROM {t} WHERE \"key\" = ANY($1)"
+                ),
+                delete: format!("DELETE FROM {t} WHERE \"key\" = ANY($1) RETURNING \"key\"::text"),
+                page: format!(
+                    "SELECT \"key\"::text, \"group\"::text FROM {t} \
+                     WHERE \"created_at\" < ($1 || '+00')::timestamptz AND \"key\" > $2 \
+                     ORDER BY \"key\" LIMIT $3"
                 ),
             },
         })
@@ -300,42 +286,6 @@ impl PgStore {
              WHERE claimed_by = $1 AND state <> 'in_flight'",
             &[&self.me],
         )
-    }
-
-    /// Runs one of the hot path's statements, prepared the first time.
-    fn execute_prepared(
-        &mut self,
-        sql: &'static str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> std::result::Result<u64, postgres::Error> {
-        let mut conn = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        let stmt = match self.prepared.get(sql) {
-            Some(stmt) => stmt.clone(),
-            None => {
-                let stmt = conn.prepare(sql)?;
-                self.prepared.insert(sql, stmt.clone());
-                stmt
-            }
-        };
-        conn.execute(&stmt, params)
-    }
-
-    /// Writes the held history entries.
-    fn flush_history(&mut self) -> Result<()> {
-        if self.history.is_empty() {
-            return Ok(());
-        }
-        let entries = std::mem::take(&mut self.history);
-        let fail = store_err(&self.name, "recording the delivery history");
-        insert_history(&mut *self.conn(), &entries).map_err(fail)
-    }
-
-    /// Runs an operator's change, then a sync point: the change is on disk
-    /// when the command ends.
-    fn durable<T>(&mut self, change: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        let done = change(self)?;
-        self.sync_point("making an operator's change durable")?;
-        Ok(done)
     }
 
     /// Waits until everything this session committed is on disk: a commit
@@ -359,22 +309,26 @@ impl PgStore {
         store_err(&self.name, action)
     }
 
-    /// A fenced change touched no row: another process took the delivery
-    /// over (this one's lease ran out).
-    fn check_claim(&self, changed: u64, id: i64) -> Result<()> {
-        lost_claim(&self.name, changed, id)
+    /// Deliveries a claiming `UPDATE ... RETURNING` gave this process.
+    fn claimed(
+        &self,
+        action: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Delivery>> {
+        let fail = self.err(action);
+        let rows: Vec<DeliveryRow> = self
+            .conn()
+            .query(sql, params)
+            .map_err(&fail)?
+            .iter()
+            .map(delivery_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(&fail)?;
+        let mut found = DeliveryRow::decode_all(rows, &self.name)?;
+        found.sort_by_key(|d| d.id);
+        Ok(found)
     }
-}
-
-/// `Error::LostClaim` when a fenced change touched no row.
-fn lost_claim(database: &str, changed: u64, id: i64) -> Result<()> {
-    if changed == 0 {
-        return Err(Error::LostClaim {
-            database: database.to_owned(),
-            delivery: id,
-        });
-    }
-    Ok(())
 }
 
 /// A random number for the worker's name (no dependency for one number).
@@ -390,128 +344,359 @@ fn rand_u32() -> u32 {
     h.finish() as u32
 }
 
-/// The deliveries some process holds a live claim on right now (an
-/// operator's change leaves them to it).
-fn claimed_now(tx: &mut impl GenericClient) -> std::result::Result<Vec<i64>, postgres::Error> {
-    tx.query(
-        &format!(
-            "SELECT id FROM spark_delivery WHERE claimed_by IS NOT NULL AND lease_until >= {NOW_MS}"
-        ),
-        &[],
-    )?
-    .iter()
-    .map(|r| r.try_get(0))
-    .collect()
-}
-
-/// Applies a `drop_plan`: deletes the deliveries that keep nothing, and
-/// rewrites the keys of the others.
-fn apply_changes(
-    tx: &mut impl GenericClient,
-    changes: &[(i64, Option<Vec<String>>)],
-    now: &str,
-) -> std::result::Result<(), postgres::Error> {
-    for (id, kept) in changes {
-        match kept {
-            None => tx.execute("DELETE FROM spark_delivery WHERE id = $1", &[id])?,
-            Some(keys) => tx.execute(
-                "UPDATE spark_delivery SET keys = $2, updated_at = $3 WHERE id = $1",
-                &[id, &keys_json(keys), &now],
-            )?,
-        };
-    }
-    Ok(())
-}
-
-/// Appends history entries (one statement).
-fn insert_history(
-    tx: &mut impl GenericClient,
-    entries: &[HistoryEntry],
-) -> std::result::Result<(), postgres::Error> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let col = |f: &dyn Fn(&HistoryEntry) -> Option<String>| -> Vec<Option<String>> {
-        entries.iter().map(f).collect()
-    };
-    let keys = col(&|e| Some(e.key.clone()));
-    let handlers = col(&|e| Some(e.handler.clone()));
-    let ats = col(&|e| Some(e.at.clone()));
-    let outcomes = col(&|e| Some(e.outcome.clone()));
-    let errors = col(&|e| e.error.clone());
-    let bys = col(&|e| e.by.clone());
-    let attempts: Vec<i32> = entries
-        .iter()
-        .map(|e| i32::try_from(e.attempt).unwrap_or(i32::MAX))
-        .collect();
-    let ms: Vec<Option<i64>> = entries.iter().map(|e| e.ms).collect();
-    tx.execute(
-        "INSERT INTO spark_history (key, handler, at, outcome, attempt, ms, error, by_whom) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], \
-                              $6::bigint[], $7::text[], $8::text[])",
-        &[
-            &keys, &handlers, &ats, &outcomes, &attempts, &ms, &errors, &bys,
-        ],
-    )?;
-    Ok(())
-}
-
-/// Inserts one delivery row and returns its id.
-#[allow(clippy::too_many_arguments)]
-fn insert_delivery(
-    tx: &mut impl GenericClient,
-    handler: &str,
-    keys: &[String],
-    state: DeliveryState,
-    attempts: u32,
-    next: i64,
-    error: Option<&str>,
-    mark: Option<FileMark>,
-    host: Option<&str>,
-    claimed_by: Option<&str>,
-    lease_ms: i64,
-    now: &str,
-) -> std::result::Result<i64, postgres::Error> {
-    let (offset, file_id) = mark_sql(mark);
-    let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
-    let row = tx.query_one(
-        &format!(
-            "INSERT INTO spark_delivery (handler, keys, state, attempts, next_attempt_at, last_error, \
-             file_offset, file_id, host, claimed_by, lease_until, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                     CASE WHEN $10::text IS NULL THEN NULL ELSE {NOW_MS} + $11 END, $12, $12) \
-             RETURNING id"
-        ),
-        &[
-            &handler,
-            &keys_json(keys),
-            &state.as_str(),
-            &attempts,
-            &next,
-            &error,
-            &offset,
-            &file_id,
-            &host,
-            &claimed_by,
-            &lease_ms,
-            &now,
-        ],
-    )?;
-    row.try_get(0)
-}
-
 /// A process that stops any way but a kill (an error, a panic unwinding)
 /// gives its claims back at once, instead of leaving them to their lease.
-impl Drop for PgStore {
+impl Drop for PgExecutor {
     fn drop(&mut self) {
-        let _ = self.flush_history();
         if let Err(e) = self.let_go() {
             tracing::debug!(error = message(&e).as_str(), "giving claims back failed");
         }
     }
 }
 
-impl Store for PgStore {
+/// The row operations of one transaction (or of one statement of its own).
+struct PgRows<'a, C: GenericClient> {
+    c: &'a mut C,
+    prepared: &'a mut HashMap<&'static str, Statement>,
+    sql: &'a Statements,
+    name: &'a str,
+    action: &'a str,
+    me: &'a str,
+    host: &'a str,
+    lease_ms: i64,
+    now: String,
+    /// Keys recorded.
+    recorded: u64,
+    /// Whether an error was another transaction in the way (tried again).
+    transient: bool,
+}
+
+impl<C: GenericClient> PgRows<'_, C> {
+    fn fail(&mut self, e: postgres::Error) -> Error {
+        self.transient |= is_transient(&e);
+        Error::Store {
+            database: self.name.to_owned(),
+            action: self.action.to_owned(),
+            error: message(&e),
+        }
+    }
+
+    /// One of the hot path's statements, prepared the first time.
+    fn statement(&mut self, sql: &'static str) -> Result<Statement> {
+        if let Some(stmt) = self.prepared.get(sql) {
+            return Ok(stmt.clone());
+        }
+        let stmt = self.c.prepare(sql).map_err(|e| self.fail(e))?;
+        self.prepared.insert(sql, stmt.clone());
+        Ok(stmt)
+    }
+
+    /// Runs a prepared statement; how many rows it changed.
+    fn exec(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        let stmt = self.statement(sql)?;
+        self.c.execute(&stmt, params).map_err(|e| self.fail(e))
+    }
+
+    fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        self.c.query(sql, params).map_err(|e| self.fail(e))
+    }
+
+    /// The first column of each row.
+    fn column<T>(&mut self, rows: &[Row]) -> Result<Vec<T>>
+    where
+        T: for<'r> postgres::types::FromSql<'r>,
+    {
+        rows.iter()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.fail(e))
+    }
+}
+
+impl<C: GenericClient> Rows for PgRows<'_, C> {
+    fn now(&self) -> &str {
+        &self.now
+    }
+
+    fn seen_among(&mut self, keys: &[&str]) -> Result<HashSet<String>> {
+        let sql = self.sql.exists.clone();
+        let rows = self.query(&sql, &[&keys])?;
+        Ok(self.column::<String>(&rows)?.into_iter().collect())
+    }
+
+    fn insert_seen(&mut self, rows: &[SeenRow<'_>]) -> Result<Vec<bool>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&str> = rows.iter().map(|r| r.key).collect();
+        let groups: Vec<&str> = rows.iter().map(|r| r.group).collect();
+        let contexts: Vec<&str> = rows.iter().map(|r| r.context).collect();
+        let (sql, now) = (self.sql.insert.clone(), self.now.clone());
+        let found = self.query(&sql, &[&keys, &groups, &now, &contexts])?;
+        let inserted: HashSet<String> = self.column::<String>(&found)?.into_iter().collect();
+        self.recorded += inserted.len() as u64;
+        // Of keys repeated in the batch, the first is the new one.
+        let mut taken = HashSet::new();
+        Ok(rows
+            .iter()
+            .map(|r| inserted.contains(r.key) && taken.insert(r.key))
+            .collect())
+    }
+
+    fn delete_seen(&mut self, keys: &[String]) -> Result<Vec<String>> {
+        let sql = self.sql.delete.clone();
+        let rows = self.query(&sql, &[&keys])?;
+        self.column(&rows)
+    }
+
+    fn deliveries(&mut self) -> Result<Vec<Delivery>> {
+        let rows = self.query(
+            &format!("SELECT {DELIVERY_COLUMNS} FROM spark_delivery ORDER BY id"),
+            &[],
+        )?;
+        let rows: Vec<DeliveryRow> = rows
+            .iter()
+            .map(delivery_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.fail(e))?;
+        DeliveryRow::decode_all(rows, self.name)
+    }
+
+    fn held_by_others(&mut self) -> Result<HashSet<i64>> {
+        let me = self.me;
+        let rows = self.query(
+            &format!(
+                "SELECT id FROM spark_delivery WHERE claimed_by IS NOT NULL \
+                 AND claimed_by <> $1 AND lease_until >= {NOW_MS}"
+            ),
+            &[&me],
+        )?;
+        Ok(self.column::<i64>(&rows)?.into_iter().collect())
+    }
+
+    fn insert_deliveries(&mut self, rows: &[NewDelivery]) -> Result<Vec<Option<i64>>> {
+        let mut ids = vec![None; rows.len()];
+        let host = self.host.to_owned();
+        let now = self.now.clone();
+        // Claimed ones one by one, for their ids; the others in one statement.
+        let (mut handlers, mut keys, mut hosts, mut states) = (vec![], vec![], vec![], vec![]);
+        let (mut attempts, mut nexts, mut errors, mut offsets, mut file_ids) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for (i, r) in rows.iter().enumerate() {
+            let (offset, file_id) = FileMark::columns(r.file_mark);
+            let on_host = r.this_host.then_some(host.as_str());
+            if r.claimed {
+                let (me, lease) = (self.me, self.lease_ms);
+                let found = self.query(
+                    &format!(
+                        "INSERT INTO spark_delivery (handler, keys, state, attempts, next_attempt_at, \
+                         last_error, file_offset, file_id, host, claimed_by, lease_until, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, {NOW_MS} + $11, $12, $12) \
+                         RETURNING id"
+                    ),
+                    &[
+                        &r.handler,
+                        &keys_json(&r.keys),
+                        &r.state.as_str(),
+                        &to_i32(r.attempts),
+                        &r.next_attempt_at,
+                        &r.last_error,
+                        &offset,
+                        &file_id,
+                        &on_host,
+                        &me,
+                        &lease,
+                        &now,
+                    ],
+                )?;
+                ids[i] = self.column::<i64>(&found)?.first().copied();
+                continue;
+            }
+            handlers.push(r.handler.as_str());
+            keys.push(keys_json(&r.keys));
+            hosts.push(on_host);
+            states.push(r.state.as_str());
+            attempts.push(to_i32(r.attempts));
+            nexts.push(r.next_attempt_at);
+            errors.push(r.last_error.as_deref());
+            offsets.push(offset);
+            file_ids.push(file_id);
+        }
+        if !handlers.is_empty() {
+            self.exec(
+                "INSERT INTO spark_delivery (handler, keys, host, state, attempts, next_attempt_at, \
+                 last_error, file_offset, file_id, created_at, updated_at) \
+                 SELECT h, k, o, s, a, n, e, f, i, $10, $10 FROM unnest($1::text[], $2::text[], \
+                 $3::text[], $4::text[], $5::int[], $6::bigint[], $7::text[], $8::bigint[], $9::text[]) \
+                 AS d(h, k, o, s, a, n, e, f, i)",
+                &[
+                    &handlers, &keys, &hosts, &states, &attempts, &nexts, &errors, &offsets,
+                    &file_ids, &now,
+                ],
+            )?;
+        }
+        Ok(ids)
+    }
+
+    fn set_done(&mut self, id: i64, done: usize) -> Result<bool> {
+        let (now, me) = (self.now.clone(), self.me);
+        let done = i32::try_from(done).unwrap_or(i32::MAX);
+        self.exec(
+            "UPDATE spark_delivery SET done = $2, updated_at = $3 WHERE id = $1 AND claimed_by = $4",
+            &[&id, &done, &now, &me],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn delete_finished(&mut self, ids: &[i64]) -> Result<u64> {
+        let me = self.me;
+        self.exec(
+            "DELETE FROM spark_delivery WHERE id = ANY($1) AND claimed_by = $2",
+            &[&ids, &me],
+        )
+    }
+
+    fn set_failed(&mut self, id: i64, state: DeliveryState, failure: &Failure) -> Result<bool> {
+        let (now, me) = (self.now.clone(), self.me);
+        let next = failure.next_attempt_at.unwrap_or(0);
+        // The claim goes with the failure: the next attempt is anyone's.
+        self.exec(
+            "UPDATE spark_delivery SET state = $2, attempts = $3, next_attempt_at = $4, \
+             last_error = $5, file_offset = NULL, file_id = NULL, claimed_by = NULL, \
+             lease_until = NULL, updated_at = $6 WHERE id = $1 AND claimed_by = $7",
+            &[
+                &id,
+                &state.as_str(),
+                &to_i32(failure.attempts),
+                &next,
+                &failure.error,
+                &now,
+                &me,
+            ],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn set_in_flight(&mut self, id: i64) -> Result<bool> {
+        let (now, me) = (self.now.clone(), self.me);
+        self.exec(
+            "UPDATE spark_delivery SET state = 'in_flight', updated_at = $2 \
+             WHERE id = $1 AND claimed_by = $3",
+            &[&id, &now, &me],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn set_file_mark(&mut self, id: i64, mark: Option<FileMark>) -> Result<bool> {
+        let (now, me) = (self.now.clone(), self.me);
+        let (offset, file_id) = FileMark::columns(mark);
+        self.exec(
+            "UPDATE spark_delivery SET file_offset = $2, file_id = $3, updated_at = $4 \
+             WHERE id = $1 AND claimed_by = $5",
+            &[&id, &offset, &file_id, &now, &me],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn delete_deliveries(&mut self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids = ids.to_vec();
+        self.query("DELETE FROM spark_delivery WHERE id = ANY($1)", &[&ids])
+            .map(drop)
+    }
+
+    fn set_keys(&mut self, id: i64, keys: &[String]) -> Result<()> {
+        let now = self.now.clone();
+        self.query(
+            "UPDATE spark_delivery SET keys = $2, updated_at = $3 WHERE id = $1",
+            &[&id, &keys_json(keys), &now],
+        )
+        .map(drop)
+    }
+
+    fn reset(&mut self, ids: &[i64]) -> Result<HashSet<i64>> {
+        let (now, host) = (self.now.clone(), self.host.to_owned());
+        let ids = ids.to_vec();
+        // Deliveries another process is working on are left to it. A file
+        // sink's deliveries come to this machine: the operator retrying
+        // them here decided that they go to the file here.
+        let rows = self.query(
+            &format!(
+                "UPDATE spark_delivery SET state = 'pending', attempts = 0, next_attempt_at = 0, \
+                 file_offset = NULL, file_id = NULL, updated_at = $2, \
+                 host = CASE WHEN host IS NULL THEN NULL ELSE $3 END \
+                 WHERE id = ANY($1) AND (claimed_by IS NULL OR lease_until < {NOW_MS}) \
+                 RETURNING id"
+            ),
+            &[&ids, &now, &host],
+        )?;
+        Ok(self.column::<i64>(&rows)?.into_iter().collect())
+    }
+
+    fn rename_handler(&mut self, from: &str, to: &str) -> Result<u64> {
+        let now = self.now.clone();
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.c
+            .execute(
+                "UPDATE spark_delivery SET handler = $2, updated_at = $3 WHERE handler = $1",
+                &[&from, &to, &now],
+            )
+            .map_err(|e| self.fail(e))
+    }
+
+    fn bury_interrupted(&mut self, error: &str) -> Result<u64> {
+        let now = self.now.clone();
+        let error = error.to_owned();
+        // In flight with a lease that ran out: its process died mid-call.
+        self.c
+            .execute(
+                &format!(
+                    "UPDATE spark_delivery SET state = 'dead', attempts = attempts + 1, last_error = $1, \
+                     claimed_by = NULL, lease_until = NULL, updated_at = $2 \
+                     WHERE state = 'in_flight' AND (claimed_by IS NULL OR lease_until < {NOW_MS})"
+                ),
+                &[&error, &now],
+            )
+            .map_err(|e| self.fail(e))
+    }
+
+    fn insert_history(&mut self, entries: &[HistoryEntry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let col = |f: &dyn Fn(&HistoryEntry) -> Option<String>| -> Vec<Option<String>> {
+            entries.iter().map(f).collect()
+        };
+        let keys = col(&|e| Some(e.key.clone()));
+        let handlers = col(&|e| Some(e.handler.clone()));
+        let ats = col(&|e| Some(e.at.clone()));
+        let outcomes = col(&|e| Some(e.outcome.clone()));
+        let errors = col(&|e| e.error.clone());
+        let bys = col(&|e| e.by.clone());
+        let attempts: Vec<i32> = entries.iter().map(|e| to_i32(e.attempt)).collect();
+        let ms: Vec<Option<i64>> = entries.iter().map(|e| e.ms).collect();
+        self.exec(
+            "INSERT INTO spark_history (key, handler, at, outcome, attempt, ms, error, by_whom) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], \
+                                  $6::bigint[], $7::text[], $8::text[])",
+            &[
+                &keys, &handlers, &ats, &outcomes, &attempts, &ms, &errors, &bys,
+            ],
+        )
+        .map(drop)
+    }
+
+    fn delete_history_before(&mut self, cutoff: &str) -> Result<u64> {
+        let cutoff = cutoff.to_owned();
+        self.c
+            .execute("DELETE FROM spark_history WHERE at < $1", &[&cutoff])
+            .map_err(|e| self.fail(e))
+    }
+}
+
+impl Executor for PgExecutor {
     fn name(&self) -> &str {
         &self.name
     }
@@ -520,108 +705,84 @@ impl Store for PgStore {
         Some(&self.me)
     }
 
-    fn record_batch(
+    fn write(
         &mut self,
-        events: &[Event],
-        contexts: &[Arc<str>],
-        finished: &[i64],
-        plan: &mut dyn FnMut(&[bool]) -> Vec<PlannedDelivery>,
-    ) -> Result<Recorded> {
-        let seen_at = clock::now_text();
-        let prepared = contexts.len() == events.len();
-        // Which events to insert: all of them when most are expected new
-        // (contexts prepared), else only those not seen yet.
-        let t0 = std::time::Instant::now();
-        let candidates: Vec<usize> = if prepared {
-            (0..events.len()).collect()
-        } else {
-            let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
-            let seen: std::collections::HashSet<String> = self
-                .conn()
-                .query(&self.sql.exists, &[&keys])
-                .map_err(self.err("reading the seen table"))?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<std::result::Result<_, postgres::Error>>()
-                .map_err(self.err("reading the seen table"))?;
-            (0..events.len())
-                .filter(|&i| !seen.contains(&events[i].key))
-                .collect()
-        };
-        tracing::trace!(us = t0.elapsed().as_micros() as u64, "seen keys looked up");
-        let mut serialized = ContextJson::default();
-        let mut jsons: Vec<Arc<str>> = Vec::with_capacity(candidates.len());
-        for &i in &candidates {
-            jsons.push(if prepared {
-                contexts[i].clone()
-            } else {
-                serialized.of(&events[i]).map_err(|e| Error::Store {
-                    database: self.name.clone(),
-                    action: "serializing a context".into(),
-                    error: e.to_string(),
-                })?
-            });
-        }
-        let keys: Vec<&str> = candidates.iter().map(|&i| events[i].key.as_str()).collect();
-        let groups: Vec<&str> = candidates
-            .iter()
-            .map(|&i| events[i].group.as_str())
-            .collect();
-        let ctx: Vec<&str> = jsons.iter().map(|j| &**j).collect();
+        action: &str,
+        commit: Commit,
+        single: bool,
+        work: &mut dyn FnMut(&mut dyn Rows) -> Result<()>,
+    ) -> Result<()> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_record(
-                events,
-                &candidates,
-                &jsons,
-                (&keys, &groups, &ctx),
-                &seen_at,
-                finished,
-                plan,
-            ) {
-                Err(e) if attempt < RETRIES && is_transient(&e) => {
-                    tracing::debug!(
-                        error = message(&e).as_str(),
-                        "batch in another worker's way; trying again"
-                    );
+            let mut conn = self.client.lock().unwrap_or_else(|e| e.into_inner());
+            let (done, transient, recorded) = if single && commit == Commit::Outcome {
+                // One statement that need not wait for the disk: no
+                // transaction of its own (one round trip).
+                let mut rows = PgRows {
+                    c: &mut *conn,
+                    prepared: &mut self.prepared,
+                    sql: &self.sql,
+                    name: &self.name,
+                    action,
+                    me: &self.me,
+                    host: &self.host,
+                    lease_ms: self.lease_ms,
+                    now: clock::now_text(),
+                    recorded: 0,
+                    transient: false,
+                };
+                let done = work(&mut rows);
+                (done, rows.transient, rows.recorded)
+            } else {
+                let fail = store_err(&self.name, action);
+                let mut tx = conn.transaction().map_err(&fail)?;
+                if commit != Commit::Outcome {
+                    // Handlers are called, files cut, operators told once
+                    // this returns: on disk first.
+                    tx.batch_execute(DURABLE).map_err(&fail)?;
+                }
+                let mut rows = PgRows {
+                    c: &mut tx,
+                    prepared: &mut self.prepared,
+                    sql: &self.sql,
+                    name: &self.name,
+                    action,
+                    me: &self.me,
+                    host: &self.host,
+                    lease_ms: self.lease_ms,
+                    now: clock::now_text(),
+                    recorded: 0,
+                    transient: false,
+                };
+                let done = work(&mut rows);
+                let (mut transient, recorded) = (rows.transient, rows.recorded);
+                let done = done.and_then(|()| {
+                    tx.commit().map_err(|e| {
+                        transient |= is_transient(&e);
+                        fail(e)
+                    })
+                });
+                (done, transient, recorded)
+            };
+            drop(conn);
+            match done {
+                Err(e) if transient && attempt < RETRIES => {
+                    tracing::debug!(error = %e, "in another worker's way; trying again");
                     thread::sleep(Duration::from_millis(20 * u64::from(attempt)));
                 }
-                Err(e) => {
-                    return Err(Error::Store {
-                        database: self.name.clone(),
-                        action: "recording new events".into(),
-                        error: message(&e),
-                    });
-                }
-                Ok((new, deliveries)) => {
-                    self.recorded += new.iter().filter(|n| n.is_some()).count() as u64;
-                    return Ok(Recorded {
-                        seen_at,
-                        new,
-                        deliveries,
-                    });
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    self.recorded += recorded;
+                    return Ok(());
                 }
             }
         }
     }
 
-    fn finish(&mut self, finished: &[i64]) -> Result<()> {
-        if finished.is_empty() {
-            return Ok(());
-        }
-        let me = self.me.clone();
-        self.conn()
-            .execute(
-                "DELETE FROM spark_delivery WHERE id = ANY($1) AND claimed_by = $2",
-                &[&finished, &me],
-            )
-            .map_err(self.err("recording deliveries done"))?;
+    fn make_durable(&mut self) -> Result<()> {
+        // Batches waited for the disk when they committed.
         Ok(())
-    }
-
-    fn mark_seen(&mut self, key: &str, group: &str, context_json: &str) -> Result<bool> {
-        self.durable(|s| s.mark_seen_unsynced(key, group, context_json))
     }
 
     fn load_events(&mut self, keys: &[String]) -> Result<Vec<Option<StoredEvent>>> {
@@ -644,8 +805,21 @@ impl Store for PgStore {
         Ok(keys.iter().map(|k| found.remove(k)).collect())
     }
 
-    fn bury_interrupted(&mut self, error: &str) -> Result<usize> {
-        self.durable(|s| s.bury_interrupted_unsynced(error))
+    fn claim_due(&mut self, now_ms: i64, handlers: &[&str]) -> Result<Vec<Delivery>> {
+        let (me, host, lease) = (self.me.clone(), self.host.clone(), self.lease_ms);
+        self.claimed(
+            "claiming due deliveries",
+            &format!(
+                "UPDATE spark_delivery SET claimed_by = $4, lease_until = {NOW_MS} + $5 \
+                 WHERE id = (SELECT id FROM spark_delivery \
+                    WHERE (state = 'pending' OR (state = 'failed' AND next_attempt_at < $1)) \
+                      AND handler = ANY($2) AND (host IS NULL OR host = $3) \
+                      AND (claimed_by IS NULL OR lease_until < {NOW_MS}) \
+                    ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING {DELIVERY_COLUMNS}"
+            ),
+            &[&now_ms, &handlers, &host, &me, &lease],
+        )
     }
 
     fn marked(&mut self, handlers: &[&str]) -> Result<Vec<Delivery>> {
@@ -653,58 +827,41 @@ impl Store for PgStore {
         // marked delivery of this host for one of them belonged to a process
         // that is gone, however long its lease still runs.
         let (me, host, lease) = (self.me.clone(), self.host.clone(), self.lease_ms);
-        let rows = self
-            .conn()
-            .query(
-                &format!(
-                    "UPDATE spark_delivery SET claimed_by = $3, lease_until = {NOW_MS} + $4 \
-                     WHERE id IN (SELECT id FROM spark_delivery \
-                        WHERE file_offset IS NOT NULL AND state <> 'in_flight' \
-                          AND host = $2 AND handler = ANY($1) \
-                        ORDER BY id FOR UPDATE SKIP LOCKED) \
-                     RETURNING {DELIVERY_COLUMNS}"
-                ),
-                &[&handlers, &host, &me, &lease],
-            )
-            .map_err(self.err("claiming deliveries to settle"))?;
-        let rows: Vec<DeliveryRow> = rows
-            .iter()
-            .map(delivery_row)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(self.err("claiming deliveries to settle"))?;
-        let mut found = DeliveryRow::decode_all(rows, &self.name)?;
-        found.sort_by_key(|d| d.id);
-        Ok(found)
-    }
-
-    fn claim_due(&mut self, now_ms: i64, handlers: &[&str]) -> Result<Vec<Delivery>> {
-        let (me, host, lease) = (self.me.clone(), self.host.clone(), self.lease_ms);
-        let rows = self
-            .conn()
-            .query(
-                &format!(
-                    "UPDATE spark_delivery SET claimed_by = $4, lease_until = {NOW_MS} + $5 \
-                     WHERE id = (SELECT id FROM spark_delivery \
-                        WHERE (state = 'pending' OR (state = 'failed' AND next_attempt_at < $1)) \
-                          AND handler = ANY($2) AND (host IS NULL OR host = $3) \
-                          AND (claimed_by IS NULL OR lease_until < {NOW_MS}) \
-                        ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                     RETURNING {DELIVERY_COLUMNS}"
-                ),
-                &[&now_ms, &handlers, &host, &me, &lease],
-            )
-            .map_err(self.err("claiming due deliveries"))?;
-        let rows: Vec<DeliveryRow> = rows
-            .iter()
-            .map(delivery_row)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(self.err("claiming due deliveries"))?;
-        DeliveryRow::decode_all(rows, &self.name)
+        self.claimed(
+            "claiming deliveries to settle",
+            &format!(
+                "UPDATE spark_delivery SET claimed_by = $3, lease_until = {NOW_MS} + $4 \
+                 WHERE id IN (SELECT id FROM spark_delivery \
+                    WHERE file_offset IS NOT NULL AND state <> 'in_flight' \
+                      AND host = $2 AND handler = ANY($1) \
+                    ORDER BY id FOR UPDATE SKIP LOCKED) \
+                 RETURNING {DELIVERY_COLUMNS}"
+            ),
+            &[&handlers, &host, &me, &lease],
+        )
     }
 
     fn deliveries(&mut self) -> Result<Vec<Delivery>> {
-        let rows = all_deliveries(&mut *self.conn()).map_err(self.err("listing deliveries"))?;
+        let rows =
+            super::all_deliveries(&mut *self.conn()).map_err(self.err("listing deliveries"))?;
         DeliveryRow::decode_all(rows, &self.name)
+    }
+
+    fn seen_before(
+        &mut self,
+        cutoff: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let fail = self.err("listing old events");
+        self.conn()
+            .query(&self.sql.page, &[&cutoff, &after, &limit])
+            .map_err(&fail)?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<std::result::Result<_, postgres::Error>>()
+            .map_err(&fail)
     }
 
     fn finish_run(&mut self) -> Result<()> {
@@ -723,587 +880,7 @@ impl Store for PgStore {
         }
         // Claims not worked on go back to the others at once.
         self.let_go().map_err(self.err("letting go of claims"))?;
-        self.flush_history()?;
         // What the run recorded is on disk when it ends.
         self.sync_point("ending the run")
-    }
-
-    fn set_file_mark(&mut self, delivery: &mut Delivery, mark: Option<FileMark>) -> Result<()> {
-        let (offset, file_id) = mark_sql(mark);
-        let (now, me) = (clock::now_text(), self.me.clone());
-        let n = self
-            .conn()
-            .execute(
-                "UPDATE spark_delivery SET file_offset = $2, file_id = $3, updated_at = $4 \
-                 WHERE id = $1 AND claimed_by = $5",
-                &[&delivery.id, &offset, &file_id, &now, &me],
-            )
-            .map_err(self.err("recording a file offset"))?;
-        self.check_claim(n, delivery.id)?;
-        // The file is cut back to this mark after a crash: on disk first.
-        self.sync_point("recording a file offset")?;
-        delivery.file_mark = mark;
-        Ok(())
-    }
-
-    fn advance(&mut self, delivery: &mut Delivery, done: usize) -> Result<()> {
-        let (now, me) = (clock::now_text(), self.me.clone());
-        let n = if done >= delivery.keys.len() {
-            self.execute_prepared(
-                "DELETE FROM spark_delivery WHERE id = $1 AND claimed_by = $2",
-                &[&delivery.id, &me],
-            )
-        } else {
-            self.execute_prepared(
-                "UPDATE spark_delivery SET done = $2, updated_at = $3 WHERE id = $1 AND claimed_by = $4",
-                &[&delivery.id, &to_i32(done), &now, &me],
-            )
-        }
-        .map_err(self.err("recording deliveries done"))?;
-        self.check_claim(n, delivery.id)?;
-        delivery.done = done;
-        Ok(())
-    }
-
-    fn fail_next(&mut self, delivery: &mut Delivery, failure: &Failure) -> Result<()> {
-        if delivery.remaining().len() <= 1 {
-            return self.fail_rest(delivery, failure);
-        }
-        let (now, me) = (clock::now_text(), self.me.clone());
-        let state = if failure.next_attempt_at.is_some() {
-            DeliveryState::Failed
-        } else {
-            DeliveryState::Dead
-        };
-        let key = vec![delivery.keys[delivery.done].clone()];
-        let host: Option<String> = None;
-        let fail = store_err(&self.name, "recording a failed delivery");
-        let name = self.name.clone();
-        let mut conn = self.conn();
-        let mut tx = conn.transaction().map_err(&fail)?;
-        let result = (|| -> std::result::Result<u64, postgres::Error> {
-            let n = tx.execute(
-                "UPDATE spark_delivery SET done = $2, updated_at = $3 WHERE id = $1 AND claimed_by = $4",
-                &[&delivery.id, &to_i32(delivery.done + 1), &now, &me],
-            )?;
-            if n == 1 {
-                insert_delivery(
-                    &mut tx,
-                    &delivery.handler,
-                    &key,
-                    state,
-                    failure.attempts,
-                    failure.next_attempt_at.unwrap_or(0),
-                    Some(&failure.error),
-                    None,
-                    host.as_deref(),
-                    None,
-                    0,
-                    &now,
-                )?;
-            }
-            Ok(n)
-        })();
-        let n = result.map_err(&fail)?;
-        lost_claim(&name, n, delivery.id)?;
-        tx.commit().map_err(&fail)?;
-        delivery.done += 1;
-        Ok(())
-    }
-
-    fn fail_rest(&mut self, delivery: &mut Delivery, failure: &Failure) -> Result<()> {
-        let (now, me) = (clock::now_text(), self.me.clone());
-        let state = if failure.next_attempt_at.is_some() {
-            DeliveryState::Failed
-        } else {
-            DeliveryState::Dead
-        };
-        let attempts = i32::try_from(failure.attempts).unwrap_or(i32::MAX);
-        let next = failure.next_attempt_at.unwrap_or(0);
-        // The claim goes with the failure: the next attempt is anyone's.
-        let n = self
-            .conn()
-            .execute(
-                "UPDATE spark_delivery SET state = $2, attempts = $3, next_attempt_at = $4, \
-                 last_error = $5, file_offset = NULL, file_id = NULL, claimed_by = NULL, \
-                 lease_until = NULL, updated_at = $6 WHERE id = $1 AND claimed_by = $7",
-                &[
-                    &delivery.id,
-                    &state.as_str(),
-                    &attempts,
-                    &next,
-                    &failure.error,
-                    &now,
-                    &me,
-                ],
-            )
-            .map_err(self.err("recording a failed delivery"))?;
-        self.check_claim(n, delivery.id)?;
-        delivery.state = state;
-        delivery.attempts = failure.attempts;
-        delivery.next_attempt_at = next;
-        delivery.last_error = Some(failure.error.clone());
-        delivery.file_mark = None;
-        Ok(())
-    }
-
-    fn begin_at_most_once(&mut self, delivery: &mut Delivery) -> Result<Delivery> {
-        let (now, me, lease) = (clock::now_text(), self.me.clone(), self.lease_ms);
-        if delivery.remaining().len() <= 1 {
-            let n = self
-                .conn()
-                .execute(
-                    "UPDATE spark_delivery SET state = 'in_flight', updated_at = $2 \
-                     WHERE id = $1 AND claimed_by = $3",
-                    &[&delivery.id, &now, &me],
-                )
-                .map_err(self.err("marking a delivery in flight"))?;
-            self.check_claim(n, delivery.id)?;
-            // Never called twice: marked on disk before the call.
-            self.sync_point("marking a delivery in flight")?;
-            delivery.state = DeliveryState::InFlight;
-            return Ok(delivery.clone());
-        }
-        let key = vec![delivery.keys[delivery.done].clone()];
-        let fail = store_err(&self.name, "marking a delivery in flight");
-        let name = self.name.clone();
-        let mut conn = self.conn();
-        let mut tx = conn.transaction().map_err(&fail)?;
-        // Never called twice: marked on disk before the call.
-        tx.batch_execute(DURABLE).map_err(&fail)?;
-        let n = tx
-            .execute(
-                "UPDATE spark_delivery SET done = $2, updated_at = $3 WHERE id = $1 AND claimed_by = $4",
-                &[&delivery.id, &to_i32(delivery.done + 1), &now, &me],
-            )
-            .map_err(&fail)?;
-        lost_claim(&name, n, delivery.id)?;
-        let id = insert_delivery(
-            &mut tx,
-            &delivery.handler,
-            &key,
-            DeliveryState::InFlight,
-            delivery.attempts,
-            0,
-            None,
-            None,
-            None,
-            Some(&me),
-            lease,
-            &now,
-        )
-        .map_err(&fail)?;
-        tx.commit().map_err(&fail)?;
-        delivery.done += 1;
-        Ok(Delivery {
-            claim: None,
-            id,
-            handler: delivery.handler.clone(),
-            keys: key,
-            done: 0,
-            state: DeliveryState::InFlight,
-            attempts: delivery.attempts,
-            next_attempt_at: 0,
-            last_error: None,
-            file_mark: None,
-            created_at: now,
-        })
-    }
-
-    fn reset_for_retry(&mut self, query: &DeliveryQuery) -> Result<Vec<Delivery>> {
-        self.durable(|s| s.reset_for_retry_unsynced(query))
-    }
-
-    fn forget(&mut self, keys: &[String]) -> Result<Forgotten> {
-        self.durable(|s| s.forget_unsynced(keys))
-    }
-
-    fn add_history(&mut self, entries: &[HistoryEntry]) -> Result<()> {
-        self.history.extend_from_slice(entries);
-        if self.history.len() >= HISTORY_HELD {
-            self.flush_history()?;
-        }
-        Ok(())
-    }
-
-    fn prune_history(&mut self, cutoff: &str) -> Result<u64> {
-        self.durable(|s| s.prune_history_unsynced(cutoff))
-    }
-
-    fn drop_owed(
-        &mut self,
-        changes: &[(i64, Option<Vec<String>>)],
-        history: &[HistoryEntry],
-    ) -> Result<usize> {
-        self.durable(|s| s.drop_owed_unsynced(changes, history))
-    }
-
-    fn reassign(&mut self, from: &str, to: &str, history: &[HistoryEntry]) -> Result<u64> {
-        self.durable(|s| s.reassign_unsynced(from, to, history))
-    }
-
-    fn add_deliveries(
-        &mut self,
-        handler: &str,
-        keys: &[String],
-        chunk: usize,
-        file_sink: bool,
-        history: &[HistoryEntry],
-    ) -> Result<u64> {
-        self.durable(|s| s.add_deliveries_unsynced(handler, keys, chunk, file_sink, history))
-    }
-
-    fn prune(&mut self, cutoff: &str, group: Option<&Regex>, dry_run: bool) -> Result<Pruned> {
-        self.durable(|s| s.prune_unsynced(cutoff, group, dry_run))
-    }
-}
-
-/// The operator's changes as they are made; their trait methods end with
-/// a sync point (an operator's change is on disk when the command ends).
-impl PgStore {
-    fn mark_seen_unsynced(&mut self, key: &str, group: &str, context_json: &str) -> Result<bool> {
-        let now = clock::now_text();
-        let rows = self
-            .conn()
-            .query(
-                &self.sql.insert,
-                &[&vec![key], &vec![group], &now, &vec![context_json]],
-            )
-            .map_err(self.err("marking a key seen"))?;
-        Ok(!rows.is_empty())
-    }
-
-    fn bury_interrupted_unsynced(&mut self, error: &str) -> Result<usize> {
-        let now = clock::now_text();
-        // In flight with a lease that ran out: its process died mid-call.
-        let n = self
-            .conn()
-            .execute(
-                &format!(
-                    "UPDATE spark_delivery SET state = 'dead', attempts = attempts + 1, last_error = $1, \
-                     claimed_by = NULL, lease_until = NULL, updated_at = $2 \
-                     WHERE state = 'in_flight' AND (claimed_by IS NULL OR lease_until < {NOW_MS})"
-                ),
-                &[&error, &now],
-            )
-            .map_err(self.err("burying interrupted deliveries"))?;
-        Ok(usize::try_from(n).unwrap_or(usize::MAX))
-    }
-
-    fn reset_for_retry_unsynced(&mut self, query: &DeliveryQuery) -> Result<Vec<Delivery>> {
-        let now = clock::now_text();
-        let mut selected: Vec<Delivery> = self
-            .deliveries()?
-            .into_iter()
-            .filter(|d| query.matches(d))
-            .collect();
-        let ids: Vec<i64> = selected.iter().map(|d| d.id).collect();
-        // Deliveries another process is working on are left to it. A file
-        // sink's deliveries come to this machine: the operator retrying
-        // them here decided that they go to the file here.
-        let reset: Vec<i64> = self
-            .conn()
-            .query(
-                &format!(
-                    "UPDATE spark_delivery SET state = 'pending', attempts = 0, next_attempt_at = 0, \
-                     file_offset = NULL, file_id = NULL, updated_at = $2, \
-                     host = CASE WHEN host IS NULL THEN NULL ELSE $3 END \
-                     WHERE id = ANY($1) AND (claimed_by IS NULL OR lease_until < {NOW_MS}) \
-                     RETURNING id"
-                ),
-                &[&ids, &now, &self.host],
-            )
-            .map_err(self.err("making deliveries due"))?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<std::result::Result<_, postgres::Error>>()
-            .map_err(self.err("making deliveries due"))?;
-        selected.retain(|d| reset.contains(&d.id));
-        for d in &mut selected {
-            d.state = DeliveryState::Pending;
-            d.attempts = 0;
-            d.next_attempt_at = 0;
-            d.file_mark = None;
-        }
-        Ok(selected)
-    }
-
-    fn forget_unsynced(&mut self, keys: &[String]) -> Result<Forgotten> {
-        let now = clock::now_text();
-        let delete_sql = format!(
-            "DELETE FROM {} WHERE \"key\" = ANY($1) RETURNING \"key\"::text",
-            quote_ident(&self.seen_table)
-        );
-        let fail = store_err(&self.name, "forgetting keys");
-        let mut conn = self.conn();
-        let mut tx = conn.transaction().map_err(&fail)?;
-        let gone: Vec<String> = tx
-            .query(&delete_sql, &[&keys])
-            .map_err(&fail)?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<std::result::Result<_, postgres::Error>>()
-            .map_err(&fail)?;
-        let mut report = Forgotten::default();
-        for key in keys {
-            if gone.contains(key) {
-                report.forgotten.push(key.clone());
-            } else {
-                report.unknown.push(key.clone());
-            }
-        }
-        // Deliveries another process is working on are left to it.
-        let free: Vec<Delivery> =
-            DeliveryRow::decode_all(all_deliveries(&mut tx).map_err(&fail)?, &self.name)?;
-        let claimed = claimed_now(&mut tx).map_err(&fail)?;
-        let free: Vec<Delivery> = free
-            .into_iter()
-            .filter(|d| !claimed.contains(&d.id))
-            .collect();
-        let changes = report.plan(&free, keys);
-        apply_changes(&mut tx, &changes, &now).map_err(&fail)?;
-        tx.commit().map_err(&fail)?;
-        Ok(report)
-    }
-
-    fn prune_history_unsynced(&mut self, cutoff: &str) -> Result<u64> {
-        self.conn()
-            .execute("DELETE FROM spark_history WHERE at < $1", &[&cutoff])
-            .map_err(self.err("pruning the delivery history"))
-    }
-
-    fn drop_owed_unsynced(
-        &mut self,
-        changes: &[(i64, Option<Vec<String>>)],
-        history: &[HistoryEntry],
-    ) -> Result<usize> {
-        let now = clock::now_text();
-        let fail = store_err(&self.name, "dropping deliveries");
-        let mut conn = self.conn();
-        let mut tx = conn.transaction().map_err(&fail)?;
-        // Deliveries another process is working on are left to it.
-        let claimed = claimed_now(&mut tx).map_err(&fail)?;
-        let free: Vec<(i64, Option<Vec<String>>)> = changes
-            .iter()
-            .filter(|(id, _)| !claimed.contains(id))
-            .cloned()
-            .collect();
-        apply_changes(&mut tx, &free, &now).map_err(&fail)?;
-        insert_history(&mut tx, history).map_err(&fail)?;
-        tx.commit().map_err(&fail)?;
-        Ok(free.len())
-    }
-
-    fn reassign_unsynced(&mut self, from: &str, to: &str, history: &[HistoryEntry]) -> Result<u64> {
-        let now = clock::now_text();
-        let fail = store_err(&self.name, "handing deliveries to another handler");
-        let mut conn = self.conn();
-        let mut tx = conn.transaction().map_err(&fail)?;
-        let n = tx
-            .execute(
-                "UPDATE spark_delivery SET handler = $2, updated_at = $3 WHERE handler = $1",
-                &[&from, &to, &now],
-            )
-            .map_err(&fail)?;
-        insert_history(&mut tx, history).map_err(&fail)?;
-        tx.commit().map_err(&fail)?;
-        Ok(n)
-    }
-
-    fn add_deliveries_unsynced(
-        &mut self,
-        handler: &str,
-        keys: &[String],
-        chunk: usize,
-        file_sink: bool,
-        history: &[HistoryEntry],
-    ) -> Result<u64> {
-        let now = clock::now_text();
-        let host = file_sink.then(|| self.host.clone());
-        let fail = store_err(&self.name, "adding deliveries");
-        let mut conn = self.conn();
-        let mut tx = conn.transaction().map_err(&fail)?;
-        let mut n = 0;
-        for part in keys.chunks(chunk.max(1)) {
-            insert_delivery(
-                &mut tx,
-                handler,
-                part,
-                DeliveryState::Pending,
-                0,
-                0,
-                None,
-                None,
-                host.as_deref(),
-                None,
-                0,
-                &now,
-            )
-            .map_err(&fail)?;
-            n += 1;
-        }
-        insert_history(&mut tx, history).map_err(&fail)?;
-        tx.commit().map_err(&fail)?;
-        Ok(n)
-    }
-
-    fn prune_unsynced(
-        &mut self,
-        cutoff: &str,
-        group: Option<&Regex>,
-        dry_run: bool,
-    ) -> Result<Pruned> {
-        let table = quote_ident(&self.seen_table);
-        let page_sql = format!(
-            "SELECT \"key\"::text, \"group\"::text FROM {table} \
-             WHERE \"created_at\" < ($1 || '+00')::timestamptz AND \"key\" > $2 \
-             ORDER BY \"key\" LIMIT 5000"
-        );
-        let delete_sql = format!("DELETE FROM {table} WHERE \"key\" = ANY($1)");
-        let owed = owed_keys(&self.deliveries()?);
-        let mut report = Pruned::default();
-        let mut after = String::new();
-        loop {
-            let page: Vec<(String, String)> = self
-                .conn()
-                .query(&page_sql, &[&cutoff, &after])
-                .map_err(self.err("listing old events"))?
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                .collect::<std::result::Result<_, postgres::Error>>()
-                .map_err(self.err("listing old events"))?;
-            let Some((last, _)) = page.last() else { break };
-            after = last.clone();
-            let doomed: Vec<&str> = page
-                .iter()
-                .filter(|(_, g)| group.is_none_or(|re| re.is_match(g)))
-                .filter_map(|(k, _)| {
-                    if owed.contains(k) {
-                        report.kept_undelivered += 1;
-                        None
-                    } else {
-                        Some(k.as_str())
-                    }
-                })
-                .collect();
-            report.pruned += doomed.len() as u64;
-            if !dry_run && !doomed.is_empty() {
-                self.conn()
-                    .execute(&delete_sql, &[&doomed])
-                    .map_err(self.err("pruning old events"))?;
-            }
-        }
-        Ok(report)
-    }
-}
-
-type Columns<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str]);
-
-impl PgStore {
-    /// One attempt at recording a batch (see `record_batch`): the new keys
-    /// and, for them, the deliveries.
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-    fn try_record(
-        &mut self,
-        events: &[Event],
-        candidates: &[usize],
-        jsons: &[Arc<str>],
-        (keys, groups, ctx): Columns<'_>,
-        seen_at: &str,
-        finished: &[i64],
-        plan: &mut dyn FnMut(&[bool]) -> Vec<PlannedDelivery>,
-    ) -> std::result::Result<(Vec<Option<Arc<str>>>, Vec<(Delivery, Vec<usize>)>), postgres::Error>
-    {
-        let (me, host, lease) = (self.me.clone(), self.host.clone(), self.lease_ms);
-        let mut conn = self.conn();
-        let mut tx = conn.transaction()?;
-        // Handlers are called for these events once this returns.
-        tx.batch_execute(DURABLE)?;
-        if !finished.is_empty() {
-            tx.execute(
-                "DELETE FROM spark_delivery WHERE id = ANY($1) AND claimed_by = $2",
-                &[&finished, &me],
-            )?;
-        }
-        let inserted: std::collections::HashSet<String> = if keys.is_empty() {
-            Default::default()
-        } else {
-            tx.query(&self.sql.insert, &[&keys, &groups, &seen_at, &ctx])?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<std::result::Result<_, postgres::Error>>()?
-        };
-        let mut new: Vec<Option<Arc<str>>> = vec![None; events.len()];
-        let mut taken = std::collections::HashSet::new();
-        for (c, &i) in candidates.iter().enumerate() {
-            let key = &events[i].key;
-            // The first of repeated keys in the batch is the new one.
-            if inserted.contains(key) && taken.insert(key.as_str()) {
-                new[i] = Some(jsons[c].clone());
-            }
-        }
-        let mask: Vec<bool> = new.iter().map(Option::is_some).collect();
-        let mut now_deliveries = Vec::new();
-        let mut chunk_handlers: Vec<&str> = Vec::new();
-        let mut chunk_keys: Vec<String> = Vec::new();
-        let mut chunk_hosts: Vec<Option<&str>> = Vec::new();
-        let planned = plan(&mask);
-        for p in &planned {
-            let keys: Vec<String> = p.events.iter().map(|&i| events[i].key.clone()).collect();
-            if p.file_mark.is_some() {
-                // This process holds the file: claimed, delivered at once.
-                let id = insert_delivery(
-                    &mut tx,
-                    &p.handler,
-                    &keys,
-                    DeliveryState::Pending,
-                    0,
-                    0,
-                    None,
-                    p.file_mark,
-                    Some(&host),
-                    Some(&me),
-                    lease,
-                    seen_at,
-                )?;
-                now_deliveries.push((
-                    Delivery {
-                        claim: None,
-                        id,
-                        handler: p.handler.clone(),
-                        keys,
-                        done: 0,
-                        state: DeliveryState::Pending,
-                        attempts: 0,
-                        next_attempt_at: 0,
-                        last_error: None,
-                        file_mark: p.file_mark,
-                        created_at: seen_at.to_owned(),
-                    },
-                    p.events.clone(),
-                ));
-            } else if p.file_sink {
-                // Another process on this host holds the file: it (or the
-                // next run here) delivers these.
-                chunk_handlers.push(&p.handler);
-                chunk_keys.push(keys_json(&keys));
-                chunk_hosts.push(Some(&host));
-            } else {
-                for chunk in keys.chunks(p.chunk.max(1)) {
-                    chunk_handlers.push(&p.handler);
-                    chunk_keys.push(keys_json(chunk));
-                    chunk_hosts.push(None);
-                }
-            }
-        }
-        if !chunk_handlers.is_empty() {
-            tx.execute(
-                "INSERT INTO spark_delivery (handler, keys, host, created_at, updated_at) \
-                 SELECT h, k, o, $4, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS d(h, k, o)",
-                &[&chunk_handlers, &chunk_keys, &chunk_hosts, &seen_at],
-            )?;
-        }
-        tx.commit()?;
-        Ok((new, now_deliveries))
     }
 }

@@ -22,15 +22,16 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use schema::table_exists;
 
-use crate::config::{Config, SqliteConfig};
+use crate::config::SqliteConfig;
 use crate::error::{Error, Result};
 use crate::records::{Record, quote_ident};
+use crate::store::driver::{Driver, Executor, RunGuard};
 use crate::store::{
     Column, Delivery, EventQuery, HistoryEntry, HistoryQuery, Reader, SeenEvent, SeenTable,
 };
-use crate::store::{DeliveryRow, KeyLimits, declared_length};
+use crate::store::{DeliveryRow, KeyLimits, Notifier, declared_length};
 
-pub use store::SqliteStore;
+pub use store::SqliteExecutor;
 
 /// The deliveries a run works on: pending ones, and failed ones whose next
 /// attempt (`?1`, Unix ms) is due.
@@ -45,6 +46,81 @@ pub fn sql_message(e: &rusqlite::Error) -> String {
     match e {
         rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
         other => other.to_string(),
+    }
+}
+
+/// A SQLite database as `[database] path` names it.
+pub struct SqliteDriver {
+    db: SqliteConfig,
+    seen_table: String,
+    /// The config file, for the message about a database that is missing.
+    config_path: std::path::PathBuf,
+}
+
+impl SqliteDriver {
+    pub fn new(db: &SqliteConfig, seen_table: &str, config_path: &Path) -> SqliteDriver {
+        SqliteDriver {
+            db: db.clone(),
+            seen_table: seen_table.to_owned(),
+            config_path: config_path.to_owned(),
+        }
+    }
+
+    fn store_err(&self, action: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        let action = action.to_owned();
+        move |e| Error::Store {
+            database: self.db.path.display().to_string(),
+            action: action.clone(),
+            error: sql_message(&e),
+        }
+    }
+}
+
+impl Driver for SqliteDriver {
+    fn name(&self) -> String {
+        self.db.path.display().to_string()
+    }
+
+    fn reader(&self) -> Result<Box<dyn Reader>> {
+        Ok(Box::new(SqliteReader::open(
+            &self.db,
+            &self.seen_table,
+            &self.config_path,
+        )?))
+    }
+
+    fn executor(&self) -> Result<Box<dyn Executor>> {
+        create_if_missing(&self.db)?;
+        Ok(Box::new(SqliteExecutor::open(
+            &self.db.path,
+            &self.seen_table,
+            self.db.busy_timeout,
+        )?))
+    }
+
+    fn pending_sql(&self) -> Result<String> {
+        let reader = SqliteReader::open(&self.db, &self.seen_table, &self.config_path)?;
+        let conn = reader.connection();
+        let found =
+            schema::version(conn).map_err(self.store_err("reading spark's schema version"))?;
+        let seen = schema::table_exists(conn, &self.seen_table)
+            .map_err(self.store_err("looking up the seen table"))?;
+        Ok(schema::pending_sql(&self.seen_table, seen, found))
+    }
+
+    fn grants(&self, _role: &str, _tables: &[String], _queries: bool) -> Option<String> {
+        None
+    }
+
+    fn guard(&self, wait: std::time::Duration) -> Result<RunGuard> {
+        Ok(RunGuard::holding(lock::RunLock::acquire(
+            &self.db.path,
+            wait,
+        )?))
+    }
+
+    fn notifier(&self) -> Result<Option<Box<dyn Notifier>>> {
+        Ok(Some(Box::new(notify::DataVersion::open(&self.db)?)))
     }
 }
 
@@ -69,14 +145,14 @@ impl SqliteReader {
     /// Opens the records database read-only. A database that does not exist
     /// yet but has a `create_from` script is built in memory from it, so
     /// read-only commands see what the first run will see.
-    pub fn open(config: &Config, db: &SqliteConfig) -> Result<SqliteReader> {
+    pub fn open(db: &SqliteConfig, seen_table: &str, config_path: &Path) -> Result<SqliteReader> {
         let name = db.path.display().to_string();
-        let seen_table = config.database.seen_table.clone();
+        let seen_table = seen_table.to_owned();
         if !db.path.exists() {
             let Some(script) = &db.create_from else {
                 return Err(Error::MissingDatabase {
                     path: db.path.clone(),
-                    config: config.path.clone(),
+                    config: config_path.to_owned(),
                 });
             };
             let conn = Connection::open_in_memory().map_err(open_err(&name))?;
