@@ -80,7 +80,9 @@ fn django_migrations_note(
     let mut applied = None;
     reader
         .scan(
-            "SELECT count(*) AS n FROM django_migrations WHERE app = 'spark'",
+            &crate::records::RecordSet::Query(
+                "SELECT count(*) AS n FROM django_migrations WHERE app = 'spark'".into(),
+            ),
             &mut |r| {
                 applied = r.get("n").and_then(serde_json::Value::as_i64);
                 std::ops::ControlFlow::Break(())

@@ -85,7 +85,7 @@ pub fn check_source(
         RecordSet::Query(_) => "its query",
     };
     let columns = reader
-        .columns(&source.records.sql())
+        .columns(&source.records)
         .map_err(|message| Error::BadQuery {
             source_name: source.name.clone(),
             what,

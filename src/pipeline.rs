@@ -193,12 +193,11 @@ enum Evaluator<'a> {
 /// the order they first appear: each group's records are read once, as
 /// django-spark memoizes its generators' candidate queries.
 fn record_sets(sources: &[&SourceConfig]) -> Vec<Vec<usize>> {
-    let mut sets: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut sets: Vec<(&crate::records::RecordSet, Vec<usize>)> = Vec::new();
     for (s, source) in sources.iter().enumerate() {
-        let sql = source.records.sql();
-        match sets.iter_mut().find(|(q, _)| *q == sql) {
+        match sets.iter_mut().find(|(q, _)| **q == source.records) {
             Some((_, members)) => members.push(s),
-            None => sets.push((sql, vec![s])),
+            None => sets.push((&source.records, vec![s])),
         }
     }
     sets.into_iter().map(|(_, members)| members).collect()
@@ -290,7 +289,7 @@ impl<'a> Scanner<'a> {
         let mut read = 0u64;
         let database = reader.name().to_owned();
         reader
-            .scan(&first.records.sql(), &mut |record| {
+            .scan(&first.records, &mut |record| {
                 if signals::requested().is_some() {
                     return ControlFlow::Break(());
                 }

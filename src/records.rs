@@ -310,19 +310,25 @@ pub enum RecordSet {
 }
 
 impl RecordSet {
-    /// The SQL that reads these records.
-    pub fn sql(&self) -> String {
+    /// The SQL that reads these records, a table's name quoted by `quote`
+    /// (each driver's dialect: see `Reader::scan`).
+    pub fn sql_quoted(&self, quote: fn(&str) -> String) -> String {
         match self {
             RecordSet::Table {
                 table,
                 filter: None,
-            } => format!("SELECT * FROM {}", quote_ident(table)),
+            } => format!("SELECT * FROM {}", quote(table)),
             RecordSet::Table {
                 table,
                 filter: Some(cond),
-            } => format!("SELECT * FROM {} WHERE ({cond})", quote_ident(table)),
+            } => format!("SELECT * FROM {} WHERE ({cond})", quote(table)),
             RecordSet::Query(q) => q.clone(),
         }
+    }
+
+    /// `sql_quoted` in standard SQL's quotes, to show (`list-sources`).
+    pub fn sql(&self) -> String {
+        self.sql_quoted(quote_ident)
     }
 
     /// A short human description: `table challenge where is_active = 1`.
@@ -363,7 +369,7 @@ fn value_bytes(value: &Value) -> usize {
 }
 
 /// Quotes an SQL identifier (`"name"`, inner quotes doubled).
-pub fn quote_ident(name: &str) -> String {
+fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

@@ -23,6 +23,11 @@ use crate::store::{Notifier, Reader, Store};
 
 pub use crate::store::driver::{Driver, RunGuard};
 
+/// A name in standard SQL's quotes (SQLite's and PostgreSQL's): `"a""b"`.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// The driver of the config's database: the one place that chooses.
 pub fn open(config: &Config) -> Box<dyn Driver> {
     let seen_table = &config.database.seen_table;

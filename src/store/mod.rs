@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::event::Event;
-use crate::records::{Affinity, Record};
+use crate::records::{Affinity, Record, RecordSet};
 
 pub use admin::{DeliveryQuery, EventQuery, Forgotten, Orphaned, Pruned, SeenEvent};
 pub use history::{HistoryEntry, HistoryQuery};
@@ -300,32 +300,32 @@ impl StoredEvent {
 /// The SQL that brings a store's schema from `version` (0: none) up to
 /// date, in one transaction: the seen table's DDL (when it is missing),
 /// `spark_meta` (when there is none), the migrations after `version`, and
-/// the new version. Each backend hands in its own DDL.
+/// the new version (`set_version`, the driver's statement that records it,
+/// given the version). Each driver hands in its own SQL.
 pub fn pending_sql(
     seen_ddl: Option<String>,
     meta_ddl: &str,
     migrations: &[&str],
     version: i64,
+    set_version: &dyn Fn(usize) -> String,
 ) -> String {
     let mut sql = String::from("BEGIN;\n");
     if let Some(ddl) = seen_ddl {
         sql.push_str(&ddl);
         sql.push('\n');
     }
-    let known = migrations.len() as i64;
-    if version < known {
+    let known = migrations.len();
+    if version < known as i64 {
         if version == 0 {
             sql.push_str(meta_ddl);
             sql.push('\n');
         }
-        for step in &migrations[version.max(0) as usize..] {
+        for step in &migrations[usize::try_from(version.max(0)).unwrap_or(0)..] {
             sql.push_str(step);
             sql.push('\n');
         }
-        sql.push_str(&format!(
-            "INSERT INTO spark_meta (name, value) VALUES ('schema_version', '{known}') \
-             ON CONFLICT (name) DO UPDATE SET value = excluded.value;\n"
-        ));
+        sql.push_str(&set_version(known));
+        sql.push('\n');
     }
     sql.push_str("COMMIT;\n");
     sql
@@ -389,15 +389,15 @@ pub trait Reader: Send {
     /// Whether a table or view of that name exists.
     fn table_exists(&mut self, table: &str) -> Result<bool>;
 
-    /// The columns `sql` yields, without running it; `Err` is the
+    /// The columns `records` yield, without reading them; `Err` is the
     /// database's own message.
-    fn columns(&mut self, sql: &str) -> Result<Vec<Column>, String>;
+    fn columns(&mut self, records: &RecordSet) -> Result<Vec<Column>, String>;
 
-    /// Streams the rows of `sql` as records, in chunks, never all in
-    /// memory; `Err` is the database's own message.
+    /// Streams `records` (a query, or a table in this database's quotes),
+    /// in chunks, never all in memory; `Err` is the database's own message.
     fn scan(
         &mut self,
-        sql: &str,
+        records: &RecordSet,
         each: &mut dyn FnMut(&Record) -> ControlFlow<()>,
     ) -> Result<(), String>;
 

@@ -28,9 +28,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use crate::backend::quote_ident;
 use crate::config::{PgConfig, SslMode};
 use crate::error::{Error, Result};
-use crate::records::{Record, quote_ident};
+use crate::records::{Record, RecordSet};
 use crate::store::driver::{Driver, Executor, RunGuard};
 use crate::store::{Column, Delivery, EventQuery, Reader, SeenEvent, SeenTable};
 use crate::store::{DeliveryRow, KeyLimits, Notifier};
@@ -403,8 +404,9 @@ impl Reader for PgReader {
         schema::table_exists(&mut self.client, table).map_err(self.err("looking up a table"))
     }
 
-    fn columns(&mut self, sql: &str) -> std::result::Result<Vec<Column>, String> {
-        let stmt = self.client.prepare(sql).map_err(|e| message(&e))?;
+    fn columns(&mut self, records: &RecordSet) -> std::result::Result<Vec<Column>, String> {
+        let sql = records.sql_quoted(super::quote_ident);
+        let stmt = self.client.prepare(&sql).map_err(|e| message(&e))?;
         Ok(stmt
             .columns()
             .iter()
@@ -418,7 +420,7 @@ impl Reader for PgReader {
 
     fn scan(
         &mut self,
-        sql: &str,
+        records: &RecordSet,
         each: &mut dyn FnMut(&Record) -> ControlFlow<()>,
     ) -> std::result::Result<(), String> {
         let mut tx = self
@@ -428,7 +430,8 @@ impl Reader for PgReader {
             .isolation_level(IsolationLevel::RepeatableRead)
             .start()
             .map_err(|e| message(&e))?;
-        let stmt = tx.prepare(sql).map_err(|e| message(&e))?;
+        let sql = records.sql_quoted(super::quote_ident);
+        let stmt = tx.prepare(&sql).map_err(|e| message(&e))?;
         let columns: Arc<[String]> = stmt
             .columns()
             .iter()

@@ -7,7 +7,7 @@
 
 use postgres::GenericClient;
 
-use crate::records::quote_ident;
+use crate::backend::quote_ident;
 
 /// A name as SQL writes it: as it is when it is a plain lower-case word
 /// (easier to read in a GRANT), quoted otherwise.

@@ -12,7 +12,7 @@
 
 use postgres::GenericClient;
 
-use crate::records::quote_ident;
+use crate::backend::quote_ident;
 
 /// spark's own schema on PostgreSQL, one step per release that changed it.
 /// Never edit or remove a released step; append a new one.
@@ -95,6 +95,12 @@ pub fn pending_sql(seen_table: &str, seen_exists: bool, version: i64) -> String 
         "CREATE TABLE spark_meta (name text PRIMARY KEY, value text NOT NULL);",
         MIGRATIONS,
         version,
+        &|known| {
+            format!(
+                "INSERT INTO spark_meta (name, value) VALUES ('schema_version', '{known}') \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value;"
+            )
+        },
     )
 }
 

@@ -38,10 +38,10 @@ use postgres::types::ToSql;
 use postgres::{Client, GenericClient, Row, Statement};
 
 use super::{CREATED_AT_TEXT, DELIVERY_COLUMNS, NOW_MS, connect, message, schema, store_err};
+use crate::backend::quote_ident;
 use crate::clock;
 use crate::config::PgConfig;
 use crate::error::{Error, Result};
-use crate::records::quote_ident;
 use crate::store::driver::{Commit, Executor, NewDelivery, Rows, SeenRow};
 use crate::store::{
     Claim, Delivery, DeliveryRow, DeliveryState, Failure, FileMark, HistoryEntry, StoredEvent,

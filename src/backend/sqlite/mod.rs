@@ -22,9 +22,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use schema::table_exists;
 
+use crate::backend::quote_ident;
 use crate::config::SqliteConfig;
 use crate::error::{Error, Result};
-use crate::records::{Record, quote_ident};
+use crate::records::{Record, RecordSet};
 use crate::store::driver::{Driver, Executor, RunGuard};
 use crate::store::{
     Column, Delivery, EventQuery, HistoryEntry, HistoryQuery, Reader, SeenEvent, SeenTable,
@@ -290,17 +291,19 @@ impl Reader for SqliteReader {
             .map_err(self.err("looking up a table"))
     }
 
-    fn columns(&mut self, sql: &str) -> Result<Vec<Column>, String> {
-        records::columns(&self.conn, sql).map_err(|e| sql_message(&e))
+    fn columns(&mut self, records: &RecordSet) -> Result<Vec<Column>, String> {
+        records::columns(&self.conn, &records.sql_quoted(super::quote_ident))
+            .map_err(|e| sql_message(&e))
     }
 
     fn scan(
         &mut self,
-        sql: &str,
+        records: &RecordSet,
         each: &mut dyn FnMut(&Record) -> ControlFlow<()>,
     ) -> Result<(), String> {
         let message = |e: rusqlite::Error| sql_message(&e);
-        let mut stmt = self.conn.prepare(sql).map_err(message)?;
+        let sql = records.sql_quoted(super::quote_ident);
+        let mut stmt = self.conn.prepare(&sql).map_err(message)?;
         let mut reader = records::RecordReader::new(&mut stmt).map_err(message)?;
         while let Some(record) = reader.next_record().map_err(message)? {
             if each(record).is_break() {

@@ -10,7 +10,7 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
-use crate::records::quote_ident;
+use crate::backend::quote_ident;
 
 /// spark's own schema, one step per release that changed it. Never edit or
 /// remove a released step; append a new one.
@@ -75,6 +75,12 @@ pub fn pending_sql(seen_table: &str, seen_exists: bool, version: i64) -> String 
         "CREATE TABLE IF NOT EXISTS spark_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);",
         MIGRATIONS,
         version,
+        &|known| {
+            format!(
+                "INSERT INTO spark_meta (name, value) VALUES ('schema_version', '{known}') \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value;"
+            )
+        },
     )
 }
 

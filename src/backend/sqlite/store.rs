@@ -24,9 +24,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use super::{DELIVERY_COLUMNS, all_deliveries, schema};
+use crate::backend::quote_ident;
 use crate::clock;
 use crate::error::{Error, Result};
-use crate::records::quote_ident;
 use crate::store::driver::{Commit, Executor, NewDelivery, Rows, SeenRow};
 use crate::store::{
     Delivery, DeliveryRow, DeliveryState, Failure, FileMark, HistoryEntry, StoredEvent, keys_json,
