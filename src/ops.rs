@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::backend::{self, RunGuard};
 use crate::clock;
-use crate::config::{Config, HandlerKind};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::store::admin::{self, DeliveryQuery, EventQuery, Forgotten, SeenEvent};
 use crate::store::{HistoryEntry, Store};
@@ -360,7 +360,7 @@ pub fn replay(config: &Config, request: &ReplayRequest<'_>, who: &str) -> Result
             .iter()
             .map(|key| HistoryEntry::action_by(key, handler, "replayed", None, who))
             .collect();
-        let file_sink = matches!(h.kind, HandlerKind::Jsonl { .. });
+        let file_sink = h.kind.is_file_sink();
         session
             .store
             .add_deliveries(handler, &replayed, REPLAY_CHUNK, file_sink, &history)?;

@@ -924,3 +924,130 @@ command = ["false"]
         }
     }
 }
+
+/// `spark config` writes back every option a handler was given, for every
+/// kind: a config that sets each option of each kind (every field of the
+/// kinds' option structs, so that a new option fails here until it is
+/// written back) prints each of them. (`spark_mail_from_records` and
+/// `smtp_allow_plaintext_auth` were dropped.)
+#[test]
+fn spark_config_writes_back_every_option_of_every_kind() {
+    let case = challenges(
+        r#"
+[[handlers]]
+name = "file"
+group = "created"
+kind = "jsonl"
+path = "file.jsonl"
+mode = "0640"
+
+[[handlers]]
+name = "cmd"
+group = "created"
+kind = "command"
+command = ["true"]
+timeout = "5s"
+env = { A = "1" }
+
+[[handlers]]
+name = "fn"
+group = "created"
+kind = "function"
+function = "log_event"
+
+[[handlers]]
+name = "hook"
+group = "created"
+kind = "webhook"
+url = "https://hooks.example.org/x"
+method = "PUT"
+body = '{"a": "{{ spark_event.key }}"}'
+content_type = "application/json"
+strict_templates = true
+headers = { "X-Source" = "spark" }
+header_env = { "Authorization" = "HOOK_AUTH" }
+signing_secret_env = "HOOK_SECRET"
+timeout = "5s"
+connect_timeout = "2s"
+
+[[handlers]]
+name = "outbox"
+group = "created"
+kind = "mail"
+templates = { challenge_created = "Hi\n\nthere" }
+html = "<p>hi</p>"
+strict_templates = true
+from = "a@example.org"
+to = "b@example.org"
+cc = "c@example.org"
+bcc = "d@example.org"
+reply_to = "e@example.org"
+subject = "s"
+body = "b"
+transport = "outbox"
+outbox = "out"
+mode = "0640"
+spark_mail_from_records = ["subject"]
+
+[[handlers]]
+name = "relay"
+group = "created"
+kind = "mail"
+templates = "mails"
+transport = "smtp"
+smtp_host = "relay.example.org"
+smtp_port = 2525
+smtp_security = "none"
+smtp_user = "spark"
+smtp_password_env = "SMTP_PASSWORD"
+smtp_pool = false
+smtp_allow_plaintext_auth = true
+timeout = "9s"
+
+[[handlers]]
+name = "tls-relay"
+group = "created"
+kind = "mail"
+templates = "mails"
+smtp_host = "relay.example.org"
+smtp_security = "tls"
+smtp_ca_file = "ca.pem"
+"#,
+    );
+    std::fs::create_dir(case.path("mails")).unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(case.path("ca.pem"), made.cert.pem()).unwrap();
+    let given: toml::Table =
+        toml::from_str(&std::fs::read_to_string(case.path("spark.toml")).unwrap()).unwrap();
+    let printed = case.run(&["--json", "config"]).success().json();
+    let printed = printed["handlers"].as_array().unwrap();
+    let mut set: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for handler in given["handlers"].as_array().unwrap() {
+        let handler = handler.as_table().unwrap();
+        let name = handler["name"].as_str().unwrap();
+        let kind = handler["kind"].as_str().unwrap();
+        let out = printed
+            .iter()
+            .find(|h| h["name"] == name)
+            .unwrap_or_else(|| panic!("{name} printed"));
+        for key in handler.keys() {
+            assert!(
+                out.get(key).is_some(),
+                "handler {name}: `{key}` was given but `spark config` did not write it back: {out}"
+            );
+            set.entry(kind.to_owned()).or_default().insert(key.clone());
+        }
+    }
+    for kind in spark::handlers::KINDS {
+        let fields = (kind.fields)();
+        assert!(!fields.is_empty(), "{}", kind.name);
+        for field in fields {
+            assert!(
+                set[kind.name].contains(*field),
+                "kind {}: option `{field}` is not exercised by this test: add it",
+                kind.name
+            );
+        }
+    }
+}

@@ -6,34 +6,10 @@ use serde_json::json;
 
 use super::Cli;
 use super::output::{clip, errln, outln, print_table, stdout_json};
-use crate::config::{BackendConfig, Config, HandlerKind, MailTransport, SmtpSecurity, SourceKind};
+use crate::config::{Config, SourceKind};
 use crate::records::RecordSet;
 use crate::registry::Registry;
 use crate::sources::generator::CondValue;
-
-fn handler_target(kind: &HandlerKind) -> String {
-    match kind {
-        HandlerKind::Jsonl { path, .. } => path.display().to_string(),
-        HandlerKind::Command { argv, timeout, .. } => format!(
-            "{} (timeout {})",
-            argv.join(" "),
-            humantime::format_duration(*timeout)
-        ),
-        HandlerKind::Function { function } => function.clone(),
-        HandlerKind::Webhook(hook) => {
-            format!(
-                "{} {} (timeout {})",
-                hook.method,
-                hook.url,
-                humantime::format_duration(hook.timeout)
-            )
-        }
-        HandlerKind::Mail(mail) => match &mail.transport {
-            MailTransport::Outbox { dir, .. } => format!("outbox {}", dir.display()),
-            MailTransport::Smtp(smtp) => format!("smtp {}:{}", smtp.host, smtp.port),
-        },
-    }
-}
 
 pub fn handlers(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Result<ExitCode> {
     let (groups, complete) = crate::check::emitted_groups(config, registry);
@@ -47,7 +23,7 @@ pub fn handlers(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Resu
                     "kind": h.kind.name(),
                     "group": h.group.as_str(),
                     "delivery": h.guarantee.to_string(),
-                    "target": handler_target(&h.kind),
+                    "target": h.kind.target(),
                     "receives": groups.iter().filter(|g| h.group.is_match(g)).collect::<Vec<_>>(),
                     "max_attempts": h.retry.max_attempts,
                     "backoff": humantime::format_duration(h.retry.backoff).to_string(),
@@ -67,7 +43,7 @@ pub fn handlers(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Resu
                     h.kind.name().to_owned(),
                     h.group.as_str().to_owned(),
                     h.guarantee.to_string(),
-                    handler_target(&h.kind),
+                    h.kind.target(),
                     receives(h, &groups, complete),
                 ]
             })
@@ -232,23 +208,7 @@ fn duration(d: std::time::Duration) -> String {
 
 /// The effective config, in the config file's own terms.
 fn config_view(config: &Config) -> ConfigView {
-    let mut database = json!({ "seen_table": config.database.seen_table });
-    match &config.database.backend {
-        BackendConfig::Sqlite(db) => {
-            database["path"] = json!(absolute(&db.path));
-            database["busy_timeout"] = json!(duration(db.busy_timeout));
-            if let Some(script) = &db.create_from {
-                database["create_from"] = json!(absolute(script));
-            }
-        }
-        BackendConfig::Postgres(pg) => {
-            database["url"] = json!(pg.written);
-            if let Some(channel) = &pg.listen {
-                database["listen"] = json!(channel);
-            }
-            database["lease"] = json!(duration(pg.lease));
-        }
-    }
+    let database = config.database.view(&|p| absolute(p));
     let d = &config.delivery;
     let sources: Vec<_> = config
         .sources
@@ -303,141 +263,14 @@ fn config_view(config: &Config) -> ConfigView {
                 "max_attempts": h.retry.max_attempts,
                 "backoff": duration(h.retry.backoff),
             });
-            if !matches!(h.kind, HandlerKind::Jsonl { .. }) {
+            if !h.kind.is_file_sink() {
                 v["concurrency"] = json!(h.concurrency);
             }
             if let Some(rate) = h.rate {
                 v["rate"] = json!(rate.to_string());
             }
-            match &h.kind {
-                HandlerKind::Jsonl { path, mode } => {
-                    v["path"] = json!(absolute(path));
-                    v["mode"] = json!(format!("{mode:04o}"));
-                }
-                HandlerKind::Command {
-                    argv, timeout, env, ..
-                } => {
-                    let mut argv = argv.clone();
-                    if argv[0].contains('/') {
-                        argv[0] = absolute(std::path::Path::new(&argv[0]));
-                    }
-                    v["command"] = json!(argv);
-                    v["timeout"] = json!(duration(*timeout));
-                    if !env.is_empty() {
-                        v["env"] = json!(
-                            env.iter()
-                                .cloned()
-                                .collect::<std::collections::BTreeMap<_, _>>()
-                        );
-                    }
-                }
-                HandlerKind::Function { function } => v["function"] = json!(function),
-                HandlerKind::Webhook(hook) => {
-                    v["url"] = json!(hook.url);
-                    v["method"] = json!(hook.method.to_string());
-                    if let Some(body) = &hook.body {
-                        v["body"] = json!(body);
-                        v["content_type"] = json!(hook.content_type);
-                    }
-                    if hook.strict_templates {
-                        v["strict_templates"] = json!(true);
-                    }
-                    let (literal, from_env): (Vec<_>, Vec<_>) =
-                        hook.headers.iter().partition(|(_, s)| s.var.is_empty());
-                    if !literal.is_empty() {
-                        v["headers"] = json!(
-                            literal
-                                .iter()
-                                .map(|(k, s)| (k.clone(), s.expose().to_owned()))
-                                .collect::<std::collections::BTreeMap<_, _>>()
-                        );
-                    }
-                    if !from_env.is_empty() {
-                        v["header_env"] = json!(
-                            from_env
-                                .iter()
-                                .map(|(k, s)| (k.clone(), s.var.clone()))
-                                .collect::<std::collections::BTreeMap<_, _>>()
-                        );
-                    }
-                    if let Some(s) = &hook.signing_secret {
-                        v["signing_secret_env"] = json!(s.var);
-                    }
-                    v["timeout"] = json!(duration(hook.timeout));
-                    v["connect_timeout"] = json!(duration(hook.connect_timeout));
-                }
-                HandlerKind::Mail(m) => {
-                    match &m.templates_folder {
-                        Some(folder) => v["templates"] = json!(folder_path(config, folder)),
-                        None if !m.templates.is_empty() || !m.html_templates.is_empty() => {
-                            let mut inline = serde_json::Map::new();
-                            for (group, (_, source)) in &m.templates {
-                                inline.insert(group.clone(), json!(source));
-                            }
-                            for (group, (_, source)) in &m.html_templates {
-                                inline.insert(format!("{group}.html"), json!(source));
-                            }
-                            v["templates"] = serde_json::Value::Object(inline);
-                        }
-                        None => {}
-                    }
-                    if let Some(html) = &m.html {
-                        v["html"] = json!(html);
-                    }
-                    if m.strict_templates {
-                        v["strict_templates"] = json!(true);
-                    }
-                    for (key, value) in [
-                        ("from", &m.from),
-                        ("subject", &m.subject),
-                        ("body", &m.body),
-                    ] {
-                        if let Some(value) = value {
-                            v[key] = json!(value);
-                        }
-                    }
-                    for (key, list) in [
-                        ("to", &m.to),
-                        ("cc", &m.cc),
-                        ("bcc", &m.bcc),
-                        ("reply_to", &m.reply_to),
-                    ] {
-                        if !list.is_empty() {
-                            v[key] = json!(list);
-                        }
-                    }
-                    match &m.transport {
-                        MailTransport::Outbox { dir, mode } => {
-                            v["transport"] = json!("outbox");
-                            v["outbox"] = json!(absolute(dir));
-                            v["mode"] = json!(format!("{mode:04o}"));
-                        }
-                        MailTransport::Smtp(smtp) => {
-                            v["transport"] = json!("smtp");
-                            if let Some(ca) = &smtp.ca {
-                                v["smtp_ca_file"] = json!(absolute(&ca.path));
-                            }
-                            if !smtp.pool {
-                                v["smtp_pool"] = json!(false);
-                            }
-                            v["smtp_host"] = json!(smtp.host);
-                            v["smtp_port"] = json!(smtp.port);
-                            v["smtp_security"] = json!(match smtp.security {
-                                SmtpSecurity::StartTls => "starttls",
-                                SmtpSecurity::Tls => "tls",
-                                SmtpSecurity::None => "none",
-                            });
-                            if let Some(user) = &smtp.user {
-                                v["smtp_user"] = json!(user);
-                            }
-                            if let Some(p) = &smtp.password {
-                                v["smtp_password_env"] = json!(p.var);
-                            }
-                            v["timeout"] = json!(duration(smtp.timeout));
-                        }
-                    }
-                }
-            }
+            h.kind
+                .view(&mut v, &|p| absolute(p), &|f| folder_path(config, f));
             v
         })
         .collect();

@@ -10,9 +10,11 @@ pub mod interpolate;
 pub mod postgres;
 mod raw;
 
-pub use handlers::{
-    BodyKind, Guarantee, HANDLER_KINDS, HandlerConfig, HandlerKind, HttpMethod, MailConfig,
-    MailTransport, Secret, SmtpSecurity, SmtpServer, WebhookConfig, is_loopback_host,
+pub use handlers::{Guarantee, HandlerConfig, Rate};
+
+pub use crate::handlers::{
+    BodyKind, HandlerKind, HttpMethod, MailConfig, MailTransport, Secret, SmtpSecurity, SmtpServer,
+    WebhookConfig, is_loopback_host,
 };
 
 pub use postgres::{PgConfig, SslMode};
@@ -23,6 +25,7 @@ use std::time::Duration;
 
 use serde::Deserialize as _;
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 use crate::records::{RecordSet, parse_date};
 use crate::registry::Registry;
@@ -111,6 +114,31 @@ impl DatabaseConfig {
             BackendConfig::Sqlite(db) => db.path.display().to_string(),
             BackendConfig::Postgres(pg) => pg.describe(),
         }
+    }
+
+    /// `[database]` as the config file writes it (`spark config`): paths
+    /// absolute (`absolute`), the URL as written (its `${VAR}`s kept).
+    pub fn view(&self, absolute: crate::handlers::kind::Absolute<'_>) -> serde_json::Value {
+        use crate::handlers::kind::duration_text;
+        use serde_json::json;
+        let mut v = json!({ "seen_table": self.seen_table });
+        match &self.backend {
+            BackendConfig::Sqlite(db) => {
+                v["path"] = json!(absolute(&db.path));
+                v["busy_timeout"] = json!(duration_text(db.busy_timeout));
+                if let Some(script) = &db.create_from {
+                    v["create_from"] = json!(absolute(script));
+                }
+            }
+            BackendConfig::Postgres(pg) => {
+                v["url"] = json!(pg.written);
+                if let Some(channel) = &pg.listen {
+                    v["listen"] = json!(channel);
+                }
+                v["lease"] = json!(duration_text(pg.lease));
+            }
+        }
+        v
     }
 
     /// The SQLite file, when the database is one.
@@ -207,8 +235,20 @@ pub enum Problem {
         pattern: String,
         error: Box<regex::Error>,
     },
-    #[error("handler `{handler}`: unknown kind `{kind}` (known: {HANDLER_KINDS})")]
+    #[error(
+        "handler `{handler}`: unknown kind `{kind}` (known: {})",
+        crate::handlers::kind_names()
+    )]
     UnknownHandlerKind { handler: String, kind: String },
+    #[error("{entry}: unknown field `{field}` (kind {kind} takes {expected})")]
+    UnknownField {
+        entry: String,
+        field: String,
+        kind: &'static str,
+        expected: String,
+    },
+    #[error("{entry}: {message}")]
+    BadOption { entry: String, message: String },
     #[error("{entry}: `{field}` is required{why}")]
     MissingField {
         entry: String,
@@ -419,6 +459,7 @@ impl Config {
             withheld_env: Vec::new(),
             deferred: Vec::new(),
             database_failed: false,
+            handler_options: Vec::new(),
         };
         let syntax = |v: &Validator<'_>, e: toml::de::Error| {
             let span = e.span().unwrap_or(0..0);
@@ -469,6 +510,7 @@ impl Config {
                 problems: v.problems,
             });
         }
+        v.handler_options = kind_options(table.get_mut());
         let raw = RawConfig::deserialize(toml::de::Deserializer::from(table))
             .map_err(|e| syntax(&v, e))?;
         let mut config = v.config(raw, registry);
@@ -512,6 +554,35 @@ impl Config {
             .filter(move |(_, h)| h.group.is_match(group))
             .map(|(i, _)| i)
     }
+}
+
+/// Takes each handler's kind options out of its table (every field but
+/// those all handlers have: `RawHandler`'s), for its kind to read.
+fn kind_options<'a>(table: &mut DeTable<'a>) -> Vec<Spanned<DeValue<'a>>> {
+    let common = crate::handlers::kind::fields_of::<raw::RawHandler>();
+    let Some(DeValue::Array(handlers)) = table.get_mut("handlers").map(Spanned::get_mut) else {
+        return Vec::new();
+    };
+    handlers
+        .iter_mut()
+        .map(|handler| {
+            let span = handler.span();
+            let mut options = DeTable::new();
+            if let DeValue::Table(fields) = handler.get_mut() {
+                let theirs: Vec<_> = fields
+                    .keys()
+                    .filter(|k| !common.contains(&k.get_ref().as_ref()))
+                    .cloned()
+                    .collect();
+                for key in theirs {
+                    if let Some(value) = fields.remove(key.get_ref().as_ref()) {
+                        options.insert(key, value);
+                    }
+                }
+            }
+            Spanned::new(span, DeValue::Table(options))
+        })
+        .collect()
 }
 
 /// The folder relative paths in a config are resolved against.
@@ -562,6 +633,9 @@ struct Validator<'a> {
     deferred: Vec<std::ops::Range<usize>>,
     /// Whether `[database]` had a problem.
     database_failed: bool,
+    /// Each handler's kind options, taken out of its table (see
+    /// `kind_options`), in the handlers' order.
+    handler_options: Vec<Spanned<DeValue<'a>>>,
 }
 
 impl Validator<'_> {
@@ -691,10 +765,18 @@ impl Validator<'_> {
                 })
                 .collect(),
         };
+        let mut options = std::mem::take(&mut self.handler_options).into_iter();
         for handler in raw.handlers {
             let span = handler.span();
-            let Some(handler) = self.handler(handler.into_inner(), &delivery.retry, registry)
-            else {
+            let kind_options = options
+                .next()
+                .unwrap_or_else(|| Spanned::new(span.clone(), DeValue::Table(DeTable::new())));
+            let Some(handler) = self.handler(
+                handler.into_inner(),
+                kind_options,
+                &delivery.retry,
+                registry,
+            ) else {
                 continue;
             };
             if handlers.iter().any(|h| h.name == handler.name) {
@@ -1256,7 +1338,7 @@ path = "var/events.jsonl"
         let msg = problems(&MINIMAL.replace("kind = \"jsonl\"", "kind = \"jsonl\"\ncolour = 1"));
         assert!(msg.contains("colour"), "{msg}");
         assert!(
-            msg.contains("spark.toml:14:1: unknown field `colour`"),
+            msg.contains("spark.toml:14:1: handler `log`: unknown field `colour`"),
             "{msg}"
         );
     }

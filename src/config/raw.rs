@@ -2,8 +2,6 @@
 //! spans so that validation errors can point at a line. Unknown keys are
 //! rejected here; meaning is checked in `config::validate`.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -70,86 +68,18 @@ pub struct RawCondition {
     pub value: Spanned<toml::Value>,
 }
 
+/// What every `[[handlers]]` entry has; the rest of its fields are its
+/// kind's options (`crate::handlers::KINDS`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHandler {
     pub name: Spanned<String>,
     pub group: Spanned<String>,
     pub kind: Spanned<String>,
-    pub path: Option<Spanned<String>>,
-    pub command: Option<Spanned<Vec<String>>>,
-    /// A command's environment additions.
-    pub env: Option<Spanned<BTreeMap<String, String>>>,
-    /// The mode of the files a jsonl or outbox handler creates ("0600").
-    pub mode: Option<Spanned<String>>,
-    pub function: Option<Spanned<String>>,
-    pub timeout: Option<Spanned<String>>,
     pub delivery: Option<Spanned<String>>,
     pub max_attempts: Option<Spanned<i64>>,
     pub backoff: Option<Spanned<String>>,
-    // webhook
-    pub url: Option<Spanned<String>>,
-    pub headers: Option<Spanned<BTreeMap<String, String>>>,
-    pub header_env: Option<Spanned<BTreeMap<String, String>>>,
-    pub signing_secret_env: Option<Spanned<String>>,
-    pub connect_timeout: Option<Spanned<String>>,
-    /// A webhook's HTTP method (POST, PUT, PATCH).
-    pub method: Option<Spanned<String>>,
-    /// A webhook body's content type.
-    pub content_type: Option<Spanned<String>>,
-    // templates (mail, webhook)
-    pub strict_templates: Option<Spanned<bool>>,
-    // mail
-    pub html: Option<Spanned<String>>,
-    pub templates: Option<Spanned<RawTemplates>>,
-    pub from: Option<Spanned<String>>,
-    pub to: Option<Spanned<OneOrMany>>,
-    pub cc: Option<Spanned<OneOrMany>>,
-    pub bcc: Option<Spanned<OneOrMany>>,
-    pub reply_to: Option<Spanned<OneOrMany>>,
-    pub subject: Option<Spanned<String>>,
-    pub body: Option<Spanned<String>>,
-    pub transport: Option<Spanned<String>>,
-    pub outbox: Option<Spanned<String>>,
-    pub smtp_host: Option<Spanned<String>>,
-    pub smtp_port: Option<Spanned<i64>>,
-    pub smtp_security: Option<Spanned<String>>,
-    pub smtp_user: Option<Spanned<String>>,
-    pub smtp_password_env: Option<Spanned<String>>,
-    pub smtp_pool: Option<Spanned<bool>>,
-    pub smtp_ca_file: Option<Spanned<String>>,
-    /// Send SMTP credentials over a connection without TLS to a relay that
-    /// is not on loopback.
-    pub smtp_allow_plaintext_auth: Option<Spanned<bool>>,
-    /// The `spark_mail` keys honoured when `spark_mail` comes from the
-    /// database (a column of a generator's records).
-    pub spark_mail_from_records: Option<Spanned<Vec<String>>>,
-    // throughput
+    // throughput (handlers called once per event)
     pub concurrency: Option<Spanned<i64>>,
     pub rate: Option<Spanned<String>>,
-}
-
-/// A mail handler's templates: a folder of `GROUP.txt` files, or inline.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum RawTemplates {
-    Folder(String),
-    Inline(BTreeMap<String, String>),
-}
-
-/// An address field: one string or a list.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    pub fn into_vec(self) -> Vec<String> {
-        match self {
-            OneOrMany::One(s) => vec![s],
-            OneOrMany::Many(v) => v,
-        }
-    }
 }

@@ -14,6 +14,7 @@
 //! handler's `env` table, plus the event: `SPARK_EVENT_KEY` (use it as an
 //! idempotency key), `SPARK_EVENT_GROUP`, `SPARK_HANDLER`, `SPARK_ATTEMPT`.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -25,7 +26,88 @@ use std::time::{Duration, Instant};
 
 use wait_timeout::ChildExt;
 
-use super::{DeliverEach, Dispatch, Outcome};
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::DeValue;
+
+use super::kind::{self, Checks};
+use super::{DeliverEach, Dispatch, HandlerKind, Kind, Outcome};
+
+/// A `command` handler's options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// The program and its arguments (no shell).
+    pub command: Option<Spanned<Vec<String>>>,
+    pub timeout: Option<Spanned<String>>,
+    /// Variables added to the program's environment.
+    pub env: Option<Spanned<BTreeMap<String, String>>>,
+}
+
+pub const KIND: Kind = Kind {
+    name: "command",
+    per_event: true,
+    fields: kind::fields_of::<Options>,
+    config,
+};
+
+/// The options as the config writes them (`spark config`).
+pub fn view(
+    v: &mut serde_json::Value,
+    argv: &[String],
+    timeout: Duration,
+    env: &[(String, String)],
+    absolute: kind::Absolute<'_>,
+) {
+    let mut argv = argv.to_vec();
+    if argv.first().is_some_and(|p| p.contains('/')) {
+        argv[0] = absolute(std::path::Path::new(&argv[0]));
+    }
+    v["command"] = serde_json::json!(argv);
+    v["timeout"] = serde_json::json!(kind::duration_text(timeout));
+    if !env.is_empty() {
+        v["env"] = serde_json::json!(env.iter().cloned().collect::<BTreeMap<_, _>>());
+    }
+}
+
+fn config(c: &mut dyn Checks, table: Spanned<DeValue<'_>>) -> Option<HandlerKind> {
+    let raw: Options = kind::options(c, table)?;
+    let timeout = kind::timeout(c, raw.timeout.as_ref());
+    let env: Vec<(String, String)> = match raw.env {
+        None => Vec::new(),
+        Some(env) => {
+            let span = env.span();
+            let env = env.into_inner();
+            if let Some(bad) = env.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
+                c.bad_value(
+                    "env",
+                    span,
+                    format!("{bad:?} is not an environment variable name"),
+                );
+            }
+            env.into_iter().collect()
+        }
+    };
+    let Some(argv) = raw.command else {
+        c.missing("command", "command");
+        return None;
+    };
+    if argv.get_ref().first().is_none_or(|p| p.is_empty()) {
+        c.empty("command", argv.span());
+        return None;
+    }
+    let mut argv = argv.into_inner();
+    // A program named by a relative path is relative to the config.
+    if argv[0].contains('/') && std::path::Path::new(&argv[0]).is_relative() {
+        argv[0] = c.resolve(&argv[0]).to_string_lossy().into_owned();
+    }
+    Some(HandlerKind::Command {
+        argv,
+        timeout,
+        workdir: c.dir(),
+        env,
+    })
+}
 
 /// How much of stderr a failure keeps (its end).
 const STDERR_KEEP: usize = 2048;

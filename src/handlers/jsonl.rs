@@ -17,10 +17,59 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use super::{CutError, Dispatch, FileSink};
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::DeValue;
+
+use super::kind::{self, Checks};
+use super::{CutError, Dispatch, FileSink, HandlerKind, Kind};
 use crate::crashpoint;
 use crate::files::{self, FileId};
 use crate::store::FileMark;
+
+/// A `jsonl` handler's options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// The file (relative to the config's folder).
+    pub path: Option<Spanned<String>>,
+    /// The mode of the file it creates ("0600").
+    pub mode: Option<Spanned<String>>,
+}
+
+pub const KIND: Kind = Kind {
+    name: "jsonl",
+    per_event: false,
+    fields: kind::fields_of::<Options>,
+    config,
+};
+
+/// The options as the config writes them (`spark config`).
+pub fn view(
+    v: &mut serde_json::Value,
+    path: &std::path::Path,
+    mode: u32,
+    absolute: kind::Absolute<'_>,
+) {
+    v["path"] = serde_json::json!(absolute(path));
+    v["mode"] = serde_json::json!(format!("{mode:04o}"));
+}
+
+fn config(c: &mut dyn Checks, table: Spanned<DeValue<'_>>) -> Option<HandlerKind> {
+    let raw: Options = kind::options(c, table)?;
+    let mode = kind::mode(c, raw.mode.as_ref());
+    let Some(path) = raw.path else {
+        c.missing("path", "jsonl");
+        return None;
+    };
+    if path.get_ref().trim().is_empty() {
+        c.empty("path", path.span());
+    }
+    Some(HandlerKind::Jsonl {
+        path: c.resolve(path.get_ref()),
+        mode,
+    })
+}
 
 pub struct JsonlSink {
     path: PathBuf,

@@ -1,5 +1,9 @@
-//! Handler kinds: what receives an event. One file per kind; `build` is the
-//! one place where kinds are listed.
+//! Handler kinds: what receives an event. A kind is one file (`mail`, the
+//! biggest, a folder): its options as a serde struct, what they become
+//! (`HandlerKind`), and its sink. `KINDS` is the one table of kinds: the
+//! config reads each handler's options through it; `HandlerKind`'s methods
+//! answer for every kind what listings, checks and the delivery engine ask
+//! (what it writes, where it delivers, its sink).
 //!
 //! A handler is a `Sink`: either called once per event (`Each`: command,
 //! function, webhook, mail), each success recorded as soon as the call
@@ -12,18 +16,167 @@
 pub mod command;
 pub mod function;
 pub mod jsonl;
+pub mod kind;
 pub mod mail;
-pub mod smtp;
 pub mod webhook;
 
 use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
+use toml::Spanned;
+use toml::de::DeValue;
 
-use crate::config::{HandlerConfig, HandlerKind};
 use crate::event::Event;
 use crate::registry::Registry;
 use crate::store::FileMark;
+
+pub use kind::Secret;
+pub use mail::{MailConfig, MailTransport, SmtpSecurity, SmtpServer, is_loopback_host};
+pub use webhook::{BodyKind, HttpMethod, WebhookConfig};
+
+/// A handler kind: its name in the config, the options it takes, and how
+/// they become a `HandlerKind`.
+pub struct Kind {
+    pub name: &'static str,
+    /// Called once per event, so that `concurrency` and `rate` apply (a
+    /// file sink takes whole deliveries).
+    pub per_event: bool,
+    /// The options it takes: its `Options` struct's fields.
+    pub fields: fn() -> &'static [&'static str],
+    /// Its options, checked, as a `HandlerKind` (`None`: problems were
+    /// reported).
+    pub config: for<'a> fn(&mut dyn kind::Checks, Spanned<DeValue<'a>>) -> Option<HandlerKind>,
+}
+
+/// Every handler kind, in the order the docs list them.
+pub const KINDS: &[Kind] = &[
+    jsonl::KIND,
+    command::KIND,
+    function::KIND,
+    webhook::KIND,
+    mail::KIND,
+];
+
+/// The kind of that name.
+pub fn kind_named(name: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+/// The kinds' names, for messages: "jsonl, command, ...".
+pub fn kind_names() -> String {
+    KINDS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+}
+
+/// A configured handler kind, with its options checked.
+#[derive(Debug, Clone)]
+pub enum HandlerKind {
+    /// Appends one JSON line per event to `path` (created with `mode`).
+    Jsonl { path: PathBuf, mode: u32 },
+    /// Runs `argv` with the event JSON on stdin, in the config's folder,
+    /// with `env` added to its environment.
+    Command {
+        argv: Vec<String>,
+        timeout: Duration,
+        workdir: PathBuf,
+        env: Vec<(String, String)>,
+    },
+    /// Calls a compiled-in handler function.
+    Function { function: String },
+    /// Sends the event to `url`: its JSON, or the rendered `body`.
+    Webhook(Box<WebhookConfig>),
+    /// Renders a mail per event and sends it (SMTP) or writes it (outbox).
+    Mail(Box<MailConfig>),
+}
+
+impl HandlerKind {
+    /// The file or folder this handler writes, which no other handler may share.
+    pub fn output(&self) -> Option<&Path> {
+        match self {
+            HandlerKind::Jsonl { path, .. } => Some(path),
+            HandlerKind::Mail(mail) => match &mail.transport {
+                MailTransport::Outbox { dir, .. } => Some(dir),
+                MailTransport::Smtp(_) => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The mode of the files this handler creates, for a handler that
+    /// writes files.
+    pub fn file_mode(&self) -> Option<u32> {
+        match self {
+            HandlerKind::Jsonl { mode, .. } => Some(*mode),
+            HandlerKind::Mail(mail) => match &mail.transport {
+                MailTransport::Outbox { mode, .. } => Some(*mode),
+                MailTransport::Smtp(_) => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Whether it writes a local file a whole delivery at a time (its
+    /// deliveries belong to this host: another host's file is another
+    /// file). The one rule, for the delivery engine and the operator's
+    /// commands alike.
+    pub fn is_file_sink(&self) -> bool {
+        matches!(self, HandlerKind::Jsonl { .. })
+    }
+
+    /// Where it delivers, in a few words (`list-handlers`).
+    pub fn target(&self) -> String {
+        match self {
+            HandlerKind::Jsonl { path, .. } => path.display().to_string(),
+            HandlerKind::Command { argv, timeout, .. } => format!(
+                "{} (timeout {})",
+                argv.join(" "),
+                humantime::format_duration(*timeout)
+            ),
+            HandlerKind::Function { function } => function.clone(),
+            HandlerKind::Webhook(hook) => format!(
+                "{} {} (timeout {})",
+                hook.method,
+                hook.url,
+                humantime::format_duration(hook.timeout)
+            ),
+            HandlerKind::Mail(mail) => match &mail.transport {
+                MailTransport::Outbox { dir, .. } => format!("outbox {}", dir.display()),
+                MailTransport::Smtp(smtp) => format!("smtp {}:{}", smtp.host, smtp.port),
+            },
+        }
+    }
+
+    /// Its options as the config file writes them (`spark config`): every
+    /// option set, paths absolute (`absolute`; a templates folder as
+    /// `folder` writes it), secrets by the names of their variables.
+    pub fn view(
+        &self,
+        v: &mut serde_json::Value,
+        absolute: kind::Absolute<'_>,
+        folder: &dyn Fn(&str) -> String,
+    ) {
+        match self {
+            HandlerKind::Jsonl { path, mode } => jsonl::view(v, path, *mode, absolute),
+            HandlerKind::Command {
+                argv, timeout, env, ..
+            } => command::view(v, argv, *timeout, env, absolute),
+            HandlerKind::Function { function } => v["function"] = serde_json::json!(function),
+            HandlerKind::Webhook(hook) => hook.view(v),
+            HandlerKind::Mail(mail) => mail.view(v, absolute, folder),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            HandlerKind::Jsonl { .. } => "jsonl",
+            HandlerKind::Command { .. } => "command",
+            HandlerKind::Function { .. } => "function",
+            HandlerKind::Webhook(_) => "webhook",
+            HandlerKind::Mail(_) => "mail",
+        }
+    }
+}
 
 /// An event on its way to a handler: the event, its context already as JSON,
 /// and when it was recorded as seen.
@@ -161,8 +314,14 @@ pub enum Sink {
 /// Builds the sink for a configured handler. `withheld` are the
 /// environment variables command handlers do not inherit (secrets spark
 /// read for the config).
-pub fn build(handler: &HandlerConfig, registry: &Registry, withheld: &[String]) -> Sink {
-    match &handler.kind {
+pub fn build(
+    name: &str,
+    kind: &HandlerKind,
+    concurrency: usize,
+    registry: &Registry,
+    withheld: &[String],
+) -> Sink {
+    match kind {
         HandlerKind::Jsonl { path, mode } => {
             Sink::File(Box::new(jsonl::JsonlSink::new(path.clone(), *mode)))
         }
@@ -172,7 +331,7 @@ pub fn build(handler: &HandlerConfig, registry: &Registry, withheld: &[String]) 
             workdir,
             env,
         } => Sink::Each(std::sync::Arc::new(command::CommandHandler::new(
-            &handler.name,
+            name,
             argv.clone(),
             *timeout,
             workdir.clone(),
@@ -183,10 +342,10 @@ pub fn build(handler: &HandlerConfig, registry: &Registry, withheld: &[String]) 
             function::FunctionSink::new(function, registry.handler(function).cloned()),
         )),
         HandlerKind::Webhook(hook) => Sink::Each(std::sync::Arc::new(
-            webhook::WebhookHandler::new((**hook).clone(), handler.concurrency),
+            webhook::WebhookHandler::new((**hook).clone(), concurrency),
         )),
         HandlerKind::Mail(config) => Sink::Each(std::sync::Arc::new(mail::MailHandler::new(
-            &handler.name,
+            name,
             (**config).clone(),
         ))),
     }

@@ -29,14 +29,344 @@
 //! connection can be used again: one agent per handler keeps as many
 //! connections alive as the handler has calls in flight.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use ureq::Agent;
 
-use super::{DeliverEach, Dispatch, Failed, Outcome, Retry};
-use crate::config::{BodyKind, HttpMethod, WebhookConfig};
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::DeValue;
+
+use super::kind::{self, Checks, Secret};
+use super::{DeliverEach, Dispatch, Failed, HandlerKind, Kind, Outcome, Retry};
+
+/// A `webhook` handler's options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// The address; a template may fill in its path and query.
+    pub url: Option<Spanned<String>>,
+    /// POST (default), PUT or PATCH.
+    pub method: Option<Spanned<String>>,
+    /// A template of what is sent instead of the event JSON.
+    pub body: Option<Spanned<String>>,
+    pub content_type: Option<Spanned<String>>,
+    pub strict_templates: Option<Spanned<bool>>,
+    /// Headers whose values are templates.
+    pub headers: Option<Spanned<BTreeMap<String, String>>>,
+    /// Headers whose values are secrets from environment variables.
+    pub header_env: Option<Spanned<BTreeMap<String, String>>>,
+    pub signing_secret_env: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+}
+
+pub const KIND: Kind = Kind {
+    name: "webhook",
+    per_event: true,
+    fields: kind::fields_of::<Options>,
+    config,
+};
+
+fn config(c: &mut dyn Checks, table: Spanned<DeValue<'_>>) -> Option<HandlerKind> {
+    let raw: Options = kind::options(c, table)?;
+    let timeout = kind::timeout(c, raw.timeout.as_ref());
+    let connect_timeout = c.duration(
+        "connect_timeout",
+        raw.connect_timeout.as_ref(),
+        Duration::from_secs(10),
+    );
+    let Some(url) = raw.url else {
+        c.missing("url", "webhook");
+        return None;
+    };
+    crate::redact::register_url(url.get_ref());
+    let lower = url.get_ref().to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        c.bad_value(
+            "url",
+            url.span(),
+            format!("{:?} is not an http:// or https:// URL", url.get_ref()),
+        );
+    } else if let Some(at) = url.get_ref().find(['{']) {
+        // A templated URL: the scheme and the host stay literal.
+        let literal = &url.get_ref()[..at];
+        let after_scheme = literal.split_once("://").map_or("", |(_, rest)| rest);
+        if !after_scheme.contains('/') {
+            c.bad_value(
+                "url",
+                url.span(),
+                format!(
+                    "{:?}: a template may fill in the path and the query, not the scheme or the host (write them literally, up to the first `/`)",
+                    url.get_ref()
+                ),
+            );
+        }
+    }
+    let method = match raw
+        .method
+        .as_ref()
+        .map(|m| m.get_ref().to_ascii_uppercase())
+    {
+        None => HttpMethod::Post,
+        Some(m) if m == "POST" => HttpMethod::Post,
+        Some(m) if m == "PUT" => HttpMethod::Put,
+        Some(m) if m == "PATCH" => HttpMethod::Patch,
+        Some(other) => {
+            let span = raw.method.as_ref().map_or(0..0, Spanned::span);
+            c.bad_value(
+                "method",
+                span,
+                format!("{other:?}: expected \"POST\", \"PUT\" or \"PATCH\""),
+            );
+            HttpMethod::Post
+        }
+    };
+    let content_type = match &raw.content_type {
+        None => "application/json".to_owned(),
+        Some(t) => {
+            let text = t.get_ref().trim();
+            if text.is_empty() || text.chars().any(char::is_control) || !text.contains('/') {
+                c.bad_value(
+                    "content_type",
+                    t.span(),
+                    format!(
+                        "{:?} is not a media type (like \"application/json\")",
+                        t.get_ref()
+                    ),
+                );
+            }
+            text.to_owned()
+        }
+    };
+    if raw.content_type.is_some() && raw.body.is_none() {
+        let span = raw.content_type.as_ref().map_or(0..0, Spanned::span);
+        c.bad_value(
+            "content_type",
+            span,
+            "without `body` the event is sent as JSON; set `body` to send something else".into(),
+        );
+    }
+    if let Some(body) = &raw.body
+        && BodyKind::of(&content_type) == BodyKind::Other
+        && body.get_ref().contains('{')
+    {
+        let span = raw.content_type.as_ref().map_or(body.span(), Spanned::span);
+        c.bad_value(
+            "content_type",
+            span,
+            format!(
+                "{content_type:?}: spark escapes values rendered into a body only for JSON types, \
+                 application/x-www-form-urlencoded and text/plain; a body of another type \
+                 must not be a template"
+            ),
+        );
+    }
+    let mut headers: Vec<(String, Secret)> = Vec::new();
+    let mut templates: Vec<(String, String)> = Vec::new();
+    for (field, names) in [
+        ("headers", raw.headers.as_ref()),
+        ("header_env", raw.header_env.as_ref()),
+    ] {
+        let Some(names) = names else { continue };
+        for name in names.get_ref().keys() {
+            if !is_header_name(name) {
+                c.bad_value(
+                    field,
+                    names.span(),
+                    format!(
+                        "{:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)",
+                        crate::escape::escape(name)
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(literal) = raw.headers {
+        for (name, value) in literal.into_inner() {
+            templates.push((format!("header `{name}`"), value.clone()));
+            headers.push((name, Secret::literal(value)));
+        }
+    }
+    if let Some(from_env) = raw.header_env {
+        let span = from_env.span();
+        for (name, var) in from_env.into_inner() {
+            let var = Spanned::new(span.clone(), var);
+            let secret = c.secret("header_env", &var);
+            headers.push((name, secret));
+        }
+    }
+    if let Some(body) = &raw.body {
+        templates.push(("`body`".into(), body.get_ref().clone()));
+    }
+    if url.get_ref().contains('{') {
+        templates.push(("`url`".into(), url.get_ref().clone()));
+    }
+    kind::check_templates(c, &templates);
+    let signing_secret = raw
+        .signing_secret_env
+        .as_ref()
+        .map(|var| c.secret("signing_secret_env", var));
+    Some(HandlerKind::Webhook(Box::new(WebhookConfig {
+        url: url.into_inner(),
+        method,
+        body: raw.body.map(Spanned::into_inner),
+        content_type,
+        headers,
+        signing_secret,
+        timeout,
+        connect_timeout,
+        strict_templates: kind::flag(&raw.strict_templates),
+    })))
+}
+
+/// A webhook handler: where, how, and what it sends.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// The address; a template when it holds `{{`/`{%` (values rendered
+    /// into it are percent-encoded, and scheme and host are literal).
+    pub url: String,
+    pub method: HttpMethod,
+    /// The body template (default: the event JSON).
+    pub body: Option<String>,
+    /// The body's content type (default `application/json`).
+    pub content_type: String,
+    /// Extra headers: literal values are templates, `header_env` ones
+    /// secrets sent as they are (`Secret::var` tells them apart).
+    pub headers: Vec<(String, Secret)>,
+    pub signing_secret: Option<Secret>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Fail a render that looks up something undefined.
+    pub strict_templates: bool,
+}
+
+/// How values rendered into a webhook body are escaped: by its content
+/// type, so that a value stays inside its place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// Any JSON type (`application/json`, `text/json`, `*/*+json`): values
+    /// JSON-escaped, and the body must parse as JSON.
+    Json,
+    /// `application/x-www-form-urlencoded`: values percent-encoded, so
+    /// that a value cannot add a field.
+    Form,
+    /// `text/plain`: values as they are (there is nothing to break out of).
+    Text,
+    /// Anything else: spark cannot escape values for it, so its body may
+    /// not be a template.
+    Other,
+}
+
+impl BodyKind {
+    /// The kind a content type (`type/subtype; params`) makes.
+    pub fn of(content_type: &str) -> BodyKind {
+        let t = content_type.to_ascii_lowercase();
+        let essence = t.split(';').next().unwrap_or_default().trim();
+        let subtype = essence.split_once('/').map_or("", |(_, sub)| sub);
+        if subtype == "json" || subtype == "x-json" || subtype.ends_with("+json") {
+            BodyKind::Json
+        } else if essence == "application/x-www-form-urlencoded" {
+            BodyKind::Form
+        } else if essence == "text/plain" {
+            BodyKind::Text
+        } else {
+            BodyKind::Other
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// The options as the config writes them (`spark config`): secrets by
+    /// the names of their variables.
+    pub fn view(&self, v: &mut serde_json::Value) {
+        use serde_json::json;
+        v["url"] = json!(self.url);
+        v["method"] = json!(self.method.to_string());
+        if let Some(body) = &self.body {
+            v["body"] = json!(body);
+            v["content_type"] = json!(self.content_type);
+        }
+        if self.strict_templates {
+            v["strict_templates"] = json!(true);
+        }
+        let (literal, from_env): (Vec<_>, Vec<_>) =
+            self.headers.iter().partition(|(_, s)| s.var.is_empty());
+        if !literal.is_empty() {
+            v["headers"] = json!(
+                literal
+                    .iter()
+                    .map(|(k, s)| (k.clone(), s.expose().to_owned()))
+                    .collect::<BTreeMap<_, _>>()
+            );
+        }
+        if !from_env.is_empty() {
+            v["header_env"] = json!(
+                from_env
+                    .iter()
+                    .map(|(k, s)| (k.clone(), s.var.clone()))
+                    .collect::<BTreeMap<_, _>>()
+            );
+        }
+        if let Some(s) = &self.signing_secret {
+            v["signing_secret_env"] = json!(s.var);
+        }
+        v["timeout"] = json!(kind::duration_text(self.timeout));
+        v["connect_timeout"] = json!(kind::duration_text(self.connect_timeout));
+    }
+
+    /// How the body's values are escaped (its content type says).
+    pub fn body_kind(&self) -> BodyKind {
+        BodyKind::of(&self.content_type)
+    }
+}
+
+/// Whether `name` is an HTTP header field name (RFC 9110's token).
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+/// The HTTP methods a webhook may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    Post,
+    Put,
+    Patch,
+}
+
+impl fmt::Display for HttpMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+        })
+    }
+}
 
 /// How much of an error response's body a failure keeps.
 const BODY_KEEP: u64 = 300;

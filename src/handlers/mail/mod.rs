@@ -50,6 +50,9 @@
 //! mail; it is written whole, readable by its owner only unless the handler
 //! sets `mode`.
 
+pub mod config;
+pub mod smtp;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -60,8 +63,10 @@ use minijinja::Environment;
 use serde_json::Value;
 
 use super::{DeliverEach, Dispatch, Failed, Outcome};
-use crate::config::{MailConfig, MailTransport};
 use crate::event::Event;
+pub use config::{
+    CaFile, KIND, MailConfig, MailTransport, SmtpSecurity, SmtpServer, is_loopback_host,
+};
 
 /// A mail, rendered, before it becomes a message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -218,7 +223,7 @@ pub struct MailHandler {
     config: MailConfig,
     env: Environment<'static>,
     /// The SMTP connections, for the smtp transport.
-    smtp: Option<super::smtp::Pool>,
+    smtp: Option<smtp::Pool>,
 }
 
 /// Splits a rendered template into subject (its first non-empty line) and
@@ -484,7 +489,7 @@ impl MailHandler {
             let _ = env.add_template_owned(DEFAULT_HTML, html.clone());
         }
         let smtp = match &config.transport {
-            MailTransport::Smtp(server) => Some(super::smtp::Pool::new(server.clone())),
+            MailTransport::Smtp(server) => Some(smtp::Pool::new(server.clone())),
             MailTransport::Outbox { .. } => None,
         };
         MailHandler {

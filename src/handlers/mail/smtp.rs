@@ -26,8 +26,8 @@ use lettre::transport::smtp::client::{
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 
-use super::{Failed, Retry};
-use crate::config::{SmtpSecurity, SmtpServer};
+use super::config::{SmtpSecurity, SmtpServer};
+use crate::handlers::{Failed, Retry};
 
 /// A handler's SMTP connections.
 pub struct Pool {
