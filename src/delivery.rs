@@ -16,7 +16,8 @@
 //! doubling per attempt (with jitter, capped at `max_backoff`); after
 //! `max_attempts` attempts the delivery is dead.
 //!
-//! Not here: finding new events (the pipeline) or SQL (the store).
+//! Not here: finding new events (the pipeline), the store's rules
+//! (`store::machine`) or SQL (the drivers).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};

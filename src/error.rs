@@ -6,13 +6,13 @@
 
 use std::path::PathBuf;
 
-use crate::config::ConfigError;
-
 /// Why a command could not do its work.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The config file (a `crate::config::ConfigError`, which converts into
+    /// this: the error type sits below everything, the config included).
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(Box<dyn std::error::Error + Send + Sync>),
 
     #[error(
         "database {} does not exist; spark never creates an empty database (check `path` under [database] in {})",

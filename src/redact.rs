@@ -124,7 +124,7 @@ pub fn url_secrets(url: &str) -> Vec<&str> {
         for pair in query.split('&') {
             if let Some((name, value)) = pair.split_once('=') {
                 let lower = name.to_ascii_lowercase();
-                let secret_name = crate::config::interpolate::looks_secret(name)
+                let secret_name = looks_secret(name)
                     || ["sig", "code", "pass", "hash"]
                         .iter()
                         .any(|w| lower.contains(w));
@@ -187,6 +187,22 @@ pub fn cut(mut text: String, max: usize) -> String {
     text.truncate(at);
     text.push_str(&format!("… [cut: {left_out} more bytes]"));
     text
+}
+
+/// Whether a variable's name suggests its value is a secret.
+pub fn looks_secret(var: &str) -> bool {
+    let v = var.to_ascii_uppercase();
+    [
+        "SECRET",
+        "TOKEN",
+        "PASSWORD",
+        "PASSWD",
+        "KEY",
+        "AUTH",
+        "CREDENTIAL",
+    ]
+    .iter()
+    .any(|w| v.contains(w))
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Printing for list-handlers and list-sources (read the config only).
+//! Printing for list-handlers, list-sources and config (they read the
+//! config only).
 
 use std::process::ExitCode;
 

@@ -37,22 +37,6 @@ pub struct Interpolation {
     pub values: Vec<(String, String)>,
 }
 
-/// Whether a variable's name suggests its value is a secret.
-pub fn looks_secret(var: &str) -> bool {
-    let v = var.to_ascii_uppercase();
-    [
-        "SECRET",
-        "TOKEN",
-        "PASSWORD",
-        "PASSWD",
-        "KEY",
-        "AUTH",
-        "CREDENTIAL",
-    ]
-    .iter()
-    .any(|w| v.contains(w))
-}
-
 /// Expands `${VAR}` in `text` with `lookup`, noting each (variable, value)
 /// put in; `Err` lists the unset names.
 pub fn expand(

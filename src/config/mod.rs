@@ -392,6 +392,12 @@ pub enum ConfigError {
     Invalid { problems: Vec<Located> },
 }
 
+impl From<ConfigError> for crate::error::Error {
+    fn from(error: ConfigError) -> Self {
+        crate::error::Error::Config(Box::new(error))
+    }
+}
+
 fn list(problems: &[Located]) -> String {
     problems
         .iter()

@@ -1,6 +1,7 @@
 //! The config file as written: plain serde structs that mirror the TOML, with
 //! spans so that validation errors can point at a line. Unknown keys are
-//! rejected here; meaning is checked in `config::validate`.
+//! rejected here (a handler's kind options: by its kind's own struct, see
+//! `crate::handlers::KINDS`); meaning is checked by the `Validator`.
 
 use serde::Deserialize;
 use toml::Spanned;

@@ -1,22 +1,29 @@
-//! The store of seen keys and deliveries, behind one narrow trait: what the
-//! pipeline and the delivery engine need, nothing more.
+//! The store of seen keys and deliveries: the model (events, deliveries and
+//! their states, claims, file marks, the history) and the one narrow trait
+//! the pipeline, the delivery engine and the operator commands use.
 //!
 //! Model: an event is *seen* once its key is in the seen table. A *delivery*
 //! is a list of event keys for one handler, delivered in order; `done` counts
-//! the keys already finished. A batch of new events becomes one delivery per
-//! matching handler, written in the same transaction as the events. A key
-//! that fails is split out into a delivery of its own, which carries the
+//! the keys already finished. A batch of new events becomes deliveries for
+//! the matching handlers, written in the same transaction as the events. A
+//! key that fails is split out into a delivery of its own, which carries the
 //! attempts, the last error and the time of the next attempt.
 //!
-//! Two traits, one per way of using a database, each implemented once per
-//! backend (`crate::backend`): `Reader`, read-only (checking a config,
-//! streaming records, the operator's listings), and `Store`, the seen keys
-//! and deliveries a run writes. On a store several processes share
-//! (PostgreSQL), the deliveries a process works on are *claimed* with a
-//! lease; on SQLite the run lock makes every claim trivially its own.
+//! - `Store`: the seen keys and deliveries a run writes. Implemented once,
+//!   by `machine::Machine`: the delivery rules above every driver.
+//! - `Reader`: read-only access (checking a config, streaming records, the
+//!   operator's listings), implemented by each driver.
+//! - `Notifier`: what `spark watch` waits on, from each driver.
+//! - `driver`: the seam a database's driver implements (`crate::backend`);
+//!   `DeliveryRow::decode` is the one decoder of a delivery's row, so that a
+//!   corrupt row is the same error on every database.
+//!
+//! On a store several processes share (PostgreSQL), the deliveries a process
+//! works on are *claimed* with a lease; on SQLite the run lock makes every
+//! claim trivially its own.
 //!
 //! Not here: retry policy (the delivery engine decides attempts and times),
-//! calling handlers, or SQL (the backends).
+//! calling handlers, or SQL (the drivers).
 
 pub mod admin;
 pub mod driver;

@@ -6,7 +6,7 @@
 //! `PRAGMA user_version`: the database belongs to the application, and its
 //! `user_version` may already mean something to it.
 //!
-//! Not here: reading or writing events and deliveries (`sqlite.rs`).
+//! Not here: reading or writing events and deliveries (`store.rs`).
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
