@@ -3,6 +3,7 @@
 
 Usage: burndown.py SPARK_BIN [--challenges 50000] [--reps 3]
                    [--backends sqlite,postgres] [--concurrency 1,32]
+                   [--keep-history 0s]
 
 The shared benchmark's dataset (../shared/bench/make_dataset.py: CHALLENGES
 challenges and their donations, dates around today) goes through one `spark
@@ -55,7 +56,7 @@ def handler(kind, concurrency):
             f'function = "log_event"\nconcurrency = {concurrency}\n')
 
 
-def run(spark, work, backend, dataset, pg_script, admin, kind, concurrency):
+def run(spark, work, backend, dataset, pg_script, admin, kind, concurrency, keep_history=None):
     run_dir = tempfile.mkdtemp(dir=work)
     database = None
     try:
@@ -69,11 +70,12 @@ def run(spark, work, backend, dataset, pg_script, admin, kind, concurrency):
             psql(url, script=pg_script)
             psql(url, "VACUUM ANALYZE")
             db_line = f"url = {json.dumps(url)}"
+        delivery = f'\n[delivery]\nkeep_history = "{keep_history}"\n' if keep_history else ""
         with open(os.path.join(run_dir, "spark.toml"), "w") as f:
             f.write(f"""
 [database]
 {db_line}
-
+{delivery}
 [[sources]]
 name = "challenges"
 function = "challenge_events"
@@ -102,6 +104,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--backends", default="sqlite,postgres")
     ap.add_argument("--concurrency", default="1,32")
+    ap.add_argument("--keep-history", default=None,
+                    help='[delivery] keep_history for every run (e.g. "0s": no history)')
     args = ap.parse_args()
     spark = os.path.abspath(args.spark)
     admin = os.environ.get("PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -120,7 +124,8 @@ def main():
             for kind, c in settings:
                 times, events = [], 0
                 for _ in range(args.reps):
-                    seconds, events = run(spark, work, backend, dataset, pg_script, admin, kind, c)
+                    seconds, events = run(spark, work, backend, dataset, pg_script, admin, kind, c,
+                                          args.keep_history)
                     times.append(seconds)
                     print(f"backend={backend} handler={kind} concurrency={c} "
                           f"seconds={seconds:.2f} events={events}", flush=True)
