@@ -67,13 +67,8 @@ pub struct PgExecutor {
     /// The connection, shared with the heartbeat: when it is cut, renewals
     /// stop with it, and the others take this process's claims over.
     client: Arc<Mutex<Client>>,
-    name: String,
     seen_table: String,
-    /// This process, as it signs its claims: `host:pid:random`.
-    me: String,
-    host: String,
-    lease_ms: i64,
-    sql: Statements,
+    who: Who,
     /// Keys this process recorded (a big first run analyzes the seen table
     /// after it, so that the next run's lookups are planned well).
     recorded: u64,
@@ -82,6 +77,17 @@ pub struct PgExecutor {
     prepared: HashMap<&'static str, Statement>,
     /// Renews this process's leases while it lives; stops when dropped.
     _heartbeat: Heartbeat,
+}
+
+/// What every row operation needs to know of the executor.
+struct Who {
+    /// The database, for messages.
+    name: String,
+    /// This process, as it signs its claims: `host:pid:random`.
+    me: String,
+    host: String,
+    lease_ms: i64,
+    sql: Statements,
 }
 
 /// The SQL that names the seen table, built once.
@@ -248,31 +254,35 @@ impl PgExecutor {
         Ok(PgExecutor {
             _heartbeat: Heartbeat::start(client.clone(), &me, pg.lease),
             client,
-            name,
             seen_table: seen_table.to_owned(),
-            me,
-            host,
-            lease_ms: i64::try_from(pg.lease.as_millis()).unwrap_or(i64::MAX),
             recorded: 0,
             prepared: HashMap::new(),
-            sql: Statements {
-                insert: format!(
-                    "INSERT INTO {t} (\"key\", \"group\", \"created_at\", \"context\") \
+            who: Who {
+                name,
+                me,
+                host,
+                lease_ms: i64::try_from(pg.lease.as_millis()).unwrap_or(i64::MAX),
+                sql: Statements {
+                    insert: format!(
+                        "INSERT INTO {t} (\"key\", \"group\", \"created_at\", \"context\") \
                      SELECT k, g, ($3 || '+00')::timestamptz, c \
                      FROM unnest($1::text[], $2::text[], $4::text[]) AS e(k, g, c) ORDER BY k \
                      ON CONFLICT (\"key\") DO NOTHING RETURNING \"key\"::text"
-                ),
-                exists: format!("SELECT \"key\"::text FROM {t} WHERE \"key\" = ANY($1)"),
-                load: format!(
-                    "SELECT \"key\"::text, \"group\"::text, \"context\"::text, {CREATED_AT_TEXT} \
+                    ),
+                    exists: format!("SELECT \"key\"::text FROM {t} WHERE \"key\" = ANY($1)"),
+                    load: format!(
+                        "SELECT \"key\"::text, \"group\"::text, \"context\"::text, {CREATED_AT_TEXT} \
                      FROM {t} WHERE \"key\" = ANY($1)"
-                ),
-                delete: format!("DELETE FROM {t} WHERE \"key\" = ANY($1) RETURNING \"key\"::text"),
-                page: format!(
-                    "SELECT \"key\"::text, \"group\"::text FROM {t} \
+                    ),
+                    delete: format!(
+                        "DELETE FROM {t} WHERE \"key\" = ANY($1) RETURNING \"key\"::text"
+                    ),
+                    page: format!(
+                        "SELECT \"key\"::text, \"group\"::text FROM {t} \
                      WHERE \"created_at\" < ($1 || '+00')::timestamptz AND \"key\" > $2 \
                      ORDER BY \"key\" LIMIT $3"
-                ),
+                    ),
+                },
             },
         })
     }
@@ -284,7 +294,7 @@ impl PgExecutor {
         self.conn().execute(
             "UPDATE spark_delivery SET claimed_by = NULL, lease_until = NULL \
              WHERE claimed_by = $1 AND state <> 'in_flight'",
-            &[&self.me],
+            &[&self.who.me],
         )
     }
 
@@ -306,7 +316,7 @@ impl PgExecutor {
     }
 
     fn err(&self, action: &str) -> impl Fn(postgres::Error) -> Error + use<> {
-        store_err(&self.name, action)
+        store_err(&self.who.name, action)
     }
 
     /// Deliveries a claiming `UPDATE ... RETURNING` gave this process.
@@ -325,7 +335,7 @@ impl PgExecutor {
             .map(delivery_row)
             .collect::<std::result::Result<_, _>>()
             .map_err(&fail)?;
-        let mut found = DeliveryRow::decode_all(rows, &self.name)?;
+        let mut found = DeliveryRow::decode_all(rows, &self.who.name)?;
         found.sort_by_key(|d| d.id);
         Ok(found)
     }
@@ -371,7 +381,28 @@ struct PgRows<'a, C: GenericClient> {
     transient: bool,
 }
 
-impl<C: GenericClient> PgRows<'_, C> {
+impl<'a, C: GenericClient> PgRows<'a, C> {
+    fn new(
+        c: &'a mut C,
+        prepared: &'a mut HashMap<&'static str, Statement>,
+        who: &'a Who,
+        action: &'a str,
+    ) -> Self {
+        PgRows {
+            c,
+            prepared,
+            sql: &who.sql,
+            name: &who.name,
+            action,
+            me: &who.me,
+            host: &who.host,
+            lease_ms: who.lease_ms,
+            now: clock::now_text(),
+            recorded: 0,
+            transient: false,
+        }
+    }
+
     fn fail(&mut self, e: postgres::Error) -> Error {
         self.transient |= is_transient(&e);
         Error::Store {
@@ -698,11 +729,11 @@ impl<C: GenericClient> Rows for PgRows<'_, C> {
 
 impl Executor for PgExecutor {
     fn name(&self) -> &str {
-        &self.name
+        &self.who.name
     }
 
     fn worker(&self) -> Option<&str> {
-        Some(&self.me)
+        Some(&self.who.me)
     }
 
     fn write(
@@ -719,42 +750,18 @@ impl Executor for PgExecutor {
             let (done, transient, recorded) = if single && commit == Commit::Outcome {
                 // One statement that need not wait for the disk: no
                 // transaction of its own (one round trip).
-                let mut rows = PgRows {
-                    c: &mut *conn,
-                    prepared: &mut self.prepared,
-                    sql: &self.sql,
-                    name: &self.name,
-                    action,
-                    me: &self.me,
-                    host: &self.host,
-                    lease_ms: self.lease_ms,
-                    now: clock::now_text(),
-                    recorded: 0,
-                    transient: false,
-                };
+                let mut rows = PgRows::new(&mut *conn, &mut self.prepared, &self.who, action);
                 let done = work(&mut rows);
                 (done, rows.transient, rows.recorded)
             } else {
-                let fail = store_err(&self.name, action);
+                let fail = store_err(&self.who.name, action);
                 let mut tx = conn.transaction().map_err(&fail)?;
                 if commit != Commit::Outcome {
                     // Handlers are called, files cut, operators told once
                     // this returns: on disk first.
                     tx.batch_execute(DURABLE).map_err(&fail)?;
                 }
-                let mut rows = PgRows {
-                    c: &mut tx,
-                    prepared: &mut self.prepared,
-                    sql: &self.sql,
-                    name: &self.name,
-                    action,
-                    me: &self.me,
-                    host: &self.host,
-                    lease_ms: self.lease_ms,
-                    now: clock::now_text(),
-                    recorded: 0,
-                    transient: false,
-                };
+                let mut rows = PgRows::new(&mut tx, &mut self.prepared, &self.who, action);
                 let done = work(&mut rows);
                 let (mut transient, recorded) = (rows.transient, rows.recorded);
                 let done = done.and_then(|()| {
@@ -787,7 +794,10 @@ impl Executor for PgExecutor {
 
     fn load_events(&mut self, keys: &[String]) -> Result<Vec<Option<StoredEvent>>> {
         let fail = self.err("loading events for delivery");
-        let rows = self.conn().query(&self.sql.load, &[&keys]).map_err(&fail)?;
+        let rows = self
+            .conn()
+            .query(&self.who.sql.load, &[&keys])
+            .map_err(&fail)?;
         let mut found: HashMap<String, StoredEvent> = rows
             .into_iter()
             .map(|r| {
@@ -806,7 +816,11 @@ impl Executor for PgExecutor {
     }
 
     fn claim_due(&mut self, now_ms: i64, handlers: &[&str]) -> Result<Vec<Delivery>> {
-        let (me, host, lease) = (self.me.clone(), self.host.clone(), self.lease_ms);
+        let (me, host, lease) = (
+            self.who.me.clone(),
+            self.who.host.clone(),
+            self.who.lease_ms,
+        );
         self.claimed(
             "claiming due deliveries",
             &format!(
@@ -826,7 +840,11 @@ impl Executor for PgExecutor {
         // This process holds the files of `handlers` (their file lock): a
         // marked delivery of this host for one of them belonged to a process
         // that is gone, however long its lease still runs.
-        let (me, host, lease) = (self.me.clone(), self.host.clone(), self.lease_ms);
+        let (me, host, lease) = (
+            self.who.me.clone(),
+            self.who.host.clone(),
+            self.who.lease_ms,
+        );
         self.claimed(
             "claiming deliveries to settle",
             &format!(
@@ -844,7 +862,7 @@ impl Executor for PgExecutor {
     fn deliveries(&mut self) -> Result<Vec<Delivery>> {
         let rows =
             super::all_deliveries(&mut *self.conn()).map_err(self.err("listing deliveries"))?;
-        DeliveryRow::decode_all(rows, &self.name)
+        DeliveryRow::decode_all(rows, &self.who.name)
     }
 
     fn seen_before(
@@ -856,7 +874,7 @@ impl Executor for PgExecutor {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let fail = self.err("listing old events");
         self.conn()
-            .query(&self.sql.page, &[&cutoff, &after, &limit])
+            .query(&self.who.sql.page, &[&cutoff, &after, &limit])
             .map_err(&fail)?
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
