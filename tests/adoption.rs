@@ -133,7 +133,7 @@ fn a_role_with_the_printed_grants_runs_and_keeps_its_history() {
         .success()
         .stdout_has(&["1 new"]);
     assert_eq!(rc.calls(), 1);
-    let history = rc.case.query("SELECT key, outcome FROM spark_history");
+    let history = rc.case.query("SELECT \"key\", outcome FROM spark_history");
     assert_eq!(
         history,
         [vec![
@@ -300,7 +300,7 @@ fn django_spark_case(backend: Backend) -> Case {
     // spark makes its tables (Django's DDL), then django-spark's rows arrive.
     case.run(&["migrate"]).success();
     case.sql(
-        "INSERT INTO spark_event (key, \"group\", created_at, context) VALUES
+        "INSERT INTO spark_event (\"key\", \"group\", created_at, context) VALUES
          ('challenge_ended_7', 'challenge_ended', '2025-01-01 10:00:00', '{''challenge'': <Challenge: Swim>}'),
          ('challenge_ended_8', 'challenge_ended', '2025-01-01 10:00:00', '{\"challenge\": {\"title\": \"Run\"}}');",
     );
@@ -425,25 +425,34 @@ fn errors_about_records_name_the_database_they_came_from() {
 }
 
 /// `mysql://...` was read as libpq key=value pairs ("is not followed by
-/// `=`"), and `path = "mysql://..."` as a missing SQLite file.
+/// `=`"), and `path = "mysql://..."` as a missing SQLite file. Now a MySQL
+/// URL is MySQL's (a server that does not answer is named, without its
+/// password), and one given as `path` says it goes in `url`.
 #[test]
-fn a_mysql_url_says_mysql_is_not_supported_yet() {
-    for line in [
-        "url = \"mysql://spark:pw@db.internal:3306/app\"",
-        "url = \"mariadb://spark@db.internal/app\"",
-        "path = \"mysql://spark@db.internal/app\"",
+fn a_mysql_url_is_read_as_mysql() {
+    for (line, says) in [
+        (
+            "url = \"mysql://spark:pw-s3cret@127.0.0.1:1/app\"",
+            "spark@127.0.0.1:1/app",
+        ),
+        (
+            "url = \"mariadb://spark@127.0.0.1:1/app\"",
+            "spark@127.0.0.1:1/app",
+        ),
+        (
+            "path = \"mysql://spark@db.internal/app\"",
+            "a MySQL/MariaDB URL goes in `url`",
+        ),
     ] {
         let case = Case::new().file(
             "spark.toml",
             &challenge_config("").replace("path = \"app.sqlite3\"", line),
         );
         for command in ["check", "process-sources"] {
-            let run = case
-                .run(&[command])
-                .status(2)
-                .stderr_has(&["MySQL/MariaDB is not supported yet", "spark.toml"]);
+            let run = case.run(&[command]).status(2).stderr_has(&[says]);
             assert!(!run.stderr().contains("followed by"), "{}", run.stderr());
             assert!(!run.stderr().contains("does not exist"), "{}", run.stderr());
+            assert!(!run.stderr().contains("pw-s3cret"), "{}", run.stderr());
         }
     }
 }

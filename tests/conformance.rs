@@ -163,7 +163,7 @@ on_every_backend! {
                 .record_batch(&events(&["1"]), &[], &[], &mut plan_for("log", 50))
                 .expect("record");
             drop(store);
-            case.sql(&format!("UPDATE spark_delivery SET {column} = {value}"));
+            case.sql(&format!("UPDATE spark_delivery SET \"{column}\" = {value}"));
             let id = case.query("SELECT id FROM spark_delivery")[0][0].clone().unwrap_or_default();
             for args in [&["deliveries"][..], &["process-sources"], &["deliver"], &["show", "g_1"]] {
                 let run = case.run(args).status(2).stderr_has(&[

@@ -155,7 +155,7 @@ fn several_deliveries_written_at_once_are_cut_back_together(backend: Backend) {
     let note = "stored again, longer than before ".repeat(10);
     case.sql(&format!(
         "UPDATE spark_event SET context = '{{\"challenge\": {{\"id\": 1, \"note\": \"{note}\"}}}}' \
-         WHERE key = 'challenge_created_1'"
+         WHERE \"key\" = 'challenge_created_1'"
     ));
     case.run(&["process-sources", "--as-of", AS_OF]).success();
     assert_eq!(

@@ -118,9 +118,10 @@ fn schema(backend: Backend) -> String {
     let datetime = match backend {
         Backend::Sqlite => "datetime",
         Backend::Postgres => "timestamptz",
+        Backend::Mysql => "datetime(6)",
     };
     let suffix = match backend {
-        Backend::Sqlite => "",
+        Backend::Sqlite | Backend::Mysql => "",
         Backend::Postgres => "+00",
     };
     let mut sql = format!(

@@ -135,7 +135,7 @@ echo "$SPARK_EVENT_KEY" >> called.txt"#,
     );
     assert!(finished.len() < 2 * N, "the rest waits");
     let owed: usize = case
-        .query("SELECT keys, done FROM spark_delivery")
+        .query("SELECT \"keys\", done FROM spark_delivery")
         .iter()
         .map(|r| {
             let keys: Vec<String> = serde_json::from_str(r[0].as_deref().unwrap()).unwrap();

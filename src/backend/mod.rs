@@ -9,7 +9,9 @@
 //!   (a file lock next to it).
 //! - PostgreSQL (`url`): any number of processes share one backlog; each
 //!   claims the deliveries it works on with a lease.
+//! - MySQL and MariaDB (`url = "mysql://..."`): the same, in MySQL's SQL.
 
+pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
 
@@ -36,6 +38,7 @@ pub fn open(config: &Config) -> Box<dyn Driver> {
             Box::new(sqlite::SqliteDriver::new(db, seen_table, &config.path))
         }
         BackendConfig::Postgres(pg) => Box::new(postgres::PgDriver::new(pg, seen_table)),
+        BackendConfig::Mysql(my) => Box::new(mysql::MysqlDriver::new(my, seen_table)),
     }
 }
 

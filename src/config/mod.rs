@@ -7,6 +7,7 @@
 
 mod handlers;
 pub mod interpolate;
+pub mod mysql;
 pub mod postgres;
 mod raw;
 
@@ -17,6 +18,7 @@ pub use crate::handlers::{
     WebhookConfig, is_loopback_host,
 };
 
+pub use mysql::{MysqlConfig, MysqlSslMode};
 pub use postgres::{PgConfig, SslMode};
 
 use std::fmt;
@@ -85,6 +87,8 @@ impl MissingSecret {
 pub struct DatabaseConfig {
     pub seen_table: String,
     pub backend: BackendConfig,
+    /// The variable `password_env` named (for `spark config`).
+    pub password_env: Option<String>,
 }
 
 /// The database itself, by kind.
@@ -94,6 +98,8 @@ pub enum BackendConfig {
     Sqlite(SqliteConfig),
     /// `url`: a PostgreSQL database.
     Postgres(PgConfig),
+    /// `url = "mysql://..."`: a MySQL or MariaDB database.
+    Mysql(MysqlConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +119,7 @@ impl DatabaseConfig {
         match &self.backend {
             BackendConfig::Sqlite(db) => db.path.display().to_string(),
             BackendConfig::Postgres(pg) => pg.describe(),
+            BackendConfig::Mysql(my) => my.describe(),
         }
     }
 
@@ -137,6 +144,13 @@ impl DatabaseConfig {
                 }
                 v["lease"] = json!(duration_text(pg.lease));
             }
+            BackendConfig::Mysql(my) => {
+                v["url"] = json!(my.written);
+                v["lease"] = json!(duration_text(my.lease));
+            }
+        }
+        if let Some(var) = &self.password_env {
+            v["password_env"] = json!(var);
         }
         v
     }
@@ -145,7 +159,7 @@ impl DatabaseConfig {
     pub fn sqlite_path(&self) -> Option<&Path> {
         match &self.backend {
             BackendConfig::Sqlite(db) => Some(&db.path),
-            BackendConfig::Postgres(_) => None,
+            BackendConfig::Postgres(_) | BackendConfig::Mysql(_) => None,
         }
     }
 }
@@ -872,30 +886,99 @@ impl Validator<'_> {
                 );
             }
         };
-        // A MySQL or MariaDB URL, where spark takes SQLite or PostgreSQL:
-        // said as such, not as a libpq string or a missing file.
-        let mut mysql = false;
-        for (field, value) in [("path", &raw.path), ("url", &raw.url)] {
-            if let Some(value) = value {
-                let lower = value.get_ref().trim().to_ascii_lowercase();
-                if lower.starts_with("mysql:") || lower.starts_with("mariadb:") {
-                    mysql = true;
-                    self.bad_value(
-                        entry,
-                        field,
-                        value.span(),
-                        "MySQL/MariaDB is not supported yet: spark reads SQLite (`path`) and PostgreSQL (`url`)"
-                            .into(),
-                    );
-                }
+        // A MySQL or MariaDB URL given as `path` is a slip: said as such,
+        // not as a missing file.
+        let mut mysql_path = false;
+        if let Some(path) = &raw.path
+            && mysql::is_mysql_url(path.get_ref())
+        {
+            mysql_path = true;
+            self.bad_value(
+                entry,
+                "path",
+                path.span(),
+                "a MySQL/MariaDB URL goes in `url` (`path` is an SQLite file)".into(),
+            );
+        }
+        // The password of a database server, from the environment.
+        let password = raw.password_env.as_ref().map(|var| {
+            let value = std::env::var(var.get_ref()).ok();
+            if value.is_none() {
+                self.report(
+                    var.span(),
+                    Problem::UnsetVariable {
+                        var: var.get_ref().clone(),
+                    },
+                );
             }
+            if !self.withheld_env.contains(var.get_ref()) {
+                self.withheld_env.push(var.get_ref().clone());
+            }
+            if let Some(v) = &value {
+                crate::redact::register(v);
+            }
+            value
+        });
+        if let (Some(var), Some(_)) = (&raw.password_env, &raw.path) {
+            self.report(
+                var.span(),
+                Problem::UnusedField {
+                    entry: entry.to_owned(),
+                    field: "password_env",
+                    why: "to an SQLite database (it has no password)".into(),
+                },
+            );
         }
         let backend = match (&raw.path, &raw.url) {
-            _ if mysql => BackendConfig::Sqlite(SqliteConfig {
+            _ if mysql_path => BackendConfig::Sqlite(SqliteConfig {
                 path: PathBuf::new(),
                 create_from: None,
                 busy_timeout: Duration::ZERO,
             }),
+            (None, Some(url)) if mysql::is_mysql_url(url.get_ref()) => {
+                for (field, value) in [
+                    ("create_from", raw.create_from.as_ref().map(Spanned::span)),
+                    ("busy_timeout", raw.busy_timeout.as_ref().map(Spanned::span)),
+                ] {
+                    unused(
+                        self,
+                        field,
+                        value,
+                        "to MySQL (`url`); it is for SQLite files",
+                    );
+                }
+                unused(
+                    self,
+                    "listen",
+                    raw.listen.as_ref().map(Spanned::span),
+                    "to MySQL (it has no LISTEN: `watch` polls the server's row counters)",
+                );
+                match mysql::parse(url.get_ref()) {
+                    Ok(mut my) => {
+                        my.lease = self.duration(entry, "lease", raw.lease.as_ref(), my.lease);
+                        if my.lease < Duration::from_secs(3) {
+                            self.bad_value(
+                                entry,
+                                "lease",
+                                raw.lease.as_ref().map_or(0..0, Spanned::span),
+                                "must be at least 3s (it is renewed every third of it)".into(),
+                            );
+                        }
+                        if let Some(Some(p)) = password {
+                            my.password = Some(p.clone());
+                        }
+                        BackendConfig::Mysql(my)
+                    }
+                    Err(message) => {
+                        self.bad_value(entry, "url", url.span(), message);
+                        BackendConfig::Sqlite(SqliteConfig {
+                            path: PathBuf::new(),
+                            create_from: None,
+                            busy_timeout: Duration::ZERO,
+                        })
+                    }
+                }
+            }
             (Some(path), None) => {
                 self.non_empty(entry, "path", path);
                 unused(
@@ -949,6 +1032,9 @@ impl Validator<'_> {
                 match postgres::parse(url.get_ref(), &lookup) {
                     Ok(mut pg) => {
                         pg.lease = self.duration(entry, "lease", raw.lease.as_ref(), pg.lease);
+                        if let Some(Some(p)) = &password {
+                            pg.password = Some(p.clone());
+                        }
                         if let Some(channel) = &raw.listen {
                             let name = channel.get_ref();
                             let ok = name
@@ -994,7 +1080,7 @@ impl Validator<'_> {
                     Problem::UnusedField {
                         entry: entry.to_owned(),
                         field: "url",
-                        why: "together with `path`: give one of them (`path` for SQLite, `url` for PostgreSQL)".into(),
+                        why: "together with `path`: give one of them (`path` for SQLite, `url` for PostgreSQL or MySQL)".into(),
                     },
                 );
                 BackendConfig::Sqlite(SqliteConfig {
@@ -1009,7 +1095,9 @@ impl Validator<'_> {
                     Problem::MissingField {
                         entry: entry.to_owned(),
                         field: "path",
-                        why: " (an SQLite file), or `url` (a PostgreSQL database)".into(),
+                        why:
+                            " (an SQLite file), or `url` (a PostgreSQL, MySQL or MariaDB database)"
+                                .into(),
                     },
                 );
                 BackendConfig::Sqlite(SqliteConfig {
@@ -1022,6 +1110,7 @@ impl Validator<'_> {
         DatabaseConfig {
             seen_table,
             backend,
+            password_env: raw.password_env.map(Spanned::into_inner),
         }
     }
 

@@ -213,7 +213,7 @@ const KNOWN: &[&str] = &[
 ];
 
 /// `%XX` escapes decoded (a `+` stays a `+`, as in libpq).
-fn percent_decode(text: &str) -> Result<String, String> {
+pub(super) fn percent_decode(text: &str) -> Result<String, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

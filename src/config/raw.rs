@@ -32,6 +32,8 @@ pub struct RawDatabase {
     pub lease: Option<Spanned<String>>,
     /// PostgreSQL: the channel `watch` listens on for changes.
     pub listen: Option<Spanned<String>>,
+    /// A database server's password, from this environment variable.
+    pub password_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -231,6 +231,32 @@ pub trait Executor: Send {
     fn finish_run(&mut self) -> Result<()>;
 }
 
+/// This machine's name (a file sink's deliveries belong to it) and this
+/// process's, as it signs its claims on a shared store: `host:pid:random`.
+pub fn worker_names() -> (String, String) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let me = format!("{host}:{}:{:08x}", std::process::id(), random_u32());
+    (host, me)
+}
+
+/// A random number for a worker's name (no dependency for one number).
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() as u32
+}
+
 /// What keeps other runs out while this one works (SQLite's run lock);
 /// dropping it lets go.
 pub struct RunGuard {

@@ -1,14 +1,15 @@
 //! A small builder over assert_cmd for scenario tests: a temp folder with a
 //! config and a real database (an SQLite file in the folder, or a fresh
-//! PostgreSQL database of its own on the test server), the real `spark`
-//! binary run in it, and helpers to read back what it wrote, the same on
-//! either backend.
+//! PostgreSQL or MariaDB/MySQL database of its own on the test server), the
+//! real `spark` binary run in it, and helpers to read back what it wrote,
+//! the same on every backend.
 //!
 //! A behaviour test is written once and run on every backend with
 //! `on_every_backend!`; PostgreSQL comes from `SPARK_TEST_DATABASE_URL`
-//! (default `postgresql://postgres@127.0.0.1:5432/test`). Without a server
-//! answering, PostgreSQL tests are skipped with a line saying so, unless
-//! `CI` is set: then they fail.
+//! (default `postgresql://postgres@127.0.0.1:5432/test`), MySQL/MariaDB from
+//! `SPARK_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306/test`).
+//! Without a server answering, its tests are skipped with a line saying so,
+//! unless `CI` is set: then they fail.
 #![allow(dead_code)]
 
 pub mod servers;
@@ -83,6 +84,13 @@ pub fn challenges_case_on(backend: Backend, rows: &str, extra: &str) -> Case {
 pub enum Backend {
     Sqlite,
     Postgres,
+    Mysql,
+}
+
+/// The admin URL of the MySQL/MariaDB test server.
+pub fn test_mysql_url() -> String {
+    std::env::var("SPARK_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
 }
 
 /// The admin URL of the PostgreSQL test server.
@@ -92,6 +100,35 @@ pub fn test_server_url() -> String {
 }
 
 impl Backend {
+    /// Whether several processes share the store (by claims and leases).
+    pub fn shared(self) -> bool {
+        self != Backend::Sqlite
+    }
+
+    /// MySQL/MariaDB, when the test server answers. Otherwise: under `CI`,
+    /// a failure; elsewhere `None` (the caller skips, saying so).
+    pub fn mysql(test: &str) -> Option<Backend> {
+        static ANSWERS: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        let answers = ANSWERS.get_or_init(|| {
+            mysql::Conn::new(mysql::Opts::from_url(&test_mysql_url()).map_err(|e| e.to_string())?)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+        match answers {
+            Ok(()) => Some(Backend::Mysql),
+            Err(e) if std::env::var_os("CI").is_some() => {
+                panic!("{test}: the MySQL test server does not answer ({e}); CI needs it")
+            }
+            Err(e) => {
+                eprintln!(
+                    "skipped {test} on MySQL: no server at {} ({e})",
+                    test_mysql_url()
+                );
+                None
+            }
+        }
+    }
+
     /// PostgreSQL, when the test server answers. Otherwise: under `CI`, a
     /// failure; elsewhere `None` (the caller skips, saying so).
     pub fn postgres(test: &str) -> Option<Backend> {
@@ -117,8 +154,8 @@ impl Backend {
     }
 }
 
-/// Runs each test function once per backend: `name::sqlite` and
-/// `name::postgres`.
+/// Runs each test function once per backend: `name::sqlite`,
+/// `name::postgres` and `name::mysql`.
 #[macro_export]
 macro_rules! on_every_backend {
     ($($(#[$meta:meta])* fn $name:ident($backend:ident: Backend) $body:block)*) => {
@@ -135,6 +172,12 @@ macro_rules! on_every_backend {
                 #[test]
                 fn postgres() {
                     if let Some(b) = Backend::postgres(concat!(module_path!(), "::", stringify!($name))) {
+                        run(b)
+                    }
+                }
+                #[test]
+                fn mysql() {
+                    if let Some(b) = Backend::mysql(concat!(module_path!(), "::", stringify!($name))) {
                         run(b)
                     }
                 }
@@ -196,6 +239,101 @@ impl Drop for PgDb {
     }
 }
 
+/// A MySQL/MariaDB database of a case's own, dropped with it.
+struct MyDb {
+    name: String,
+    url: String,
+}
+
+impl MyDb {
+    fn create() -> MyDb {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let admin = test_mysql_url();
+        let name = format!(
+            "spark_test_{}_{}_{:x}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        );
+        let mut conn = admin_mysql(&admin);
+        use mysql::prelude::Queryable;
+        conn.query_drop(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+            .expect("create test database");
+        let (base, query) = match admin.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (admin.as_str(), String::new()),
+        };
+        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+        MyDb {
+            url: format!("{base}/{name}{query}"),
+            name,
+        }
+    }
+
+    /// A connection that reads the tests' SQL as SQLite does: "..." names,
+    /// `||` joins strings.
+    fn conn(&self) -> mysql::Conn {
+        use mysql::prelude::Queryable;
+        let mut conn = admin_mysql(&self.url);
+        conn.query_drop(
+            "SET SESSION sql_mode = CONCAT(@@sql_mode, ',PIPES_AS_CONCAT,ANSI_QUOTES'), \
+             time_zone = '+00:00', NAMES utf8mb4",
+        )
+        .expect("set up the test session");
+        // Long recursive CTEs (many_challenges_sql): MariaDB's and MySQL's
+        // names for the limit.
+        let _ = conn.query_drop("SET SESSION max_recursive_iterations = 10000000");
+        let _ = conn.query_drop("SET SESSION cte_max_recursion_depth = 10000000");
+        conn
+    }
+
+    /// Runs every statement of `sql`, failing on the first that fails
+    /// (dropping a multi-statement result would hide a later error).
+    fn run(&self, sql: &str) -> Result<(), mysql::Error> {
+        use mysql::prelude::Queryable;
+        let mut conn = self.conn();
+        let mut result = conn.query_iter(sql)?;
+        while let Some(set) = result.iter() {
+            for row in set {
+                row?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn admin_mysql(url: &str) -> mysql::Conn {
+    let opts = mysql::Opts::from_url(url).expect("MySQL test URL");
+    mysql::Conn::new(mysql::OptsBuilder::from_opts(opts).prefer_socket(false))
+        .expect("MySQL test server")
+}
+
+impl Drop for MyDb {
+    fn drop(&mut self) {
+        use mysql::prelude::Queryable;
+        if let Ok(opts) = mysql::Opts::from_url(&test_mysql_url())
+            && let Ok(mut conn) = mysql::Conn::new(opts)
+        {
+            let _ = conn.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name));
+        }
+    }
+}
+
+/// SQLite test SQL in MySQL's words: `printf('%.*c', n, 'x')` is
+/// `REPEAT('x', n)`, `INTEGER PRIMARY KEY` numbers its rows, and a CTE goes
+/// after `INSERT INTO`.
+fn for_mysql(sql: &str) -> String {
+    let re = regex::Regex::new(r"printf\('%\.\*c', (\w+), '(.)'\)").expect("regex");
+    let sql = re.replace_all(sql, "REPEAT('$2', $1)");
+    let cte =
+        regex::Regex::new(r"(?s)(WITH RECURSIVE .*?\))\s*INSERT INTO (\w+) SELECT").expect("regex");
+    let sql = cte.replace_all(&sql, "INSERT INTO $2 $1 SELECT");
+    sql.replace("INTEGER PRIMARY KEY", "INTEGER AUTO_INCREMENT PRIMARY KEY")
+}
+
 /// SQLite test SQL in PostgreSQL's words: `INTEGER PRIMARY KEY` numbers its
 /// rows, `printf('%.*c', n, 'x')` is `repeat('x', n)`.
 fn for_postgres(sql: &str) -> String {
@@ -212,6 +350,7 @@ pub struct Case {
     pub dir: TempDir,
     bin: PathBuf,
     pg: Option<PgDb>,
+    my: Option<MyDb>,
 }
 
 impl Case {
@@ -225,12 +364,15 @@ impl Case {
             dir: tempfile::tempdir().expect("temp dir"),
             bin: assert_cmd::cargo::cargo_bin("spark"),
             pg: (backend == Backend::Postgres).then(PgDb::create),
+            my: (backend == Backend::Mysql).then(MyDb::create),
         }
     }
 
     pub fn backend(&self) -> Backend {
         if self.pg.is_some() {
             Backend::Postgres
+        } else if self.my.is_some() {
+            Backend::Mysql
         } else {
             Backend::Sqlite
         }
@@ -240,16 +382,17 @@ impl Case {
     /// PostgreSQL with a short lease, so that tests of dead workers need
     /// not wait a minute).
     pub fn database_line(&self) -> String {
-        match &self.pg {
-            None => "path = \"app.sqlite3\"".to_owned(),
-            Some(pg) => format!("url = \"{}\"\nlease = \"{}s\"", pg.url, LEASE.as_secs()),
+        match (&self.pg, &self.my) {
+            (Some(pg), _) => format!("url = \"{}\"\nlease = \"{}s\"", pg.url, LEASE.as_secs()),
+            (_, Some(my)) => format!("url = \"{}\"\nlease = \"{}s\"", my.url, LEASE.as_secs()),
+            _ => "path = \"app.sqlite3\"".to_owned(),
         }
     }
 
     /// Waits until the leases a killed worker held have run out (nothing on
     /// SQLite, where a run lock dies with its process).
     pub fn let_leases_run_out(&self) {
-        if self.pg.is_some() {
+        if self.backend().shared() {
             std::thread::sleep(LEASE + std::time::Duration::from_millis(300));
         }
     }
@@ -276,8 +419,26 @@ impl Case {
         self
     }
 
-    /// Runs `sql` in the case's database (SQLite's words; see `for_postgres`).
+    /// The MySQL URL of the case's database.
+    pub fn mysql_url(&self) -> Option<&str> {
+        self.my.as_ref().map(|m| m.url.as_str())
+    }
+
+    /// Runs `sql` in MySQL as it is (a MySQL case only).
+    pub fn my_sql(&self, sql: &str) {
+        let my = self.my.as_ref().expect("a MySQL case");
+        my.run(sql)
+            .unwrap_or_else(|e| panic!("run sql: {e}\n{sql}"));
+    }
+
+    /// Runs `sql` in the case's database (SQLite's words; see `for_postgres`
+    /// and `for_mysql`).
     pub fn sql(&self, sql: &str) {
+        if let Some(my) = &self.my {
+            my.run(&for_mysql(sql))
+                .unwrap_or_else(|e| panic!("run sql: {e}\n{sql}"));
+            return;
+        }
         match &self.pg {
             None => {
                 let conn = Connection::open(self.path("app.sqlite3")).expect("open db");
@@ -300,6 +461,32 @@ impl Case {
 
     /// Rows of a query, each value as text (NULL as None).
     pub fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        if let Some(my) = &self.my {
+            use mysql::prelude::Queryable;
+            let rows: Vec<mysql::Row> = my
+                .conn()
+                .query(sql)
+                .unwrap_or_else(|e| panic!("query: {e}\n{sql}"));
+            return rows
+                .into_iter()
+                .map(|r| {
+                    r.unwrap()
+                        .into_iter()
+                        .map(|v| match v {
+                            mysql::Value::NULL => None,
+                            mysql::Value::Bytes(b) => {
+                                Some(String::from_utf8_lossy(&b).into_owned())
+                            }
+                            mysql::Value::Int(n) => Some(n.to_string()),
+                            mysql::Value::UInt(n) => Some(n.to_string()),
+                            mysql::Value::Float(x) => Some(x.to_string()),
+                            mysql::Value::Double(x) => Some(x.to_string()),
+                            other => Some(other.as_sql(true).trim_matches('\'').to_owned()),
+                        })
+                        .collect()
+                })
+                .collect();
+        }
         match &self.pg {
             None => {
                 let conn = Connection::open(self.path("app.sqlite3")).expect("open db");
@@ -430,7 +617,7 @@ impl Case {
 
     /// Seen keys and their groups.
     pub fn seen(&self) -> BTreeMap<String, String> {
-        self.query("SELECT key, \"group\" FROM spark_event")
+        self.query("SELECT \"key\", \"group\" FROM spark_event")
             .into_iter()
             .map(|r| {
                 (
@@ -444,7 +631,7 @@ impl Case {
     /// Rows of `spark_delivery` as (handler, keys, state, attempts, last_error).
     pub fn deliveries(&self) -> Vec<(String, String, String, i64, Option<String>)> {
         self.query(
-            "SELECT handler, keys, state, attempts, last_error FROM spark_delivery ORDER BY id",
+            "SELECT handler, \"keys\", state, attempts, last_error FROM spark_delivery ORDER BY id",
         )
         .into_iter()
         .map(|r| {
@@ -462,7 +649,7 @@ impl Case {
     /// What the database holds, to show that a command left it untouched:
     /// the SQLite file's bytes, or every PostgreSQL table's rows.
     pub fn db_bytes(&self) -> Vec<u8> {
-        if self.pg.is_none() {
+        if self.pg.is_none() && self.my.is_none() {
             return std::fs::read(self.path("app.sqlite3")).expect("read db");
         }
         let mut all = String::new();
@@ -481,9 +668,13 @@ impl Case {
 
     /// Names of the tables in the database.
     pub fn tables(&self) -> Vec<String> {
-        let sql = match &self.pg {
-            None => "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
-            Some(_) => {
+        let sql = match (&self.pg, &self.my) {
+            (None, Some(_)) => {
+                "SELECT TABLE_NAME FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'BASE TABLE' ORDER BY 1"
+            }
+            (None, None) => "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+            (Some(_), _) => {
                 "SELECT table_name::text FROM information_schema.tables \
                  WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1"
             }

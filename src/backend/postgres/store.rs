@@ -155,16 +155,6 @@ impl Drop for Heartbeat {
     }
 }
 
-/// This machine's name (for file sinks' deliveries).
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
 /// A row of `DELIVERY_COLUMNS`, to decode (`DeliveryRow::decode`).
 pub(crate) fn delivery_row(row: &Row) -> std::result::Result<DeliveryRow, postgres::Error> {
     let done: i32 = row.try_get(3)?;
@@ -246,9 +236,7 @@ impl PgExecutor {
         client
             .batch_execute("SET synchronous_commit = off")
             .map_err(store_err(&name, "setting up the session"))?;
-        let host = host_name();
-        let random: u32 = rand_u32();
-        let me = format!("{host}:{}:{random:08x}", std::process::id());
+        let (host, me) = crate::store::driver::worker_names();
         let t = quote_ident(seen_table);
         let client = Arc::new(Mutex::new(client));
         Ok(PgExecutor {
@@ -339,19 +327,6 @@ impl PgExecutor {
         found.sort_by_key(|d| d.id);
         Ok(found)
     }
-}
-
-/// A random number for the worker's name (no dependency for one number).
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish() as u32
 }
 
 /// A process that stops any way but a kill (an error, a panic unwinding)
