@@ -248,3 +248,35 @@ fn postgres_listen_wakes_it() {
     let (code, _, stderr) = stop(child);
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// MySQL has no LISTEN: watch polls the server's counters, and a row
+/// another connection commits is handled without another run, the interval
+/// an hour away (how soon: bench/watch_mysql.py).
+#[test]
+fn mysql_watch_sees_a_commit_without_another_run() {
+    let Some(backend) = Backend::mysql("mysql_watch_sees_a_commit_without_another_run") else {
+        return;
+    };
+    let row = |id: u32| {
+        format!(
+            "INSERT INTO challenge VALUES ({id}, 't{id}', 'u{id}@x', 1, \
+             CAST(CURRENT_DATE - INTERVAL 1 DAY AS CHAR), CAST(CURRENT_DATE + INTERVAL 30 DAY AS CHAR));"
+        )
+    };
+    let case = Case::on(backend)
+        .db(&format!("{CHALLENGE_SCHEMA}\n{}", row(1)))
+        .config(&challenge_config(""));
+    let child = case.spawn(&["watch", "--interval", "1h"]);
+    wait_until("the first cycle", || {
+        case.jsonl_keys("events.jsonl").len() == 1
+    });
+    // Let watch settle into waiting, then commit elsewhere, in a
+    // transaction of its own.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    case.my_sql(&format!("START TRANSACTION; {} COMMIT;", row(2)));
+    wait_until("the committed row handled", || {
+        case.jsonl_keys("events.jsonl").len() == 2
+    });
+    let (code, _, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+}

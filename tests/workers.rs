@@ -1,4 +1,4 @@
-//! Several spark processes sharing one PostgreSQL backlog: scanners racing
+//! Several spark processes sharing one backlog (PostgreSQL, MySQL): scanners racing
 //! over the same records record each key once and deliver it once; workers
 //! killed with SIGKILL again and again lose nothing and repeat at most one
 //! call per kill; a worker whose connection is cut during a slow call lets
@@ -21,13 +21,11 @@ use common::{
 const AS_OF: &str = "2026-03-10";
 
 /// `n` challenges, every event posted to `hook` (besides the jsonl `log`).
-fn hook_case(test: &str, n: usize, hook: &Hook) -> Option<Case> {
-    let backend = Backend::postgres(test)?;
-    Some(
-        Case::on(backend)
-            .db(&many_challenges_sql(n))
-            .config(&challenge_config(&format!(
-                r#"
+fn hook_case(backend: Backend, n: usize, hook: &Hook) -> Case {
+    Case::on(backend)
+        .db(&many_challenges_sql(n))
+        .config(&challenge_config(&format!(
+            r#"
 [[handlers]]
 name = "hook"
 group = "^challenge"
@@ -35,9 +33,8 @@ kind = "webhook"
 url = "{}"
 timeout = "20s"
 "#,
-                hook.url
-            ))),
-    )
+            hook.url
+        )))
 }
 
 fn spawn_all(case: &Case, n: usize, args: &[&str]) -> Vec<Child> {
@@ -51,12 +48,10 @@ fn wait_all(children: Vec<Child>) -> Vec<i32> {
         .collect()
 }
 
-fn scanners_race(workers: usize) {
+fn scanners_race(backend: Backend, workers: usize) {
     const N: usize = 1500; // 3,000 events
     let hook = Hook::slow(Duration::ZERO, |_| {});
-    let Some(case) = hook_case(&format!("scanners_race_{workers}"), N, &hook) else {
-        return;
-    };
+    let case = hook_case(backend, N, &hook);
     let codes = wait_all(spawn_all(
         &case,
         workers,
@@ -81,23 +76,19 @@ fn scanners_race(workers: usize) {
     assert!(case.deliveries().is_empty(), "nothing left owed");
 }
 
-#[test]
-fn two_scanners_racing_record_and_deliver_each_key_once() {
-    scanners_race(2);
+on_shared_backends! {
+fn two_scanners_racing_record_and_deliver_each_key_once(backend: Backend) {
+    scanners_race(backend, 2);
 }
 
-#[test]
-fn four_scanners_racing_record_and_deliver_each_key_once() {
-    scanners_race(4);
+fn four_scanners_racing_record_and_deliver_each_key_once(backend: Backend) {
+    scanners_race(backend, 4);
 }
 
-#[test]
-fn four_workers_killed_again_and_again_lose_nothing() {
+fn four_workers_killed_again_and_again_lose_nothing(backend: Backend) {
     const N: usize = 200; // 400 events, posted at 5 ms each
     let hook = Hook::slow(Duration::from_millis(5), |_| {});
-    let Some(case) = hook_case("four_workers_killed_again_and_again_lose_nothing", N, &hook) else {
-        return;
-    };
+    let case = hook_case(backend, N, &hook);
     let mut rng = Lcg(23);
     let mut kills = 0;
     let started = Instant::now();
@@ -153,8 +144,7 @@ fn four_workers_killed_again_and_again_lose_nothing() {
     eprintln!("four workers: {kills} kills, {repeats} repeated posts");
 }
 
-#[test]
-fn a_workers_cut_connection_passes_its_claim_on_when_the_lease_runs_out() {
+fn a_workers_cut_connection_passes_its_claim_on_when_the_lease_runs_out(backend: Backend) {
     // The first post hangs for 8 s: the worker making it is mid-call.
     let first = Arc::new(AtomicBool::new(true));
     let hanging = Arc::new(AtomicBool::new(false));
@@ -165,11 +155,6 @@ fn a_workers_cut_connection_passes_its_claim_on_when_the_lease_runs_out() {
             std::thread::sleep(Duration::from_secs(8));
         }
     });
-    let Some(backend) =
-        Backend::postgres("a_workers_cut_connection_passes_its_claim_on_when_the_lease_runs_out")
-    else {
-        return;
-    };
     // Three challenges: three `created` events, one chunk for the hook.
     let case = Case::on(backend)
         .db(&many_challenges_sql(3))
@@ -182,10 +167,21 @@ fn a_workers_cut_connection_passes_its_claim_on_when_the_lease_runs_out() {
         hanging.load(Ordering::SeqCst)
     });
     // Cut A's connection, as a network failure would.
-    case.pg_sql(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    );
+    if backend == Backend::Mysql {
+        for row in case.query(
+            "SELECT ID FROM information_schema.PROCESSLIST \
+             WHERE DB = DATABASE() AND ID <> CONNECTION_ID()",
+        ) {
+            if let Some(id) = &row[0] {
+                case.my_sql(&format!("KILL {id}"));
+            }
+        }
+    } else {
+        case.pg_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        );
+    }
     let cut_at = Instant::now();
     // Worker B takes A's claim over once its lease has run out.
     let b = case.run(&["deliver", "--linger", "5s"]).success();
@@ -228,4 +224,5 @@ fn a_workers_cut_connection_passes_its_claim_on_when_the_lease_runs_out() {
         "at most the call in flight repeated: {per_key:?}"
     );
     assert!(case.deliveries().is_empty(), "nothing left owed");
+}
 }

@@ -186,7 +186,35 @@ macro_rules! on_every_backend {
     };
 }
 
-/// The lease of PostgreSQL test cases.
+/// Runs each test function once per backend where workers share the
+/// store: `name::postgres` and `name::mysql`.
+#[macro_export]
+macro_rules! on_shared_backends {
+    ($($(#[$meta:meta])* fn $name:ident($backend:ident: Backend) $body:block)*) => {
+        $(
+            $(#[$meta])*
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                fn run($backend: Backend) $body
+                #[test]
+                fn postgres() {
+                    if let Some(b) = Backend::postgres(concat!(module_path!(), "::", stringify!($name))) {
+                        run(b)
+                    }
+                }
+                #[test]
+                fn mysql() {
+                    if let Some(b) = Backend::mysql(concat!(module_path!(), "::", stringify!($name))) {
+                        run(b)
+                    }
+                }
+            }
+        )*
+    };
+}
+
+/// The lease of PostgreSQL and MySQL test cases.
 pub const LEASE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A PostgreSQL database of a case's own, dropped with it.

@@ -156,9 +156,25 @@ pub fn connect(my: &MysqlConfig, found_rows: bool) -> Result<Connected> {
         .map_err(|e| fail(message(&e)))?;
     let version = version.unwrap_or_default();
     let mariadb = version.to_ascii_lowercase().contains("mariadb");
-    // MariaDB's handshake says 5.5.5 for old clients' sake: VERSION() is
-    // the truth ("10.11.19-MariaDB-0+deb12u1", "8.0.36").
-    let mut numbers = version
+    if let Some(problem) = too_old(&version) {
+        return Err(fail(problem));
+    }
+    Ok(Connected { conn, mariadb })
+}
+
+/// Why a server of this `VERSION()` cannot serve, if it cannot: older than
+/// MariaDB 10.6 or MySQL 8.0. (MariaDB's handshake says 5.5.5 for old
+/// clients' sake; `VERSION()` is the truth: "10.11.19-MariaDB-0+deb12u1",
+/// "8.0.36".)
+pub fn too_old(version: &str) -> Option<String> {
+    let mariadb = version.to_ascii_lowercase().contains("mariadb");
+    // Behind some proxies MariaDB still says 5.5.5- first.
+    let bare = if mariadb {
+        version.strip_prefix("5.5.5-").unwrap_or(version)
+    } else {
+        version
+    };
+    let mut numbers = bare
         .split(|c: char| !c.is_ascii_digit())
         .map(|n| n.parse::<u16>().unwrap_or(0));
     let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
@@ -167,14 +183,13 @@ pub fn connect(my: &MysqlConfig, found_rows: bool) -> Result<Connected> {
     } else {
         (MYSQL_MIN, "MySQL")
     };
-    if (major, minor) < min {
-        return Err(fail(format!(
+    ((major, minor) < min).then(|| {
+        format!(
             "{product} {version} is older than spark works with ({product} {}.{} or later: \
              it needs FOR UPDATE SKIP LOCKED; MariaDB 10.6 or MySQL 8.0)",
             min.0, min.1
-        )));
-    }
-    Ok(Connected { conn, mariadb })
+        )
+    })
 }
 
 /// A MySQL or MariaDB database as `[database] url` names it.
@@ -609,4 +624,33 @@ impl Reader for MysqlReader {
 /// `?, ?, ?` for `n` values.
 pub(crate) fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_older_than_skip_locked_are_named() {
+        for old in [
+            "10.5.23-MariaDB",
+            "10.3.39-MariaDB-0+deb10u1",
+            "5.7.44",
+            "5.5.5-10.4.1-MariaDB",
+        ] {
+            let says = too_old(old).unwrap_or_else(|| panic!("{old} passed"));
+            assert!(says.contains(old), "{says}");
+        }
+        for fine in [
+            "10.6.0-MariaDB",
+            "10.11.19-MariaDB-0+deb12u1",
+            "5.5.5-10.11.6-MariaDB",
+            "11.4.2-MariaDB",
+            "8.0.36",
+            "8.4.0",
+            "9.1.0",
+        ] {
+            assert_eq!(too_old(fine), None, "{fine}");
+        }
+    }
 }
