@@ -884,11 +884,14 @@ impl Executor for MysqlExecutor {
 
 /// What spark needs on each table (and the database, for the batch table).
 fn needed(seen_table: &str) -> Vec<(String, &'static [&'static str])> {
-    const ROWS: &[&str] = &["SELECT", "INSERT", "UPDATE", "DELETE"];
+    const KEEP: &[&str] = &["SELECT", "INSERT", "DELETE"];
     vec![
-        (seen_table.to_owned(), ROWS),
-        ("spark_delivery".to_owned(), ROWS),
-        ("spark_history".to_owned(), ROWS),
+        (seen_table.to_owned(), KEEP),
+        (
+            "spark_delivery".to_owned(),
+            &["SELECT", "INSERT", "UPDATE", "DELETE"],
+        ),
+        ("spark_history".to_owned(), KEEP),
         ("spark_meta".to_owned(), &["SELECT"]),
     ]
 }
