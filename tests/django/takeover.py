@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """A Django shop moves from django-spark to spark, as the README's "Moving
 from django-spark" says, against real Django 3.2.25 + django-spark 0.3.0 on
-the PostgreSQL test server.
+the PostgreSQL test server, and (with --mysql) on the MariaDB/MySQL one.
 
-Usage: takeover.py SPARK_BIN
+Usage: takeover.py SPARK_BIN [--mysql]
 
 Needs python3 with venv and pip (PyPI reachable the first time: the venv is
 kept at $SPARK_DJANGO_VENV, default /tmp/spark-django-venv, and made again
 when requirements.txt changes), psql, and PostgreSQL at $PGHOST:$PGPORT
 (default 127.0.0.1:5432) as $PGUSER (default postgres) with CREATEDB and
-CREATEROLE. Exit 0 when every step holds, 1 (saying which) otherwise.
+CREATEROLE; with --mysql, the mysql client and MariaDB/MySQL at
+127.0.0.1:3306 as root without a password. Exit 0 when every step holds, 1
+(saying which) otherwise.
 
 1. Django first: `manage.py migrate` makes spark_event, `manage.py
    process_spark_sources` records and delivers django-spark's keys (repr
@@ -75,12 +77,23 @@ def psql(db, sql, user=None):
     return out.stdout.strip()
 
 
-class Shop:
-    """One database, the Django project on it, and spark's config for it."""
+def mysql(db, sql):
+    args = ["mysql", "--protocol=tcp", "-h127.0.0.1", "-P3306", "-uroot", "-N", "-B",
+            "--default-character-set=utf8mb4", "-e", sql]
+    if db:
+        args.insert(1, db)
+    out = subprocess.run(args, check=True, capture_output=True, text=True)
+    return out.stdout.strip()
 
-    def __init__(self, name, work):
-        self.db = name
-        self.work = work
+
+class Postgres:
+    """The PostgreSQL test server, as the shop's database."""
+    engine = "postgresql"
+
+    def sql(self, db, sql):
+        return psql(db, sql)
+
+    def create(self, name):
         psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         psql("postgres", f'CREATE DATABASE "{name}"')
         psql(name, """
@@ -89,32 +102,114 @@ class Shop:
               start_date date NOT NULL, end_date date NOT NULL);
             CREATE TABLE donation (id serial PRIMARY KEY,
               challenge_id integer NOT NULL REFERENCES challenge(id), amount integer NOT NULL);""")
-        self.django_out = os.path.join(work, f"{name}-django.jsonl")
-        self.spark_out = os.path.join(work, f"{name}-spark.jsonl")
 
-    def add_challenges(self, first, last):
-        psql(self.db, f"""
+    def drop(self, name):
+        psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def add_challenges(self, db, first, last):
+        psql(db, f"""
             INSERT INTO challenge (id, title, user_email, is_active, start_date, end_date)
             SELECT i, 'challenge ' || i, 'u' || i || '@example.org', i % 5 <> 0,
                    DATE '{AS_OF}' - (i % 9), DATE '{AS_OF}' + (i % 7) - 3
             FROM generate_series({first}, {last}) AS i;
             SELECT setval('challenge_id_seq', {last});""")
 
+    def url(self, db, user):
+        return f"postgresql://{user}@{PG['PGHOST']}:{PG['PGPORT']}/{db}"
+
+    def admin(self):
+        return PG["PGUSER"]
+
+    def make_user(self, user):
+        psql("postgres", f"DROP ROLE IF EXISTS {user}; CREATE ROLE {user} LOGIN")
+        return user
+
+    def drop_user(self, user):
+        psql("postgres", f"DROP ROLE IF EXISTS {user}")
+
+    def grant_sources(self, db, grantee):
+        return f"GRANT SELECT ON challenge, donation TO {grantee};"
+
+
+class Mysql:
+    """The MariaDB/MySQL test server, as the shop's database."""
+    engine = "mysql"
+    password = "takeover-Pw-9"
+
+    def sql(self, db, sql):
+        return mysql(db, sql)
+
+    def create(self, name):
+        mysql(None, f"DROP DATABASE IF EXISTS `{name}`; CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        mysql(name, """
+            CREATE TABLE challenge (id integer AUTO_INCREMENT PRIMARY KEY, title longtext NOT NULL,
+              user_email longtext NOT NULL, is_active bool NOT NULL,
+              start_date date NOT NULL, end_date date NOT NULL);
+            CREATE TABLE donation (id integer AUTO_INCREMENT PRIMARY KEY,
+              challenge_id integer NOT NULL REFERENCES challenge(id), amount integer NOT NULL);""")
+
+    def drop(self, name):
+        mysql(None, f"DROP DATABASE IF EXISTS `{name}`")
+
+    def add_challenges(self, db, first, last):
+        mysql(db, f"""
+            INSERT INTO challenge (id, title, user_email, is_active, start_date, end_date)
+            WITH RECURSIVE s(i) AS (SELECT {first} UNION ALL SELECT i + 1 FROM s WHERE i < {last})
+            SELECT i, CONCAT('challenge ', i), CONCAT('u', i, '@example.org'), i % 5 <> 0,
+                   DATE '{AS_OF}' - INTERVAL (i % 9) DAY, DATE '{AS_OF}' + INTERVAL ((i % 7) - 3) DAY
+            FROM s;""")
+
+    def url(self, db, user):
+        return f"mysql://{user}@127.0.0.1:3306/{db}"
+
+    def admin(self):
+        return "root"
+
+    def make_user(self, user):
+        mysql(None, f"DROP USER IF EXISTS '{user}'@'%'; "
+                    f"CREATE USER '{user}'@'%' IDENTIFIED BY '{self.password}'")
+        return f"'{user}'@'%'"
+
+    def drop_user(self, user):
+        mysql(None, f"DROP USER IF EXISTS '{user}'@'%'")
+
+    def grant_sources(self, db, grantee):
+        return (f"GRANT SELECT ON `{db}`.`challenge` TO {grantee}; "
+                f"GRANT SELECT ON `{db}`.`donation` TO {grantee};")
+
+
+class Shop:
+    """One database, the Django project on it, and spark's config for it."""
+
+    def __init__(self, name, work):
+        self.db = name
+        self.work = work
+        DB.create(name)
+        self.django_out = os.path.join(work, f"{name}-django.jsonl")
+        self.spark_out = os.path.join(work, f"{name}-spark.jsonl")
+
+    def add_challenges(self, first, last):
+        DB.add_challenges(self.db, first, last)
+
     def manage(self, *args, ok=True):
         env = dict(os.environ, **PG, SPARK_DJANGO_DB=self.db, SPARK_DJANGO_OUT=self.django_out,
-                   SPARK_DJANGO_TODAY=AS_OF, PYTHONDONTWRITEBYTECODE="1")
+                   SPARK_DJANGO_TODAY=AS_OF, SPARK_DJANGO_ENGINE=DB.engine,
+                   PYTHONDONTWRITEBYTECODE="1")
         done = subprocess.run([PYTHON, os.path.join(HERE, "manage.py"), *args],
                               capture_output=True, text=True, env=env)
         if ok and done.returncode != 0:
             raise Failed(f"manage.py {' '.join(args)}: exit {done.returncode}\n{done.stderr}")
         return done
 
-    def config(self, user="postgres"):
+    def config(self, user=None):
+        user = user or DB.admin()
         path = os.path.join(self.work, f"{self.db}-{user}.toml")
+        password = 'password_env = "SPARK_DB_PASSWORD"' if user != DB.admin() and DB.engine == "mysql" else ""
         with open(path, "w") as f:
             f.write(f"""
 [database]
-url = "postgresql://{user}@{PG['PGHOST']}:{PG['PGPORT']}/{self.db}"
+url = "{DB.url(self.db, user)}"
+{password}
 
 [[sources]]
 name = "challenges"
@@ -135,9 +230,10 @@ command = ["/bin/true"]
 """)
         return path
 
-    def spark(self, *args, user="postgres", ok=True):
+    def spark(self, *args, user=None, ok=True):
+        env = dict(os.environ, **PG, SPARK_DB_PASSWORD=getattr(DB, "password", ""))
         done = subprocess.run([SPARK, "--config", self.config(user), *args],
-                              capture_output=True, text=True, env=dict(os.environ, **PG))
+                              capture_output=True, text=True, env=env)
         if ok and done.returncode != 0:
             raise Failed(f"spark {' '.join(args)}: exit {done.returncode}\n{done.stdout}{done.stderr}")
         return done
@@ -155,17 +251,17 @@ def django_first(work):
     shop.manage("process_spark_sources")
     old = shop.keys(shop.django_out)
     check(len(old) > 40, f"django-spark recorded and delivered its keys ({len(old)})")
-    repr_contexts = psql(shop.db, "SELECT count(*) FROM spark_event WHERE context LIKE '{''challenge'': <%'")
+    repr_contexts = DB.sql(shop.db, "SELECT count(*) FROM spark_event WHERE context LIKE '{''challenge'': <%'")
     check(int(repr_contexts) == len(old), "django-spark stored repr() contexts")
     shop.add_challenges(41, 60)
 
     # A DBA makes spark's tables and gives spark's role exactly what it prints.
     role = f"spark_app_{os.getpid()}"
-    psql("postgres", f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN")
+    grantee = DB.make_user(role)
     try:
         shop.spark("migrate")
-        grants = shop.spark("migrate", "--print-grants", role).stdout
-        psql(shop.db, grants + f"\nGRANT SELECT ON challenge, donation TO {role};")
+        grants = shop.spark("migrate", "--print-grants", grantee).stdout
+        DB.sql(shop.db, grants + "\n" + DB.grant_sources(shop.db, grantee))
         shop.spark("check", user=role)
         first = shop.spark("process-sources", "--as-of", AS_OF, user=role)
         new = shop.keys(shop.spark_out)
@@ -197,8 +293,8 @@ def django_first(work):
         check(sorted(saved) == sorted(set(saved)) and "challenge_created_61" in saved,
               f"a challenge saved through Django is dispatched once ({len(saved)} events)")
     finally:
-        psql("postgres", f'DROP DATABASE IF EXISTS "{shop.db}" WITH (FORCE)')
-        psql("postgres", f"DROP ROLE IF EXISTS {role}")
+        DB.drop(shop.db)
+        DB.drop_user(role)
 
 
 def spark_first(work):
@@ -220,14 +316,16 @@ def spark_first(work):
         check(shop.keys(shop.django_out) == [],
               "after faking them, Django's own run dispatches nothing spark did")
     finally:
-        psql("postgres", f'DROP DATABASE IF EXISTS "{shop.db}" WITH (FORCE)')
+        DB.drop(shop.db)
 
 
 def main():
-    global PYTHON, SPARK
-    if len(sys.argv) != 2:
+    global PYTHON, SPARK, DB
+    args = [a for a in sys.argv[1:] if a != "--mysql"]
+    if len(args) != 1:
         sys.exit(__doc__)
-    SPARK = os.path.abspath(sys.argv[1])
+    DB = Mysql() if "--mysql" in sys.argv[1:] else Postgres()
+    SPARK = os.path.abspath(args[0])
     PYTHON = venv_python()
     with tempfile.TemporaryDirectory(prefix="spark-takeover-") as work:
         try:
@@ -238,7 +336,7 @@ def main():
             if isinstance(e, subprocess.CalledProcessError):
                 print(e.stderr, file=sys.stderr)
             sys.exit(1)
-    print("takeover: every step held")
+    print(f"takeover on {DB.engine}: every step held")
 
 
 if __name__ == "__main__":
