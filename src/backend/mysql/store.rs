@@ -71,6 +71,9 @@ struct Who {
     lease_ms: i64,
     /// The seen table, quoted.
     seen: String,
+    /// The session's sql_mode has NO_BACKSLASH_ESCAPES (how a literal is
+    /// written).
+    no_backslash_escape: bool,
 }
 
 /// A thread renewing this process's leases every third of a lease.
@@ -209,19 +212,11 @@ impl MysqlExecutor {
             });
         }
         let seen = quote(seen_table);
-        // The batch table: the seen table's key, group and context columns
-        // (their types and collations), keyed like it.
-        conn.query_drop(format!(
-            "CREATE TEMPORARY TABLE `spark_batch` ENGINE=InnoDB \
-             SELECT `key` AS `k`, `group` AS `g`, `context` AS `c` FROM {seen} LIMIT 0"
-        ))
-        .and_then(|()| {
-            conn.query_drop(
-                "ALTER TABLE `spark_batch` ADD COLUMN `i` integer NOT NULL, ADD PRIMARY KEY (`k`)",
-            )
-        })
-        .map_err(store_err(&name, "making the batch table"))?;
+        // The batch table can be made (CREATE TEMPORARY TABLES): said now.
+        conn.query_drop(batch_table_sql(&seen).join("; "))
+            .map_err(store_err(&name, "making the batch table"))?;
         let (host, me) = crate::store::driver::worker_names();
+        let no_backslash_escape = conn.no_backslash_escape();
         let conn = Arc::new(Mutex::new(conn));
         Ok(MysqlExecutor {
             _heartbeat: Heartbeat::start(conn.clone(), &me, my.lease),
@@ -232,6 +227,7 @@ impl MysqlExecutor {
                 host,
                 lease_ms: i64::try_from(my.lease.as_millis()).unwrap_or(i64::MAX),
                 seen,
+                no_backslash_escape,
             },
         })
     }
@@ -296,6 +292,24 @@ impl MysqlExecutor {
     }
 }
 
+/// The statements that make the batch table afresh: the seen table's key,
+/// group and context columns (their types and collations), keyed like it.
+/// Made again for each batch rather than emptied: rows deleted from an
+/// InnoDB table stay behind as long as another connection's read (the
+/// source's records, streamed) is open, and every batch would read them
+/// all again. (DDL on a temporary table commits nothing.)
+fn batch_table_sql(seen: &str) -> [String; 3] {
+    [
+        "DROP TEMPORARY TABLE IF EXISTS `spark_batch`".to_owned(),
+        format!(
+            "CREATE TEMPORARY TABLE `spark_batch` ENGINE=InnoDB \
+             SELECT `key` AS `k`, `group` AS `g`, `context` AS `c` FROM {seen} LIMIT 0"
+        ),
+        "ALTER TABLE `spark_batch` ADD COLUMN `i` integer NOT NULL, ADD PRIMARY KEY (`k`)"
+            .to_owned(),
+    ]
+}
+
 /// A process that stops any way but a kill gives its claims back at once.
 impl Drop for MysqlExecutor {
     fn drop(&mut self) {
@@ -356,6 +370,48 @@ fn statement_chunks<T>(rows: &[T], width: usize, bytes: impl Fn(&T) -> usize) ->
     chunks
 }
 
+impl<C: Queryable> MyRows<'_, C> {
+    /// The common case, a batch of keys none of which is seen: one plain
+    /// INSERT of them all, in key order. A key already there (or repeated
+    /// in the batch, or recorded by another worker meanwhile) fails it on
+    /// the primary key, which undoes the statement alone: `None`, and the
+    /// batch goes the careful way.
+    fn insert_all_new(&mut self, rows: &[SeenRow<'_>]) -> Result<Option<Vec<bool>>> {
+        let bytes: usize = rows
+            .iter()
+            .map(|r| r.key.len() + r.group.len() + r.context.len() + 16)
+            .sum();
+        if bytes > STATEMENT_BYTES || rows.len() * 4 > STATEMENT_VALUES {
+            return Ok(None);
+        }
+        let mut order: Vec<&SeenRow<'_>> = rows.iter().collect();
+        order.sort_by(|a, b| a.key.cmp(b.key));
+        let mut params: Vec<Value> = Vec::with_capacity(rows.len() * 4);
+        for r in order {
+            params.push(r.key.into());
+            params.push(r.group.into());
+            params.push(self.now.as_str().into());
+            params.push(r.context.into());
+        }
+        let values = vec!["(?, ?, ?, ?)"; rows.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO {} (`key`, `group`, `created_at`, `context`) VALUES {values}",
+            self.who.seen
+        );
+        let done = self.c.exec_iter(sql, params).map(|r| r.affected_rows());
+        match done {
+            Ok(n) if n == rows.len() as u64 => Ok(Some(vec![true; rows.len()])),
+            Ok(_) => Err(Error::Store {
+                database: self.who.name.clone(),
+                action: self.action.to_owned(),
+                error: "an INSERT of new keys inserted another number of rows".into(),
+            }),
+            Err(mysql::Error::MySqlError(e)) if e.code == 1062 => Ok(None),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+}
+
 impl<C: Queryable> Rows for MyRows<'_, C> {
     fn now(&self) -> &str {
         &self.now
@@ -364,12 +420,18 @@ impl<C: Queryable> Rows for MyRows<'_, C> {
     fn seen_among(&mut self, keys: &[&str]) -> Result<HashSet<String>> {
         let mut seen = HashSet::new();
         for chunk in keys.chunks(1000) {
+            // As literals (escaped by the driver, which knows the session's
+            // sql_mode): a list of parameters is not planned as well.
+            let list: Vec<String> = chunk
+                .iter()
+                .map(|k| Value::from(*k).as_sql(self.who.no_backslash_escape))
+                .collect();
             let sql = format!(
                 "SELECT `key` FROM {} WHERE `key` IN ({})",
                 self.who.seen,
-                placeholders(chunk.len())
+                list.join(", ")
             );
-            let found: Vec<String> = self.c.exec(sql, chunk.to_vec()).map_err(|e| self.fail(e))?;
+            let found: Vec<String> = self.c.query(sql).map_err(|e| self.fail(e))?;
             seen.extend(found);
         }
         Ok(seen)
@@ -379,7 +441,12 @@ impl<C: Queryable> Rows for MyRows<'_, C> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        self.exec("DELETE FROM `spark_batch`", Vec::new())?;
+        if let Some(all_new) = self.insert_all_new(rows)? {
+            return Ok(all_new);
+        }
+        for statement in batch_table_sql(&self.who.seen) {
+            self.exec(&statement, Vec::new())?;
+        }
         // Keys the seen table's collation makes equal keep the first row.
         let indexed: Vec<(usize, &SeenRow<'_>)> = rows.iter().enumerate().collect();
         for chunk in statement_chunks(&indexed, 4, |(_, r)| {
