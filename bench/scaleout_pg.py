@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Scale-out of delivery on PostgreSQL: N spark workers share one backlog.
+"""Scale-out of delivery on PostgreSQL (or MySQL/MariaDB): N spark workers
+share one backlog.
 
 Usage: scaleout_pg.py SPARK_BIN [--events 4000] [--delay-ms 20] [--workers 1,2,4,8]
+                      [--mysql]
 
 For each worker count W: a fresh PostgreSQL database (on PG_URL, default
-postgresql://postgres@127.0.0.1:5432/test, whose role needs CREATEDB) holds
+postgresql://postgres@127.0.0.1:5432/test, whose role needs CREATEDB; with
+--mysql, a MariaDB/MySQL database on 127.0.0.1:3306 as root) holds
 EVENTS/2 challenges (each yields challenge_created and
 challenge_inactivity_2d), and a loopback HTTP server answers each POST after
 DELAY ms, on a thread per request, counting what each Idempotency-Key (event
@@ -41,12 +44,30 @@ def db_url(admin, name):
     return urlunsplit((u.scheme, u.netloc, "/" + name, u.query, u.fragment))
 
 
-def run(spark, admin, workers, events, delay):
-    name = f"spark_scaleout_{os.getpid()}_{workers}"
+def mysql(db, sql):
+    args = ["mysql", "--protocol=tcp", "-h127.0.0.1", "-P3306", "-uroot", "-e", sql]
+    if db:
+        args.insert(1, db)
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+
+
+def make_db(admin, name, n, my):
+    """A fresh database of n challenges; its URL."""
+    if my:
+        mysql(None, f"DROP DATABASE IF EXISTS `{name}`; CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        mysql(name, f"""
+            CREATE TABLE challenge (id integer PRIMARY KEY, title text NOT NULL, user_email text NOT NULL,
+              is_active integer NOT NULL, start_date date NOT NULL, end_date date NOT NULL);
+            CREATE TABLE donation (id integer AUTO_INCREMENT PRIMARY KEY, challenge_id integer NOT NULL,
+              amount integer NOT NULL);
+            SET SESSION max_recursive_iterations = {n + 1};
+            INSERT INTO challenge WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n})
+              SELECT i, CONCAT('challenge ', i), CONCAT('u', i, '@x'), 1, DATE '2026-01-01', DATE '2026-06-01'
+              FROM s;""")
+        return f"mysql://root@127.0.0.1:3306/{name}"
     psql(admin, f'DROP DATABASE IF EXISTS "{name}"')
     psql(admin, f'CREATE DATABASE "{name}"')
     url = db_url(admin, name)
-    n = events // 2
     psql(url, f"""
         CREATE TABLE challenge (id integer PRIMARY KEY, title text NOT NULL, user_email text NOT NULL,
           is_active integer NOT NULL, start_date date NOT NULL, end_date date NOT NULL);
@@ -54,6 +75,19 @@ def run(spark, admin, workers, events, delay):
         INSERT INTO challenge SELECT i, 'challenge ' || i, 'u' || i || '@x', 1, DATE '2026-01-01', DATE '2026-06-01'
           FROM generate_series(1, {n}) AS i;""")
     psql(url, "VACUUM ANALYZE")
+    return url
+
+
+def drop_db(admin, name, my):
+    if my:
+        mysql(None, f"DROP DATABASE IF EXISTS `{name}`")
+    else:
+        psql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def run(spark, admin, workers, events, delay, my=False):
+    name = f"spark_scaleout_{os.getpid()}_{workers}"
+    url = make_db(admin, name, events // 2, my)
     counter = Counter()
     server = serve(counter, delay)
     work = tempfile.mkdtemp(prefix="spark-scaleout-")
@@ -95,7 +129,7 @@ url = "http://127.0.0.1:{server.server_port}/hook"
     finally:
         server.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-        psql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_db(admin, name, my)
 
 
 def main():
@@ -104,13 +138,14 @@ def main():
     ap.add_argument("--events", type=int, default=4000)
     ap.add_argument("--delay-ms", type=float, default=20)
     ap.add_argument("--workers", default="1,2,4,8")
+    ap.add_argument("--mysql", action="store_true", help="on MariaDB/MySQL at 127.0.0.1:3306")
     args = ap.parse_args()
     admin = os.environ.get("PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
     rows = []
     failed = False
     for w in [int(x) for x in args.workers.split(",")]:
         seconds, unique, repeated, ok = run(os.path.abspath(args.spark), admin, w,
-                                            args.events, args.delay_ms / 1000)
+                                            args.events, args.delay_ms / 1000, args.mysql)
         rate = args.events / seconds
         rows.append((w, seconds, rate, unique, repeated, ok))
         print(f"workers={w} seconds={seconds:.2f} events_per_s={rate:.1f} "

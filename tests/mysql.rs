@@ -304,3 +304,54 @@ fn migrate_prints_the_ddl_and_a_user_with_the_printed_grants_works() {
         .stderr_has(&["DELETE", "spark_history"]);
     case.my_sql(&format!("DROP USER {role};"));
 }
+
+/// Keys compare as the seen table's collation compares them (Django's
+/// table takes the database's default, case-insensitive here): a key
+/// django-spark recorded in other letters stays seen, and two keys of one
+/// batch that the collation makes equal are one key, recorded once, the
+/// batch neither failing nor tried for ever.
+#[test]
+fn keys_compare_as_the_seen_tables_collation_says() {
+    let Some(case) = my_case("keys_compare_as_the_seen_tables_collation_says") else {
+        return;
+    };
+    case.my_sql(
+        "CREATE TABLE thing (id varchar(10) COLLATE utf8mb4_bin PRIMARY KEY) CHARACTER SET utf8mb4;
+         INSERT INTO thing VALUES ('a'), ('A'), ('b'), ('c');",
+    );
+    let case = case.config(
+        r#"
+[database]
+path = "app.sqlite3"
+
+[[sources]]
+name = "things"
+table = "thing"
+group = "thing"
+
+[[handlers]]
+name = "log"
+group = "thing"
+kind = "jsonl"
+path = "events.jsonl"
+"#,
+    );
+    case.run(&["migrate"]).success();
+    // django-spark saw `c`, written in capitals.
+    case.my_sql(
+        "INSERT INTO spark_event VALUES ('THING_C', 'thing', '2026-01-01 00:00:00', '{}')",
+    );
+    case.run(&["process-sources"])
+        .success()
+        .stdout_has(&["4 events, 2 new"]);
+    let logged = case.jsonl_keys("events.jsonl");
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    assert!(logged.contains(&"thing_b".to_owned()), "{logged:?}");
+    assert!(
+        logged.contains(&"thing_a".to_owned()) ^ logged.contains(&"thing_A".to_owned()),
+        "one of a and A: {logged:?}"
+    );
+    case.run(&["process-sources"])
+        .success()
+        .stdout_has(&["0 new"]);
+}

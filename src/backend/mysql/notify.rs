@@ -1,12 +1,16 @@
 //! What `spark watch` waits on in a MySQL or MariaDB database, which has no
-//! LISTEN: the server's counters of rows written (`Handler_write`,
-//! `Handler_update`, `Handler_delete`) and of transactions committed
-//! (`Com_commit`: a row written inside a transaction is seen once it
-//! commits), from `SHOW GLOBAL STATUS`, read every 100 ms while it waits:
-//! one cheap statement that needs no privilege and changes none of them.
-//! Any row written anywhere on the server wakes a cycle, so a server busy
-//! with other work wakes watch often (its cycles still come no sooner than
-//! the last one took).
+//! LISTEN: when the tables of the database last changed, as InnoDB keeps it
+//! (`information_schema.TABLES.UPDATE_TIME`, set when a transaction that
+//! wrote the table commits), read every 250 ms while it waits: one cheap
+//! query that needs no privilege beyond the tables'. spark's own tables
+//! (the seen table, spark_delivery, spark_history, spark_meta) are left
+//! out, so that a cycle's own writes wake nothing.
+//!
+//! `UPDATE_TIME` counts whole seconds: a commit in the very second already
+//! seen cannot be told apart, so when the last change seen fell in the
+//! second it was seen in, watch wakes once more when that second is over.
+//! Tables of other databases a query reads are not watched (their changes
+//! wait for the interval).
 //!
 //! Not here: the watch loop (`crate::watch`).
 
@@ -18,59 +22,76 @@ use crate::config::MysqlConfig;
 use crate::error::{Error, Result};
 use crate::store::Notifier;
 
-/// How often the counters are read.
-const POLL: Duration = Duration::from_millis(100);
+/// How often the tables' times are read.
+const POLL: Duration = Duration::from_millis(250);
 
-pub struct Counters {
+pub struct Changes {
     conn: mysql::Conn,
     name: String,
-    /// The counters as the last cycle left them.
-    seen: u64,
+    seen_table: String,
+    /// The last change seen (Unix seconds, the server's clock).
+    last: i64,
+    /// It fell in the second it was seen in: another commit in that
+    /// second would look the same.
+    unsure: bool,
 }
 
-impl Counters {
-    pub fn open(my: &MysqlConfig) -> Result<Counters> {
-        let mut counters = Counters {
-            conn: super::connect(my, false)?.conn,
+impl Changes {
+    pub fn open(my: &MysqlConfig, seen_table: &str) -> Result<Changes> {
+        let mut conn = super::connect(my, false)?.conn;
+        // MySQL 8 caches the tables' statistics for a day by default.
+        let _ = conn.query_drop("SET SESSION information_schema_stats_expiry = 0");
+        let mut changes = Changes {
+            conn,
             name: my.describe(),
-            seen: 0,
+            seen_table: seen_table.to_owned(),
+            last: 0,
+            unsure: false,
         };
-        counters.seen = counters.read()?;
-        Ok(counters)
+        changes.settle()?;
+        Ok(changes)
     }
 
-    /// The sum of the server's row counters.
-    fn read(&mut self) -> Result<u64> {
-        let rows: Vec<(String, String)> = self
+    /// The server's time and the tables' last change (Unix seconds).
+    fn read(&mut self) -> Result<(i64, i64)> {
+        let row: Option<(i64, i64)> = self
             .conn
-            .query(
-                "SHOW GLOBAL STATUS WHERE Variable_name IN \
-                 ('Handler_write', 'Handler_update', 'Handler_delete', 'Com_commit')",
+            .exec_first(
+                "SELECT UNIX_TIMESTAMP(), COALESCE(MAX(UNIX_TIMESTAMP(UPDATE_TIME)), 0) \
+                 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() \
+                 AND TABLE_NAME NOT IN (?, 'spark_delivery', 'spark_history', 'spark_meta')",
+                (&self.seen_table,),
             )
             .map_err(|e| Error::Store {
                 database: self.name.clone(),
-                action: "reading the server's row counters".into(),
+                action: "reading when its tables last changed".into(),
                 error: super::message(&e),
             })?;
-        Ok(rows
-            .iter()
-            .filter_map(|(_, v)| v.parse::<u64>().ok())
-            .fold(0u64, u64::wrapping_add))
+        Ok(row.unwrap_or((0, 0)))
     }
 }
 
-impl Notifier for Counters {
+impl Notifier for Changes {
     fn settle(&mut self) -> Result<()> {
-        self.seen = self.read()?;
+        let (now, last) = self.read()?;
+        self.last = last;
+        self.unsure = last >= now;
         Ok(())
     }
 
     fn changed(&mut self, wait: Duration) -> Result<bool> {
         let deadline = Instant::now() + wait;
         loop {
-            let now = self.read()?;
-            if now != self.seen {
-                self.seen = now;
+            let (now, last) = self.read()?;
+            if last > self.last {
+                self.last = last;
+                self.unsure = last >= now;
+                return Ok(true);
+            }
+            if self.unsure && now > self.last {
+                // The second of the last change is over: whatever else it
+                // held is seen by one more cycle.
+                self.unsure = false;
                 return Ok(true);
             }
             let left = deadline.saturating_duration_since(Instant::now());
