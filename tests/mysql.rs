@@ -338,9 +338,7 @@ path = "events.jsonl"
     );
     case.run(&["migrate"]).success();
     // django-spark saw `c`, written in capitals.
-    case.my_sql(
-        "INSERT INTO spark_event VALUES ('THING_C', 'thing', '2026-01-01 00:00:00', '{}')",
-    );
+    case.my_sql("INSERT INTO spark_event VALUES ('THING_C', 'thing', '2026-01-01 00:00:00', '{}')");
     case.run(&["process-sources"])
         .success()
         .stdout_has(&["4 events, 2 new"]);

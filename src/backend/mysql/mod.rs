@@ -244,7 +244,10 @@ impl Driver for MysqlDriver {
     }
 
     fn notifier(&self) -> Result<Option<Box<dyn Notifier>>> {
-        Ok(Some(Box::new(notify::Changes::open(&self.my, &self.seen_table)?)))
+        Ok(Some(Box::new(notify::Changes::open(
+            &self.my,
+            &self.seen_table,
+        )?)))
     }
 }
 
