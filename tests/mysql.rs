@@ -353,3 +353,161 @@ path = "events.jsonl"
         .success()
         .stdout_has(&["0 new"]);
 }
+
+/// A MariaDB server of this test's own, with TLS (a certificate for
+/// `localhost` the test made), on a free port; stopped when dropped.
+struct TlsServer {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl TlsServer {
+    /// `None` where the machine has no MariaDB to start (CI has one).
+    fn start() -> Option<TlsServer> {
+        let installer = ["/usr/bin/mariadb-install-db", "/usr/bin/mysql_install_db"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let (Some(installer), true) = (
+            installer,
+            std::path::Path::new("/usr/sbin/mariadbd").exists(),
+        ) else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI needs mariadbd to test TLS"
+            );
+            eprintln!("skipped: no mariadbd to start a server with TLS");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), made.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), made.signing_key.serialize_pem()).unwrap();
+        let data = dir.path().join("data");
+        let installed = std::process::Command::new(installer)
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+            ])
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+            .unwrap();
+        assert!(
+            installed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&installed.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("/usr/sbin/mariadbd")
+            .arg("--no-defaults")
+            .arg("--user=root")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.path().join("sock").display()))
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .arg(format!("--port={port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--skip-log-bin")
+            .arg(format!(
+                "--ssl-cert={}",
+                dir.path().join("cert.pem").display()
+            ))
+            .arg(format!(
+                "--ssl-key={}",
+                dir.path().join("key.pem").display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = TlsServer { child, port, dir };
+        let url = format!("mysql://root@127.0.0.1:{port}/mysql");
+        common::wait_until("the TLS server to answer", || {
+            mysql::Opts::from_url(&url)
+                .ok()
+                .and_then(|o| mysql::Conn::new(o).ok())
+                .is_some()
+        });
+        Some(server)
+    }
+
+    fn sql(&self, sql: &str) {
+        use mysql::prelude::Queryable;
+        let opts =
+            mysql::Opts::from_url(&format!("mysql://root@127.0.0.1:{}/mysql", self.port)).unwrap();
+        let mut conn = mysql::Conn::new(opts).unwrap();
+        let mut result = conn.query_iter(sql).unwrap();
+        while let Some(set) = result.iter() {
+            for row in set {
+                row.unwrap();
+            }
+        }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Against a server that offers TLS: every mode connects as it says, the
+/// certificate checked by VERIFY_CA against `ssl-ca`, and the name by
+/// VERIFY_IDENTITY (the certificate names `localhost`, not `127.0.0.1`);
+/// what spark reads and writes goes over it.
+#[test]
+fn ssl_modes_against_a_server_with_tls() {
+    let Some(server) = TlsServer::start() else {
+        return;
+    };
+    server.sql(&format!(
+        "CREATE DATABASE app CHARACTER SET utf8mb4; USE app; {CHALLENGE_SCHEMA}
+         INSERT INTO challenge VALUES (1, 'a', 'a@x', 1, '2026-03-09', '2026-03-30');"
+    ));
+    let ca = server.dir.path().join("cert.pem");
+    let case = Case::new();
+    let with = |host: &str, query: &str| {
+        challenge_config("").replace(
+            "path = \"app.sqlite3\"",
+            &format!("url = \"mysql://root@{host}:{}/app{query}\"", server.port),
+        )
+    };
+    let ca = ca.display();
+    let mut case = case.file("spark.toml", &with("127.0.0.1", "?ssl-mode=REQUIRED"));
+    case.run(&["process-sources", "--as-of", AS_OF])
+        .success()
+        .stdout_has(&["1 new"]);
+    for (host, query) in [
+        ("127.0.0.1", "?ssl-mode=PREFERRED".to_owned()),
+        ("127.0.0.1", format!("?ssl-mode=VERIFY_CA&ssl-ca={ca}")),
+        (
+            "localhost",
+            format!("?ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}"),
+        ),
+    ] {
+        case = case.file("spark.toml", &with(host, &query));
+        case.run(&["process-sources", "--as-of", AS_OF])
+            .success()
+            .stdout_has(&["0 new"]);
+    }
+    // The name in the certificate is not the address connected to.
+    case = case.file(
+        "spark.toml",
+        &with(
+            "127.0.0.1",
+            &format!("?ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}"),
+        ),
+    );
+    case.run(&["check"]).status(2).stderr_has(&["127.0.0.1"]);
+    // A certificate no root vouches for.
+    case = case.file(
+        "spark.toml",
+        &with("localhost", "?ssl-mode=VERIFY_IDENTITY"),
+    );
+    case.run(&["check"]).status(2).stderr_has(&["certificate"]);
+}
