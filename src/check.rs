@@ -83,6 +83,7 @@ fn django_migrations_note(
             &crate::records::RecordSet::Query(
                 "SELECT count(*) AS n FROM django_migrations WHERE app = 'spark'".into(),
             ),
+            None,
             &mut |r| {
                 applied = r.get("n").and_then(serde_json::Value::as_i64);
                 std::ops::ControlFlow::Break(())
@@ -122,7 +123,12 @@ pub fn check(partial: &crate::config::PartialConfig, registry: &Registry) -> Che
         Some(Ok(mut reader)) => {
             for source in &config.sources {
                 match database::check_source(&mut *reader, registry, source) {
-                    Ok(warnings) => report.warnings.extend(warnings),
+                    Ok(warnings) => {
+                        report.warnings.extend(warnings);
+                        report
+                            .warnings
+                            .extend(database::cursor_index_warning(&mut *reader, source));
+                    }
                     Err(e) if source.enabled => report.errors.push(e.to_string()),
                     Err(e) => report
                         .warnings

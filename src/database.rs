@@ -108,6 +108,32 @@ pub fn check_source(
             .join(", ")
     };
     let has = |column: &str| columns.iter().any(|c| c.name == column);
+    if let Some(cursor) = &source.cursor {
+        let Some(column) = columns.iter().find(|c| c.name == cursor.column) else {
+            return Err(Error::MissingColumn {
+                source_name: source.name.clone(),
+                needed_by: "is its `cursor`".into(),
+                column: cursor.column.clone(),
+                columns: names(),
+                database: reader.name().to_owned(),
+            });
+        };
+        // What can grow: integers, dates and datetimes (and what a query's
+        // expression leaves undeclared, judged by its values).
+        if column.declared.is_some()
+            && !matches!(
+                column.affinity,
+                Affinity::Integer | Affinity::Temporal | Affinity::Any
+            )
+        {
+            return Err(Error::BadCursor {
+                source_name: source.name.clone(),
+                column: cursor.column.clone(),
+                type_name: column.declared.clone().unwrap_or_default(),
+                database: reader.name().to_owned(),
+            });
+        }
+    }
     match &source.kind {
         SourceKind::Function { function } => {
             let Some(func) = registry.source(function) else {
@@ -169,6 +195,24 @@ pub fn check_source(
         }
     }
     Ok(warnings)
+}
+
+/// A warning when a table source's cursor column leads no index of its
+/// table (every incremental read then reads the whole table to find what
+/// changed), for `check`.
+pub fn cursor_index_warning(reader: &mut dyn Reader, source: &SourceConfig) -> Option<String> {
+    let cursor = source.cursor.as_ref()?;
+    let RecordSet::Table { table, .. } = &source.records else {
+        return None;
+    };
+    let indexed = reader.indexed(table, &cursor.column).ok()??;
+    (!indexed).then(|| {
+        format!(
+            "source `{}`: no index of table `{table}` starts with its cursor column `{}`: every \
+             incremental run reads the whole table to find what changed (CREATE INDEX ... ON {table} ({}))",
+            source.name, cursor.column, cursor.column
+        )
+    })
 }
 
 /// Whether a condition's value can ever match a column of this affinity.

@@ -65,6 +65,16 @@ pub enum Error {
         database: String,
     },
 
+    #[error(
+        "source `{source_name}`: its `cursor` column `{column}` in {database} is of type {type_name}, whose values do not grow with each change; a cursor is an integer (an autoincrement id) or a date or datetime (an `updated_at`)"
+    )]
+    BadCursor {
+        source_name: String,
+        column: String,
+        type_name: String,
+        database: String,
+    },
+
     #[error("{0}")]
     ConditionType(Box<ConditionMismatch>),
 

@@ -33,6 +33,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crashpoint;
+pub mod cursor;
 pub mod database;
 pub mod delivery;
 pub mod error;

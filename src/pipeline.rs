@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::backend;
 use crate::config::{Config, SourceConfig, SourceKind};
+use crate::cursor::{self, Plan};
 use crate::database;
 use crate::delivery::{Engine, FailureReport, HandlerStats};
 use crate::error::{Error, Result};
@@ -32,7 +33,7 @@ use crate::registry::{Registry, SourceCtx, SourceFunction};
 use crate::signals;
 use crate::sources::generator::Generator;
 use crate::store::KeyLimits;
-use crate::store::{PlannedDelivery, Reader, SeenTable, Store};
+use crate::store::{NewMark, PlannedDelivery, Reader, SeenTable, Store};
 
 /// What a run is asked to do.
 #[derive(Debug, Clone)]
@@ -51,6 +52,8 @@ pub struct RunOptions {
     /// The caller holds the run lock already (`watch` holds it for its
     /// whole life).
     pub lock_held: bool,
+    /// Read every record of the sources with a cursor too (`--full`).
+    pub full: bool,
 }
 
 /// One source's figures.
@@ -62,6 +65,10 @@ pub struct SourceStats {
     pub new: u64,
     /// Records the source could not read (see `record_errors`).
     pub bad_records: u64,
+    /// A source with a cursor: whether it read all its records (`full`) or
+    /// those above its mark (`incremental`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan: Option<&'static str>,
 }
 
 /// A record a source could not turn into events.
@@ -191,16 +198,54 @@ enum Evaluator<'a> {
 
 /// The selected sources grouped by the records they read (same SQL), in
 /// the order they first appear: each group's records are read once, as
-/// django-spark memoizes its generators' candidate queries.
+/// django-spark memoizes its generators' candidate queries. A source with
+/// a cursor reads its own, from its own mark.
 fn record_sets(sources: &[&SourceConfig]) -> Vec<Vec<usize>> {
     let mut sets: Vec<(&crate::records::RecordSet, Vec<usize>)> = Vec::new();
     for (s, source) in sources.iter().enumerate() {
-        match sets.iter_mut().find(|(q, _)| **q == source.records) {
+        if source.cursor.is_some() {
+            sets.push((&source.records, vec![s]));
+            continue;
+        }
+        let shared = sets
+            .iter_mut()
+            .find(|(q, members)| **q == source.records && sources[members[0]].cursor.is_none());
+        match shared {
             Some((_, members)) => members.push(s),
             None => sets.push((&source.records, vec![s])),
         }
     }
     sets.into_iter().map(|(_, members)| members).collect()
+}
+
+/// What the scanner hands on: an event (with the index of its source and
+/// the size of its record), or a source's high-water mark, once every event
+/// of the records below it has been handed on.
+enum Item {
+    Event(Event, usize, usize),
+    Mark(usize, Option<String>),
+}
+
+/// How each selected source reads its records this run (`None`: all of
+/// them, it has no cursor), from the marks the store keeps.
+fn plans(
+    reader: &mut dyn Reader,
+    sources: &[&SourceConfig],
+    opts: &RunOptions,
+) -> Result<Vec<Option<Plan>>> {
+    let kept = if sources.iter().any(|s| s.cursor.is_some()) {
+        reader.cursors()?
+    } else {
+        Vec::new()
+    };
+    let now = crate::clock::now_ms();
+    Ok(sources
+        .iter()
+        .map(|source| {
+            let state = kept.iter().find(|k| k.source == source.name);
+            cursor::plan(source, state, &opts.as_of, now, opts.full)
+        })
+        .collect())
 }
 
 /// Streams the selected sources' records into events, handing each event to
@@ -219,6 +264,7 @@ impl<'a> Scanner<'a> {
     fn new(
         registry: &'a Registry,
         sources: &[&SourceConfig],
+        plans: &[Option<Plan>],
         opts: &RunOptions,
         limits: KeyLimits,
     ) -> Self {
@@ -237,8 +283,12 @@ impl<'a> Scanner<'a> {
             limits,
             stats: sources
                 .iter()
-                .map(|s| SourceStats {
+                .zip(plans)
+                .map(|(s, plan)| SourceStats {
                     name: s.name.clone(),
+                    scan: plan
+                        .as_ref()
+                        .map(|p| if p.is_full() { "full" } else { "incremental" }),
                     ..SourceStats::default()
                 })
                 .collect(),
@@ -269,13 +319,18 @@ impl<'a> Scanner<'a> {
 
     /// Reads the records of one record set once, handing each record to
     /// every source in `members` (indices into `sources`) and each event to
-    /// `sink` with its source's index and the size of its record.
+    /// `sink` with its source's index and the size of its record. A source
+    /// with a cursor (alone in its set) reads as `plan` says and hands on
+    /// marks too: read incrementally (in the cursor's order), each new
+    /// highest value before the events of its record; read in full, the
+    /// highest once every record was read.
     fn scan_set(
         &mut self,
         reader: &mut dyn Reader,
         members: &[usize],
         sources: &[&'a SourceConfig],
-        sink: &mut dyn FnMut(Event, usize, &mut SourceStats, usize) -> ControlFlow<()>,
+        plan: Option<&Plan>,
+        sink: &mut dyn FnMut(Item) -> ControlFlow<()>,
     ) -> Result<()> {
         let first = sources[members[0]];
         let member_sources: Vec<&SourceConfig> = members.iter().map(|&m| sources[m]).collect();
@@ -288,66 +343,92 @@ impl<'a> Scanner<'a> {
         let mut events = Vec::new();
         let mut read = 0u64;
         let database = reader.name().to_owned();
+        let mut tracker = plan.map(|_| cursor::Tracker::new(jiff::Timestamp::now()));
+        let incremental = plan.is_some_and(|p| !p.is_full());
+        let mut stopped = false;
         reader
-            .scan(&first.records, &mut |record| {
-                if signals::requested().is_some() {
-                    return ControlFlow::Break(());
-                }
-                read += 1;
-                // Generators on this record share one context made from it.
-                let mut context = None;
-                for (&s, evaluator) in members.iter().zip(&evaluators) {
-                    self.stats[s].records += 1;
-                    if let Some(defect) = record.defect() {
-                        self.skipped(sources[s], s, record, defect);
-                        continue;
+            .scan(
+                &first.records,
+                plan.and_then(|p| p.since.as_ref()),
+                &mut |record| {
+                    if signals::requested().is_some() {
+                        return ControlFlow::Break(());
                     }
-                    events.clear();
-                    let produced = match evaluator {
-                        Evaluator::Function(f) => f.call(record, &self.ctx).map(|e| events = e),
-                        Evaluator::Generator(g) => {
-                            g.evaluate(record, &mut context).map(|e| events.extend(e))
+                    read += 1;
+                    if let (Some(tracker), Some(plan)) = (tracker.as_mut(), plan)
+                        && tracker.see(record.get(&plan.column))
+                        && incremental
+                        && sink(Item::Mark(members[0], tracker.mark())).is_break()
+                    {
+                        stopped = true;
+                        return ControlFlow::Break(());
+                    }
+                    // Generators on this record share one context made from it.
+                    let mut context = None;
+                    for (&s, evaluator) in members.iter().zip(&evaluators) {
+                        self.stats[s].records += 1;
+                        if let Some(defect) = record.defect() {
+                            self.skipped(sources[s], s, record, defect);
+                            continue;
                         }
-                    }
-                    .and_then(|()| {
-                        // An event the seen table cannot hold makes the record
-                        // bad (all its events), never a failed batch.
-                        events.iter().try_for_each(|e| {
-                            self.limits
-                                .check(&e.key, &e.group)
-                                .map_err(|problem| RecordError::new("", problem))
-                        })
-                    });
-                    match produced {
-                        Ok(()) => {
-                            self.stats[s].events += events.len() as u64;
-                            for event in events.drain(..) {
-                                if sink(event, s, &mut self.stats[s], record.bytes()).is_break() {
-                                    return ControlFlow::Break(());
-                                }
+                        events.clear();
+                        let produced = match evaluator {
+                            Evaluator::Function(f) => f.call(record, &self.ctx).map(|e| events = e),
+                            Evaluator::Generator(g) => {
+                                g.evaluate(record, &mut context).map(|e| events.extend(e))
                             }
                         }
-                        Err(error) => self.skipped(sources[s], s, record, &error),
+                        .and_then(|()| {
+                            // An event the seen table cannot hold makes the record
+                            // bad (all its events), never a failed batch.
+                            events.iter().try_for_each(|e| {
+                                self.limits
+                                    .check(&e.key, &e.group)
+                                    .map_err(|problem| RecordError::new("", problem))
+                            })
+                        });
+                        match produced {
+                            Ok(()) => {
+                                self.stats[s].events += events.len() as u64;
+                                for event in events.drain(..) {
+                                    if sink(Item::Event(event, s, record.bytes())).is_break() {
+                                        stopped = true;
+                                        return ControlFlow::Break(());
+                                    }
+                                }
+                            }
+                            Err(error) => self.skipped(sources[s], s, record, &error),
+                        }
                     }
-                }
-                if read.is_multiple_of(4096)
-                    && let Some(bar) = &self.progress
-                {
-                    let (events, new) = members.iter().fold((0, 0), |(e, n), &s| {
-                        (e + self.stats[s].events, n + self.stats[s].new)
-                    });
-                    bar.set_message(format!(
-                        "{}: {read} records, {events} events, {new} new",
-                        first.records.describe()
-                    ));
-                }
-                ControlFlow::Continue(())
-            })
+                    if read.is_multiple_of(4096)
+                        && let Some(bar) = &self.progress
+                    {
+                        let (events, new) = members.iter().fold((0, 0), |(e, n), &s| {
+                            (e + self.stats[s].events, n + self.stats[s].new)
+                        });
+                        bar.set_message(format!(
+                            "{}: {read} records, {events} events, {new} new",
+                            first.records.describe()
+                        ));
+                    }
+                    ControlFlow::Continue(())
+                },
+            )
             .map_err(|error| Error::ReadRecords {
                 source_name: first.name.clone(),
                 error,
                 database,
-            })
+            })?;
+        // Read to the end (not stopped by a signal or the sink): a full
+        // scan's mark (an incremental one's is handed on as it goes).
+        if let Some(tracker) = tracker
+            && !incremental
+            && !stopped
+            && signals::requested().is_none()
+        {
+            let _ = sink(Item::Mark(members[0], tracker.mark()));
+        }
+        Ok(())
     }
 
     /// Notes a record that a source could not read.
@@ -423,6 +504,8 @@ struct Batch {
     contexts: Vec<Arc<str>>,
     /// About how many bytes the records behind the events take.
     bytes: usize,
+    /// High-water marks (by source index) to write with these events.
+    marks: Vec<(usize, Option<String>)>,
 }
 
 impl Batch {
@@ -432,7 +515,20 @@ impl Batch {
             origin: Vec::with_capacity(n),
             contexts: Vec::new(),
             bytes: 0,
+            marks: Vec::new(),
         }
+    }
+
+    /// Notes source `s`'s new high-water mark (replacing an earlier one).
+    fn mark(&mut self, s: usize, mark: Option<String>) {
+        match self.marks.iter_mut().find(|(m, _)| *m == s) {
+            Some(kept) => kept.1 = mark,
+            None => self.marks.push((s, mark)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.marks.is_empty()
     }
 
     /// Adds an event whose record takes `record_bytes` (counted once per
@@ -477,6 +573,7 @@ impl Batch {
         self.origin.clear();
         self.contexts.clear();
         self.bytes = 0;
+        self.marks.clear();
     }
 }
 
@@ -524,9 +621,11 @@ pub fn process_sources(
     // Records are read on a connection of their own, so that the store can
     // commit batches while a source's query is still being stepped through.
     let mut reader = backend::reader(config)?;
+    let plans = plans(&mut *reader, &sources, opts)?;
     let batch_size = config.delivery.batch_size;
     let mut writer = Batcher {
         config,
+        plans: &plans,
         routes: HashMap::default(),
         dispatch: opts.dispatch,
         new_per_source: vec![0u64; sources.len()],
@@ -542,9 +641,10 @@ pub fn process_sources(
     let expect_new = AtomicBool::new(first_run);
     let (scanned, written) = thread::scope(|scope| {
         let sources = &sources;
+        let plans = &plans;
         let expect_new = &expect_new;
         let scanning = scope.spawn(move || -> Result<Scanner<'_>> {
-            let mut scanner = Scanner::new(registry, sources, opts, limits);
+            let mut scanner = Scanner::new(registry, sources, plans, opts, limits);
             let fresh = || {
                 recycle_rx
                     .try_recv()
@@ -567,8 +667,16 @@ pub fn process_sources(
                     &mut *reader,
                     &members,
                     sources,
-                    &mut |event, s, _stats, bytes| {
-                        if batch.push(event, s, bytes, batch_size) {
+                    plans[members[0]].as_ref(),
+                    &mut |item| {
+                        let full = match item {
+                            Item::Event(event, s, bytes) => batch.push(event, s, bytes, batch_size),
+                            Item::Mark(s, mark) => {
+                                batch.mark(s, mark);
+                                false
+                            }
+                        };
+                        if full {
                             outcome = send(std::mem::replace(&mut batch, fresh()));
                             if !matches!(outcome, Ok(true)) {
                                 return ControlFlow::Break(());
@@ -588,7 +696,7 @@ pub fn process_sources(
             // the WAL back, so what is committed so far is copied into the
             // database file now, alongside the last batches).
             let checkpointing = scope.spawn(move || reader.finish());
-            if signals::requested().is_none() && !batch.events.is_empty() {
+            if signals::requested().is_none() && !batch.is_empty() {
                 send(batch)?;
             }
             drop(tx);
@@ -657,6 +765,8 @@ const STAGED_LIMIT: usize = 4 << 20;
 /// to handlers.
 struct Batcher<'c> {
     config: &'c Config,
+    /// How each source reads (what its marks are written with).
+    plans: &'c [Option<Plan>],
     /// The handlers (indices, config order) of each group seen.
     routes: HashMap<String, Vec<usize>, BuildHasherDefault<Fnv>>,
     /// Plan deliveries (`false`: record the events as seen only).
@@ -673,8 +783,17 @@ impl Batcher<'_> {
     /// Records the batch's new events with their deliveries, then delivers.
     fn flush(&mut self, batch: &Batch, store: &mut dyn Store, engine: &mut Engine) -> Result<()> {
         self.last_new = 0;
+        if !batch.marks.is_empty() {
+            let marks: Vec<NewMark> = batch
+                .marks
+                .iter()
+                .filter_map(|(s, mark)| Some(self.plans[*s].as_ref()?.state(mark.clone())))
+                .collect();
+            // With the batch's events, in their transaction.
+            store.stage_cursors(&marks);
+        }
         if batch.events.is_empty() {
-            return Ok(());
+            return store.write_cursors();
         }
         // Each event's handlers, looked up once per event (and computed once
         // per group).
@@ -936,13 +1055,18 @@ pub fn dry_run(
         }
         Ok(())
     };
-    let mut scanner = Scanner::new(registry, &sources, opts, seen.limits);
+    let plans = plans(&mut *reader, &sources, opts)?;
+    let mut scanner = Scanner::new(registry, &sources, &plans, opts, seen.limits);
     for members in record_sets(&sources) {
         scanner.scan_set(
             &mut *reader,
             &members,
             &sources,
-            &mut |event, s, _stats, _| {
+            plans[members[0]].as_ref(),
+            &mut |item| {
+                let Item::Event(event, s, _) = item else {
+                    return ControlFlow::Continue(());
+                };
                 pending.push((event, s));
                 if pending.len() >= DRY_RUN_CHUNK
                     && let Err(e) = flush(&mut pending)

@@ -297,6 +297,44 @@ fn split_offset(text: &str) -> Option<(&str, Option<i32>)> {
     Some((body, Some(sign * (hours * 3600 + minutes * 60))))
 }
 
+/// Records read incrementally: those whose `column` is at or above
+/// `bound` (all of them without one), in that column's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    pub column: String,
+    pub bound: Option<Bound>,
+}
+
+/// The lowest cursor value an incremental read takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bound {
+    Integer(i64),
+    /// A date or a datetime, written as the database showed its values
+    /// (only digits, `-`, `:`, `.`, ` `, `T`, `Z` and `+`: see `Bound::moment`).
+    Moment(String),
+}
+
+impl Bound {
+    /// A date or datetime bound, if `text` holds nothing but what dates and
+    /// datetimes are written with (it goes into SQL as a quoted literal).
+    pub fn moment(text: &str) -> Option<Bound> {
+        let fine = !text.is_empty()
+            && text.len() <= 40
+            && text
+                .chars()
+                .all(|c| c.is_ascii_digit() || "-:. TZ+".contains(c));
+        fine.then(|| Bound::Moment(text.to_owned()))
+    }
+
+    /// The bound as a literal of standard SQL (SQLite, PostgreSQL).
+    pub fn literal(&self) -> String {
+        match self {
+            Bound::Integer(n) => n.to_string(),
+            Bound::Moment(text) => format!("'{text}'"),
+        }
+    }
+}
+
 /// Where a source's records come from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RecordSet {
@@ -323,6 +361,47 @@ impl RecordSet {
                 filter: Some(cond),
             } => format!("SELECT * FROM {} WHERE ({cond})", quote(table)),
             RecordSet::Query(q) => q.clone(),
+        }
+    }
+
+    /// The SQL that reads the records at or above `since`'s bound, in its
+    /// column's order: a table's condition in its WHERE (an index on the
+    /// column serves it), a query wrapped so that the database can push
+    /// the condition down into it. `literal` writes the bound in the
+    /// database's words.
+    pub fn sql_since(
+        &self,
+        quote: fn(&str) -> String,
+        since: &Since,
+        literal: &dyn Fn(&Bound) -> String,
+    ) -> String {
+        let column = quote(&since.column);
+        let bound = since
+            .bound
+            .as_ref()
+            .map(|b| format!("{column} >= {}", literal(b)));
+        match (self, bound) {
+            (RecordSet::Table { table, filter }, bound) => {
+                let conditions: Vec<String> = filter
+                    .iter()
+                    .map(|f| format!("({f})"))
+                    .chain(bound)
+                    .collect();
+                let mut sql = format!("SELECT * FROM {}", quote(table));
+                if !conditions.is_empty() {
+                    sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
+                }
+                sql.push_str(&format!(" ORDER BY {column}"));
+                sql
+            }
+            (RecordSet::Query(q), bound) => {
+                let mut sql = format!("SELECT * FROM ({q}) AS spark_q");
+                if let Some(b) = bound {
+                    sql.push_str(&format!(" WHERE spark_q.{b}"));
+                }
+                sql.push_str(&format!(" ORDER BY spark_q.{column}"));
+                sql
+            }
         }
     }
 

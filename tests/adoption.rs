@@ -168,7 +168,7 @@ fn the_readmes_grants_are_the_ones_spark_checks() {
             "the README lacks {line:?}:\n{printed}"
         );
     }
-    assert_eq!(spark_lines, 6, "{printed}");
+    assert_eq!(spark_lines, 7, "{printed}");
     case.run(&["migrate", "--print-grants", "spark"]);
     let sqlite = Case::new().file("spark.toml", &challenge_config(""));
     sqlite

@@ -435,6 +435,7 @@ fn migrate_prints_the_ddl_and_a_role_without_create_works_against_it() {
          GRANT SELECT, INSERT, UPDATE, DELETE ON spark_delivery TO {role};
          GRANT SELECT ON spark_meta TO {role};
          GRANT SELECT, INSERT, DELETE ON spark_history TO {role};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON spark_cursor TO {role};
          GRANT USAGE ON SEQUENCE spark_delivery_id_seq, spark_history_id_seq TO {role};"
     ));
     let (host, port, db) = url_parts(&case);

@@ -1,5 +1,5 @@
 //! Printing for list-handlers, list-sources and config (they read the
-//! config only).
+//! config only, and list-sources the marks of sources with a cursor).
 
 use std::process::ExitCode;
 
@@ -65,7 +65,47 @@ fn source_kind(kind: &SourceKind) -> String {
     }
 }
 
+/// What the store keeps of the sources with a cursor (read only when one
+/// has a cursor; a database that cannot be read is a warning here).
+fn cursor_states(config: &Config) -> Vec<crate::store::CursorState> {
+    if config.sources.iter().all(|s| s.cursor.is_none()) {
+        return Vec::new();
+    }
+    match crate::backend::reader(config).and_then(|mut r| r.cursors()) {
+        Ok(states) => states,
+        Err(e) => {
+            errln!("warning: the sources' high-water marks were not read: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// A source's cursor as `list-sources` shows it: its column, its mark and
+/// when its last full scan ended (UTC), or why the next run reads all.
+struct CursorView {
+    column: String,
+    mark: Option<String>,
+    full_scan: Option<String>,
+    /// The kept mark is of another definition of the source.
+    stale: bool,
+}
+
+fn cursor_view(
+    source: &crate::config::SourceConfig,
+    states: &[crate::store::CursorState],
+) -> Option<CursorView> {
+    let cursor = source.cursor.as_ref()?;
+    let state = states.iter().find(|k| k.source == source.name);
+    Some(CursorView {
+        column: cursor.column.clone(),
+        mark: state.and_then(|k| k.mark.clone()),
+        full_scan: state.map(|k| crate::clock::utc_text(k.full_at)),
+        stale: state.is_some_and(|k| k.fingerprint != source.fingerprint()),
+    })
+}
+
 pub fn sources(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Result<ExitCode> {
+    let states = cursor_states(config);
     if cli.json {
         let sources: Vec<_> = config
             .sources
@@ -78,6 +118,14 @@ pub fn sources(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Resul
                     "enabled": s.enabled,
                     "emits": s.kind.emits(registry),
                 });
+                if let Some(view) = cursor_view(s, &states) {
+                    entry["cursor"] = json!({
+                        "column": view.column,
+                        "mark": view.mark,
+                        "last_full_scan": view.full_scan,
+                        "config_changed": view.stale,
+                    });
+                }
                 match &s.kind {
                     SourceKind::Function { function } => {
                         entry["kind"] = json!("function");
@@ -106,6 +154,7 @@ pub fn sources(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Resul
             .collect();
         stdout_json(&json!(sources))?;
     } else {
+        let with_cursors = config.sources.iter().any(|s| s.cursor.is_some());
         let rows: Vec<Vec<String>> = config
             .sources
             .iter()
@@ -114,20 +163,32 @@ pub fn sources(cli: &Cli, config: &Config, registry: &Registry) -> anyhow::Resul
                     SourceKind::Generator(g) => g.describe_conditions(),
                     SourceKind::Function { .. } => "-".to_owned(),
                 };
-                vec![
+                let mut row = vec![
                     s.name.clone(),
                     source_kind(&s.kind),
                     if s.enabled { "yes" } else { "no" }.to_owned(),
                     clip(&s.records.describe(), 60),
                     s.kind.emits(registry).join(", "),
                     conditions,
-                ]
+                ];
+                if with_cursors {
+                    let view = cursor_view(s, &states);
+                    row.push(view.as_ref().map_or("-".into(), |v| v.column.clone()));
+                    row.push(match &view {
+                        None => "-".into(),
+                        Some(v) if v.stale => "(config changed: next run reads all)".into(),
+                        Some(v) => v.mark.as_deref().map_or("(none)".into(), |m| clip(m, 40)),
+                    });
+                    row.push(view.and_then(|v| v.full_scan).unwrap_or_else(|| "-".into()));
+                }
+                row
             })
             .collect();
-        print_table(
-            &["NAME", "SOURCE", "ENABLED", "RECORDS", "EMITS", "WHEN"],
-            &rows,
-        )?;
+        let mut header = vec!["NAME", "SOURCE", "ENABLED", "RECORDS", "EMITS", "WHEN"];
+        if with_cursors {
+            header.extend(["CURSOR", "MARK", "LAST FULL SCAN"]);
+        }
+        print_table(&header, &rows)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -325,6 +325,10 @@ pub(crate) struct RunArgs {
     /// [default: the local date and the clock]
     #[arg(long, value_name = "DATE")]
     as_of: Option<String>,
+    /// Read every record of the sources with a `cursor` too, not only
+    /// those above their high-water marks
+    #[arg(long)]
+    full: bool,
 }
 
 #[derive(Debug, Args)]
@@ -721,6 +725,7 @@ pub(crate) fn run_options(
         progress: !cli.quiet && !cli.json && std::io::stderr().is_terminal(),
         dispatch,
         lock_held: false,
+        full: run.full,
     })
 }
 

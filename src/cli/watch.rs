@@ -115,6 +115,7 @@ pub fn watch(cli: &Cli, registry: &Registry, args: &WatchArgs<'_>) -> anyhow::Re
             progress: false,
             dispatch: true,
             lock_held: guard.is_some(),
+            full: false,
         };
         let result = pipeline::process_sources(&config, registry, &opts);
         let cycle_took = cycle_started.elapsed();

@@ -191,6 +191,33 @@ pub struct SourceConfig {
     pub records: RecordSet,
     pub kind: SourceKind,
     pub enabled: bool,
+    /// Read incrementally, above a high-water mark of this column.
+    pub cursor: Option<Cursor>,
+}
+
+/// A source's cursor: a column of its records whose value grows whenever a
+/// row is inserted or changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub column: String,
+    /// How far below the mark a datetime cursor reads again (transactions
+    /// that commit late with an older value).
+    pub lookback: Duration,
+    /// How often all the records are read anyway (rules that change with
+    /// time alone).
+    pub rescan: Duration,
+}
+
+impl SourceConfig {
+    /// What the high-water mark is tied to: the records read and what turns
+    /// them into events. A new `where` or condition must not skip rows that
+    /// now match, so a change of any of them makes the next run a full scan.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        let cursor = self.cursor.as_ref().map(|c| c.column.as_str());
+        let text = format!("{:?}\n{:?}\n{cursor:?}", self.records, self.kind);
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))[..16].to_owned()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -1251,11 +1278,50 @@ impl Validator<'_> {
                 }
             }
         };
+        let cursor = match &raw.cursor {
+            Some(column) => {
+                self.non_empty(&entry, "cursor", column);
+                Some(Cursor {
+                    column: column.get_ref().clone(),
+                    lookback: self.duration(
+                        &entry,
+                        "cursor_lookback",
+                        raw.cursor_lookback.as_ref(),
+                        Duration::from_secs(60),
+                    ),
+                    rescan: self.duration(
+                        &entry,
+                        "rescan",
+                        raw.rescan.as_ref(),
+                        Duration::from_secs(3600),
+                    ),
+                })
+            }
+            None => {
+                for (field, value) in [
+                    ("cursor_lookback", raw.cursor_lookback.as_ref()),
+                    ("rescan", raw.rescan.as_ref()),
+                ] {
+                    if let Some(value) = value {
+                        self.report(
+                            value.span(),
+                            Problem::UnusedField {
+                                entry: entry.clone(),
+                                field,
+                                why: "without `cursor` (every run reads every record)".into(),
+                            },
+                        );
+                    }
+                }
+                None
+            }
+        };
         SourceConfig {
             name,
             records,
             kind,
             enabled: raw.enabled.unwrap_or(true),
+            cursor,
         }
     }
 

@@ -61,6 +61,13 @@ pub struct RawSource {
     /// A generator's id column (default `id`).
     pub id: Option<Spanned<String>>,
     pub conditions: Option<Vec<Spanned<RawCondition>>>,
+    /// A column whose value grows whenever a row is inserted or changed:
+    /// runs read only what is above the source's high-water mark.
+    pub cursor: Option<Spanned<String>>,
+    /// How far back below the mark a datetime cursor reads (default 1m).
+    pub cursor_lookback: Option<Spanned<String>>,
+    /// How often a source with a cursor reads all its records (default 1h).
+    pub rescan: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::store::{
-    Delivery, DeliveryState, Failure, FileMark, HistoryEntry, Notifier, Reader, StoredEvent,
+    Delivery, DeliveryState, Failure, FileMark, HistoryEntry, NewMark, Notifier, Reader,
+    StoredEvent,
 };
 
 /// How a write is committed.
@@ -176,6 +177,13 @@ pub trait Rows {
 
     /// Deletes history entries from before `cutoff` (UTC text).
     fn delete_history_before(&mut self, cutoff: &str) -> Result<u64>;
+
+    /// Writes a source's high-water mark (see `NewMark::full`).
+    fn set_cursor(&mut self, mark: &NewMark) -> Result<()>;
+
+    /// Deletes every source's high-water mark: each source with a cursor
+    /// reads all its records next time.
+    fn delete_cursors(&mut self) -> Result<()>;
 }
 
 /// One connection that writes the store.

@@ -21,7 +21,7 @@ use super::admin::{Change, owed_keys};
 use super::driver::{Commit, Executor, NewDelivery, Rows, SeenRow};
 use super::{
     ContextJson, Delivery, DeliveryQuery, DeliveryState, Failure, FileMark, Forgotten,
-    HistoryEntry, PlannedDelivery, Pruned, Recorded, Store, StoredEvent,
+    HistoryEntry, NewMark, PlannedDelivery, Pruned, Recorded, Store, StoredEvent,
 };
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -38,6 +38,8 @@ pub struct Machine {
     exec: Box<dyn Executor>,
     /// History entries not written yet.
     history: Vec<HistoryEntry>,
+    /// Sources' high-water marks to write with the next batch.
+    cursors: Vec<NewMark>,
 }
 
 impl Machine {
@@ -45,6 +47,7 @@ impl Machine {
         Machine {
             exec,
             history: Vec::new(),
+            cursors: Vec::new(),
         }
     }
 
@@ -62,7 +65,7 @@ impl Machine {
         mut work: impl FnMut(&mut dyn Rows) -> Result<T>,
     ) -> Result<T> {
         let carry = commit != Commit::Outcome && !self.history.is_empty();
-        let Machine { exec, history } = self;
+        let Machine { exec, history, .. } = self;
         let mut out = None;
         exec.write(action, commit, false, &mut |rows| {
             let value = work(rows)?;
@@ -106,7 +109,7 @@ impl Machine {
         if self.history.is_empty() {
             return Ok(());
         }
-        let Machine { exec, history } = self;
+        let Machine { exec, history, .. } = self;
         exec.write(
             "recording the delivery history",
             Commit::Outcome,
@@ -240,7 +243,11 @@ impl Store for Machine {
         let mut claimed: Vec<(Delivery, Vec<usize>)> = Vec::new();
         let mut planned_rows: Vec<(NewDelivery, Vec<usize>)> = Vec::new();
         let shared = self.shared();
-        let Machine { exec, history } = self;
+        let Machine {
+            exec,
+            history,
+            cursors,
+        } = self;
         let carry = !history.is_empty();
         exec.write("recording new events", Commit::Batch, false, &mut |rows| {
             if !finished.is_empty() {
@@ -299,12 +306,17 @@ impl Store for Machine {
             if carry {
                 rows.insert_history(history)?;
             }
+            // The marks of what this batch recorded, with it.
+            for mark in cursors.iter() {
+                rows.set_cursor(mark)?;
+            }
             recorded = Some((rows.now().to_owned(), new));
             Ok(())
         })?;
         if carry {
             history.clear();
         }
+        cursors.clear();
         let (seen_at, new) = recorded.ok_or_else(|| Error::Store {
             database,
             action: "recording new events".into(),
@@ -315,6 +327,25 @@ impl Store for Machine {
             new,
             deliveries: claimed,
         })
+    }
+
+    fn stage_cursors(&mut self, marks: &[NewMark]) {
+        for mark in marks {
+            self.cursors.retain(|c| c.state.source != mark.state.source);
+            self.cursors.push(mark.clone());
+        }
+    }
+
+    fn write_cursors(&mut self) -> Result<()> {
+        if self.cursors.is_empty() {
+            return Ok(());
+        }
+        let staged = std::mem::take(&mut self.cursors);
+        self.write(
+            "recording sources' high-water marks",
+            Commit::Durable,
+            |rows| staged.iter().try_for_each(|mark| rows.set_cursor(mark)),
+        )
     }
 
     fn finish(&mut self, finished: &[i64]) -> Result<()> {
@@ -395,6 +426,11 @@ impl Store for Machine {
     fn forget(&mut self, keys: &[String]) -> Result<Forgotten> {
         self.write("forgetting keys", Commit::Durable, |rows| {
             let gone = rows.delete_seen(keys)?;
+            // A forgotten key fires again when a source produces it: the
+            // next run reads all the records of sources with a cursor.
+            if !gone.is_empty() {
+                rows.delete_cursors()?;
+            }
             let mut report = Forgotten::default();
             for key in keys {
                 if gone.contains(key) {

@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::event::Event;
-use crate::records::{Affinity, Record, RecordSet};
+use crate::records::{Affinity, Record, RecordSet, Since};
 
 pub use admin::{DeliveryQuery, EventQuery, Forgotten, Orphaned, Pruned, SeenEvent};
 pub use history::{HistoryEntry, HistoryQuery};
@@ -240,6 +240,32 @@ impl Delivery {
     }
 }
 
+/// What the store keeps of a source with a cursor (see `crate::cursor`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CursorState {
+    pub source: String,
+    /// The source's definition the mark holds for
+    /// (`SourceConfig::fingerprint`): another one means a full scan.
+    pub fingerprint: String,
+    /// The highest cursor value read and recorded: an integer, or a date or
+    /// datetime as the database showed it (`None`: no record had one).
+    pub mark: Option<String>,
+    /// When the last full scan ended (Unix ms) and the as-of date it used.
+    pub full_at: i64,
+    pub full_as_of: String,
+}
+
+/// A high-water mark to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMark {
+    pub state: CursorState,
+    /// Written by a full scan: replaces what was kept. Otherwise (an
+    /// incremental read) it only moves the mark of the state the run
+    /// started from, and is dropped if that state was replaced or deleted
+    /// meanwhile (`forget`, another config).
+    pub full: bool,
+}
+
 /// A delivery to write with a batch: which of the batch's events a handler gets.
 #[derive(Debug, Clone)]
 pub struct PlannedDelivery {
@@ -401,10 +427,13 @@ pub trait Reader: Send {
     fn columns(&mut self, records: &RecordSet) -> Result<Vec<Column>, String>;
 
     /// Streams `records` (a query, or a table in this database's quotes),
-    /// in chunks, never all in memory; `Err` is the database's own message.
+    /// in chunks, never all in memory; with `since`, only those at or above
+    /// its bound, in its column's order (see `RecordSet::sql_since`). `Err`
+    /// is the database's own message.
     fn scan(
         &mut self,
         records: &RecordSet,
+        since: Option<&Since>,
         each: &mut dyn FnMut(&Record) -> ControlFlow<()>,
     ) -> Result<(), String>;
 
@@ -414,6 +443,15 @@ pub trait Reader: Send {
     /// Whether a trigger in the database notifies `channel` (what `spark
     /// watch` LISTENs on); `None` where a database has no such thing.
     fn notifies(&mut self, _channel: &str) -> Result<Option<bool>> {
+        Ok(None)
+    }
+
+    /// The high-water marks of the sources with a cursor (none where spark
+    /// has not made its table yet).
+    fn cursors(&mut self) -> Result<Vec<CursorState>>;
+
+    /// Whether `column` of `table` leads an index (`None`: cannot tell).
+    fn indexed(&mut self, _table: &str, _column: &str) -> Result<Option<bool>> {
         Ok(None)
     }
 
@@ -488,6 +526,14 @@ pub trait Store: Send {
         finished: &[i64],
         plan: &mut dyn FnMut(&[bool]) -> Vec<PlannedDelivery>,
     ) -> Result<Recorded>;
+
+    /// Holds sources' high-water marks to write with the next batch (in its
+    /// transaction), or with `write_cursors`: never before what was read
+    /// below them is recorded.
+    fn stage_cursors(&mut self, marks: &[NewMark]);
+
+    /// Writes the marks staged and not written with a batch.
+    fn write_cursors(&mut self) -> Result<()>;
 
     /// Removes finished deliveries (the ones `record_batch` would have).
     fn finish(&mut self, finished: &[i64]) -> Result<()>;

@@ -29,11 +29,11 @@ use mysql::{Conn, OptsBuilder, SslOpts};
 
 use crate::config::{MysqlConfig, MysqlSslMode};
 use crate::error::{Error, Result};
-use crate::records::{Record, RecordSet};
+use crate::records::{Bound, Record, RecordSet, Since};
 use crate::store::driver::{Driver, Executor, RunGuard};
 use crate::store::{
-    Column, Delivery, EventQuery, HistoryEntry, HistoryQuery, KeyLimits, Notifier, Reader,
-    SeenEvent, SeenTable,
+    Column, CursorState, Delivery, EventQuery, HistoryEntry, HistoryQuery, KeyLimits, Notifier,
+    Reader, SeenEvent, SeenTable,
 };
 
 pub use store::MysqlExecutor;
@@ -343,9 +343,13 @@ impl Reader for MysqlReader {
     fn scan(
         &mut self,
         records: &RecordSet,
+        since: Option<&Since>,
         each: &mut dyn FnMut(&Record) -> ControlFlow<()>,
     ) -> std::result::Result<(), String> {
-        let sql = records.sql_quoted(quote);
+        let sql = match since {
+            None => records.sql_quoted(quote),
+            Some(since) => records.sql_since(quote, since, &literal),
+        };
         let stmt = self.conn.prep(&sql).map_err(|e| message(&e))?;
         let meta = stmt.columns().to_vec();
         let kinds = self.kinds(&meta)?;
@@ -408,6 +412,40 @@ impl Reader for MysqlReader {
                 limits,
             },
         })
+    }
+
+    fn cursors(&mut self) -> Result<Vec<CursorState>> {
+        if !schema::table_exists(&mut self.conn, "spark_cursor")
+            .map_err(self.err("looking up a table"))?
+        {
+            return Ok(Vec::new());
+        }
+        type Row = (String, String, Option<String>, i64, String);
+        let rows: Vec<Row> = self
+            .conn
+            .query("SELECT `source`, `fingerprint`, `mark`, `full_at`, `full_as_of` FROM `spark_cursor`")
+            .map_err(self.err("reading sources' high-water marks"))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(source, fingerprint, mark, full_at, full_as_of)| CursorState {
+                    source,
+                    fingerprint,
+                    mark,
+                    full_at,
+                    full_as_of,
+                },
+            )
+            .collect())
+    }
+
+    fn indexed(&mut self, table: &str, column: &str) -> Result<Option<bool>> {
+        let found: std::result::Result<Option<i64>, _> = self.conn.exec_first(
+            "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() \
+             AND TABLE_NAME = ? AND COLUMN_NAME = ? AND SEQ_IN_INDEX = 1",
+            (table, column),
+        );
+        Ok(found.ok().map(|n| n.unwrap_or(0) > 0))
     }
 
     fn missing_privileges(&mut self) -> Result<Vec<String>> {
@@ -621,6 +659,15 @@ impl Reader for MysqlReader {
                 },
             )
             .collect())
+    }
+}
+
+/// A cursor's bound in MySQL's words: a datetime without the `T` and the
+/// `Z` spark writes its values with (sessions are in UTC).
+fn literal(bound: &Bound) -> String {
+    match bound {
+        Bound::Integer(n) => n.to_string(),
+        Bound::Moment(text) => format!("'{}'", text.trim_end_matches('Z').replace('T', " ")),
     }
 }
 

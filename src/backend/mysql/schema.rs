@@ -53,6 +53,14 @@ pub const MIGRATIONS: &[&str] = &[
         KEY `spark_history_key` (`key`),
         KEY `spark_history_at` (`at`)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;",
+    // 3: the high-water marks of sources with a cursor (see crate::cursor).
+    "CREATE TABLE IF NOT EXISTS `spark_cursor` (
+        `source` varchar(255) NOT NULL PRIMARY KEY,
+        `fingerprint` varchar(64) NOT NULL,
+        `mark` varchar(255),
+        `full_at` bigint NOT NULL,
+        `full_as_of` varchar(32) NOT NULL
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;",
 ];
 
 /// The named lock migrations take.

@@ -39,8 +39,8 @@ use crate::config::MysqlConfig;
 use crate::error::{Error, Result};
 use crate::store::driver::{Commit, Executor, NewDelivery, Rows, SeenRow};
 use crate::store::{
-    Claim, Delivery, DeliveryRow, DeliveryState, Failure, FileMark, HistoryEntry, StoredEvent,
-    keys_json,
+    Claim, Delivery, DeliveryRow, DeliveryState, Failure, FileMark, HistoryEntry, NewMark,
+    StoredEvent, keys_json,
 };
 
 /// How many times a transaction is tried when another one is in its way.
@@ -782,6 +782,35 @@ impl<C: Queryable> Rows for MyRows<'_, C> {
             vec![cutoff.into()],
         )
     }
+
+    fn set_cursor(&mut self, mark: &NewMark) -> Result<()> {
+        let s = &mark.state;
+        // The mark first in both, then what the row is found by.
+        let sql = if mark.full {
+            "INSERT INTO `spark_cursor` (`mark`, `source`, `fingerprint`, `full_at`, `full_as_of`) \
+                 VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE `fingerprint` = VALUES(`fingerprint`), \
+                 `mark` = VALUES(`mark`), `full_at` = VALUES(`full_at`), `full_as_of` = VALUES(`full_as_of`)"
+        } else {
+            "UPDATE `spark_cursor` SET `mark` = ? WHERE `source` = ? AND `fingerprint` = ? \
+                 AND `full_at` = ? AND `full_as_of` = ?"
+        };
+        self.exec(
+            sql,
+            vec![
+                s.mark.clone().into(),
+                s.source.as_str().into(),
+                s.fingerprint.as_str().into(),
+                s.full_at.into(),
+                s.full_as_of.as_str().into(),
+            ],
+        )
+        .map(drop)
+    }
+
+    fn delete_cursors(&mut self) -> Result<()> {
+        self.exec("DELETE FROM `spark_cursor`", Vec::new())
+            .map(drop)
+    }
 }
 
 impl Executor for MysqlExecutor {
@@ -959,6 +988,10 @@ fn needed(seen_table: &str) -> Vec<(String, &'static [&'static str])> {
             &["SELECT", "INSERT", "UPDATE", "DELETE"],
         ),
         ("spark_history".to_owned(), KEEP),
+        (
+            "spark_cursor".to_owned(),
+            &["SELECT", "INSERT", "UPDATE", "DELETE"],
+        ),
         ("spark_meta".to_owned(), &["SELECT"]),
     ]
 }

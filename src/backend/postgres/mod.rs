@@ -31,10 +31,10 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use crate::backend::quote_ident;
 use crate::config::{PgConfig, SslMode};
 use crate::error::{Error, Result};
-use crate::records::{Record, RecordSet};
+use crate::records::{Bound, Record, RecordSet, Since};
 use crate::store::driver::{Driver, Executor, RunGuard};
 use crate::store::{Column, Delivery, EventQuery, Reader, SeenEvent, SeenTable};
-use crate::store::{DeliveryRow, KeyLimits, Notifier};
+use crate::store::{CursorState, DeliveryRow, KeyLimits, Notifier};
 
 pub use store::PgExecutor;
 
@@ -421,6 +421,7 @@ impl Reader for PgReader {
     fn scan(
         &mut self,
         records: &RecordSet,
+        since: Option<&Since>,
         each: &mut dyn FnMut(&Record) -> ControlFlow<()>,
     ) -> std::result::Result<(), String> {
         let mut tx = self
@@ -430,7 +431,10 @@ impl Reader for PgReader {
             .isolation_level(IsolationLevel::RepeatableRead)
             .start()
             .map_err(|e| message(&e))?;
-        let sql = records.sql_quoted(super::quote_ident);
+        let sql = match since {
+            None => records.sql_quoted(super::quote_ident),
+            Some(since) => records.sql_since(super::quote_ident, since, &Bound::literal),
+        };
         let stmt = tx.prepare(&sql).map_err(|e| message(&e))?;
         let columns: Arc<[String]> = stmt
             .columns()
@@ -508,6 +512,45 @@ impl Reader for PgReader {
             .and_then(|r| r.try_get(0))
             .map(Some)
             .map_err(self.err("looking up triggers"))
+    }
+
+    fn cursors(&mut self) -> Result<Vec<CursorState>> {
+        if !schema::table_exists(&mut self.client, "spark_cursor")
+            .map_err(self.err("looking up a table"))?
+        {
+            return Ok(Vec::new());
+        }
+        let fail = self.err("reading sources' high-water marks");
+        self.client
+            .query(
+                "SELECT source, fingerprint, mark, full_at, full_as_of FROM spark_cursor",
+                &[],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(|r| {
+                Ok(CursorState {
+                    source: r.try_get(0)?,
+                    fingerprint: r.try_get(1)?,
+                    mark: r.try_get(2)?,
+                    full_at: r.try_get(3)?,
+                    full_as_of: r.try_get(4)?,
+                })
+            })
+            .collect::<std::result::Result<_, postgres::Error>>()
+            .map_err(&fail)
+    }
+
+    fn indexed(&mut self, table: &str, column: &str) -> Result<Option<bool>> {
+        let found = self.client.query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+             JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0] \
+             WHERE c.relname = $1 AND n.nspname = ANY (current_schemas(false)) AND a.attname = $2)",
+            &[&table, &column],
+        );
+        Ok(found.and_then(|r| r.try_get(0)).ok())
     }
 
     fn missing_privileges(&mut self) -> Result<Vec<String>> {

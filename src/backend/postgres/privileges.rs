@@ -40,8 +40,8 @@ pub struct Needed {
 
 /// Everything spark does on PostgreSQL besides reading the sources: the
 /// seen table (recorded, forgotten, pruned), the deliveries (claimed,
-/// updated, finished), the schema version, the history, and the sequences
-/// behind their ids.
+/// updated, finished), the schema version, the history, the sources' cursors
+/// and the sequences behind their ids.
 pub fn needed(seen_table: &str) -> Vec<Needed> {
     let table = |name: &str, privileges| Needed {
         kind: "TABLE",
@@ -58,6 +58,7 @@ pub fn needed(seen_table: &str) -> Vec<Needed> {
         table("spark_delivery", &["SELECT", "INSERT", "UPDATE", "DELETE"]),
         table("spark_meta", &["SELECT"]),
         table("spark_history", &["SELECT", "INSERT", "DELETE"]),
+        table("spark_cursor", &["SELECT", "INSERT", "UPDATE", "DELETE"]),
         sequence("spark_delivery_id_seq"),
         sequence("spark_history_id_seq"),
     ]

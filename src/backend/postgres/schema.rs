@@ -52,6 +52,14 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX spark_history_key ON spark_history (key);
     CREATE INDEX spark_history_at ON spark_history (at);",
+    // 3: the high-water marks of sources with a cursor (see crate::cursor).
+    "CREATE TABLE spark_cursor (
+        source text PRIMARY KEY,
+        fingerprint text NOT NULL,
+        mark text,
+        full_at bigint NOT NULL,
+        full_as_of text NOT NULL
+    );",
 ];
 
 /// The key of the advisory lock migrations take.

@@ -44,8 +44,8 @@ use crate::config::PgConfig;
 use crate::error::{Error, Result};
 use crate::store::driver::{Commit, Executor, NewDelivery, Rows, SeenRow};
 use crate::store::{
-    Claim, Delivery, DeliveryRow, DeliveryState, Failure, FileMark, HistoryEntry, StoredEvent,
-    keys_json,
+    Claim, Delivery, DeliveryRow, DeliveryState, Failure, FileMark, HistoryEntry, NewMark,
+    StoredEvent, keys_json,
 };
 
 /// Planner costs for spark's own sessions (see `PgExecutor::open`).
@@ -699,6 +699,34 @@ impl<C: GenericClient> Rows for PgRows<'_, C> {
         self.c
             .execute("DELETE FROM spark_history WHERE at < $1", &[&cutoff])
             .map_err(|e| self.fail(e))
+    }
+
+    fn set_cursor(&mut self, mark: &NewMark) -> Result<()> {
+        let s = &mark.state;
+        let sql = if mark.full {
+            "INSERT INTO spark_cursor (source, fingerprint, mark, full_at, full_as_of) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (source) DO UPDATE SET \
+             fingerprint = excluded.fingerprint, mark = excluded.mark, \
+             full_at = excluded.full_at, full_as_of = excluded.full_as_of"
+        } else {
+            "UPDATE spark_cursor SET mark = $3 WHERE source = $1 AND fingerprint = $2 \
+             AND full_at = $4 AND full_as_of = $5"
+        };
+        self.query(
+            sql,
+            &[
+                &s.source,
+                &s.fingerprint,
+                &s.mark,
+                &s.full_at,
+                &s.full_as_of,
+            ],
+        )
+        .map(drop)
+    }
+
+    fn delete_cursors(&mut self) -> Result<()> {
+        self.query("DELETE FROM spark_cursor", &[]).map(drop)
     }
 }
 

@@ -25,12 +25,12 @@ use schema::table_exists;
 use crate::backend::quote_ident;
 use crate::config::SqliteConfig;
 use crate::error::{Error, Result};
-use crate::records::{Record, RecordSet};
+use crate::records::{Bound, Record, RecordSet, Since};
 use crate::store::driver::{Driver, Executor, RunGuard};
 use crate::store::{
     Column, Delivery, EventQuery, HistoryEntry, HistoryQuery, Reader, SeenEvent, SeenTable,
 };
-use crate::store::{DeliveryRow, KeyLimits, Notifier, declared_length};
+use crate::store::{CursorState, DeliveryRow, KeyLimits, Notifier, declared_length};
 
 pub use store::SqliteExecutor;
 
@@ -299,10 +299,14 @@ impl Reader for SqliteReader {
     fn scan(
         &mut self,
         records: &RecordSet,
+        since: Option<&Since>,
         each: &mut dyn FnMut(&Record) -> ControlFlow<()>,
     ) -> Result<(), String> {
         let message = |e: rusqlite::Error| sql_message(&e);
-        let sql = records.sql_quoted(super::quote_ident);
+        let sql = match since {
+            None => records.sql_quoted(super::quote_ident),
+            Some(since) => records.sql_since(super::quote_ident, since, &Bound::literal),
+        };
         let mut stmt = self.conn.prepare(&sql).map_err(message)?;
         let mut reader = records::RecordReader::new(&mut stmt).map_err(message)?;
         while let Some(record) = reader.next_record().map_err(message)? {
@@ -311,6 +315,41 @@ impl Reader for SqliteReader {
             }
         }
         Ok(())
+    }
+
+    fn cursors(&mut self) -> Result<Vec<CursorState>> {
+        if !table_exists(&self.conn, "spark_cursor").map_err(self.err("looking up a table"))? {
+            return Ok(Vec::new());
+        }
+        let read = |conn: &Connection| -> rusqlite::Result<Vec<CursorState>> {
+            let mut stmt = conn.prepare(
+                "SELECT source, fingerprint, mark, full_at, full_as_of FROM spark_cursor",
+            )?;
+            stmt.query_map([], |r| {
+                Ok(CursorState {
+                    source: r.get(0)?,
+                    fingerprint: r.get(1)?,
+                    mark: r.get(2)?,
+                    full_at: r.get(3)?,
+                    full_as_of: r.get(4)?,
+                })
+            })?
+            .collect()
+        };
+        read(&self.conn).map_err(self.err("reading sources' high-water marks"))
+    }
+
+    fn indexed(&mut self, table: &str, column: &str) -> Result<Option<bool>> {
+        // An index led by the column, or the column is the rowid (an
+        // `INTEGER PRIMARY KEY`, which orders the table itself).
+        let sql = "SELECT EXISTS (SELECT 1 FROM pragma_index_list(?1) AS l \
+             JOIN pragma_index_info(l.name) AS i WHERE i.seqno = 0 AND i.name = ?2) \
+             OR (SELECT count(*) = 1 AND max(name = ?2 AND upper(type) = 'INTEGER') \
+                 FROM pragma_table_info(?1) WHERE pk > 0)";
+        let found: rusqlite::Result<bool> =
+            self.conn
+                .query_row(sql, rusqlite::params![table, column], |r| r.get(0));
+        Ok(found.ok())
     }
 
     fn seen_table(&mut self) -> Result<SeenTable> {

@@ -47,6 +47,14 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX spark_history_key ON spark_history (key);
     CREATE INDEX spark_history_at ON spark_history (at);",
+    // 4: the high-water marks of sources with a cursor (see crate::cursor).
+    "CREATE TABLE spark_cursor (
+        source TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        mark TEXT,
+        full_at INTEGER NOT NULL,
+        full_as_of TEXT NOT NULL
+    );",
 ];
 
 /// The seen table's DDL: exactly what Django emits for django-spark's `Event`

@@ -29,7 +29,8 @@ use crate::clock;
 use crate::error::{Error, Result};
 use crate::store::driver::{Commit, Executor, NewDelivery, Rows, SeenRow};
 use crate::store::{
-    Delivery, DeliveryRow, DeliveryState, Failure, FileMark, HistoryEntry, StoredEvent, keys_json,
+    Delivery, DeliveryRow, DeliveryState, Failure, FileMark, HistoryEntry, NewMark, StoredEvent,
+    keys_json,
 };
 
 /// The deliveries holding a file mark (settled first), in any state but in
@@ -525,6 +526,28 @@ impl Rows for SqliteRows<'_> {
     fn delete_history_before(&mut self, cutoff: &str) -> Result<u64> {
         self.exec("DELETE FROM spark_history WHERE at < ?1", [cutoff])
             .map(|n| n as u64)
+    }
+
+    fn set_cursor(&mut self, mark: &NewMark) -> Result<()> {
+        let s = &mark.state;
+        let sql = if mark.full {
+            "INSERT INTO spark_cursor (source, fingerprint, mark, full_at, full_as_of) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (source) DO UPDATE SET \
+             fingerprint = excluded.fingerprint, mark = excluded.mark, \
+             full_at = excluded.full_at, full_as_of = excluded.full_as_of"
+        } else {
+            "UPDATE spark_cursor SET mark = ?3 WHERE source = ?1 AND fingerprint = ?2 \
+             AND full_at = ?4 AND full_as_of = ?5"
+        };
+        self.exec(
+            sql,
+            params![s.source, s.fingerprint, s.mark, s.full_at, s.full_as_of],
+        )
+        .map(drop)
+    }
+
+    fn delete_cursors(&mut self) -> Result<()> {
+        self.exec("DELETE FROM spark_cursor", params![]).map(drop)
     }
 }
 
