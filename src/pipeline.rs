@@ -626,6 +626,10 @@ pub fn process_sources(
     let mut writer = Batcher {
         config,
         plans: &plans,
+        marks: plans
+            .iter()
+            .map(|p| p.as_ref().and_then(|p| p.base.mark.clone()))
+            .collect(),
         routes: HashMap::default(),
         dispatch: opts.dispatch,
         new_per_source: vec![0u64; sources.len()],
@@ -767,6 +771,9 @@ struct Batcher<'c> {
     config: &'c Config,
     /// How each source reads (what its marks are written with).
     plans: &'c [Option<Plan>],
+    /// Each source's mark as the store has it (a mark that did not move
+    /// is not written again: one statement less per batch).
+    marks: Vec<Option<String>>,
     /// The handlers (indices, config order) of each group seen.
     routes: HashMap<String, Vec<usize>, BuildHasherDefault<Fnv>>,
     /// Plan deliveries (`false`: record the events as seen only).
@@ -784,11 +791,16 @@ impl Batcher<'_> {
     fn flush(&mut self, batch: &Batch, store: &mut dyn Store, engine: &mut Engine) -> Result<()> {
         self.last_new = 0;
         if !batch.marks.is_empty() {
-            let marks: Vec<NewMark> = batch
-                .marks
-                .iter()
-                .filter_map(|(s, mark)| Some(self.plans[*s].as_ref()?.state(mark.clone())))
-                .collect();
+            let mut marks: Vec<NewMark> = Vec::new();
+            for (s, mark) in &batch.marks {
+                let Some(plan) = &self.plans[*s] else {
+                    continue;
+                };
+                if plan.is_full() || self.marks[*s] != *mark {
+                    marks.push(plan.state(mark.clone()));
+                    self.marks[*s].clone_from(mark);
+                }
+            }
             // With the batch's events, in their transaction.
             store.stage_cursors(&marks);
         }

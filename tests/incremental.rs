@@ -494,3 +494,54 @@ on_every_backend! {
         cursor_matches_plain(backend, "cursor = \"updated_at\"", 7, true);
     }
 }
+
+#[test]
+fn an_incremental_run_that_finds_nothing_new_writes_nothing() {
+    // An idle `watch` woken by its own write would otherwise run a cycle
+    // every second, for ever.
+    let case = posts_case(Backend::Sqlite, "cursor = \"updated_at\"", OLD_POSTS);
+    case.run(&["process-sources"]).success();
+    let watcher = rusqlite::Connection::open(case.path("app.sqlite3")).expect("open");
+    let version = || -> i64 {
+        watcher
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .expect("data_version")
+    };
+    let before = version();
+    let run = case.run(&["--json", "process-sources"]).success();
+    assert_eq!(scan_of(&scans(&run), "big"), (1, "incremental"));
+    assert_eq!(version(), before, "an idle run committed something");
+    case.sql("INSERT INTO post (id, amount, seq, updated_at, title) VALUES (6, 99, 6, '2025-08-01 00:00:00', 'f');");
+    let moved = version();
+    case.run(&["process-sources"]).success();
+    assert_ne!(version(), moved, "the new event and its mark are written");
+}
+
+#[test]
+fn watch_reads_what_changed_and_stays_idle_after() {
+    let case = posts_case(Backend::Sqlite, "cursor = \"updated_at\"", OLD_POSTS);
+    let mut child = case.spawn(&["watch", "--interval", "1h", "--metrics-file", "spark.prom"]);
+    wait_until("the first cycle", || {
+        case.jsonl_keys("events.jsonl").len() == 3
+    });
+    case.sql("INSERT INTO post (id, amount, seq, updated_at, title) VALUES (6, 99, 6, '2025-08-01 00:00:00', 'f');");
+    wait_until("the new row handled", || {
+        case.jsonl_keys("events.jsonl").len() == 4
+    });
+    // Its own write wakes one more cycle; after that, nothing wakes it.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let metrics = || std::fs::read_to_string(case.path("spark.prom")).unwrap_or_default();
+    let settled = metrics();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(metrics(), settled, "an idle watch ran cycles");
+    // SAFETY: kill(2) on our own child process, no memory involved.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+    let marks = case.query("SELECT mark FROM spark_cursor WHERE source = 'big'");
+    assert!(
+        marks[0][0]
+            .as_deref()
+            .is_some_and(|m| m.starts_with("2025-08-01")),
+        "{marks:?}"
+    );
+}
