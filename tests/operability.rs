@@ -1051,3 +1051,54 @@ smtp_ca_file = "ca.pem"
         }
     }
 }
+
+#[test]
+fn spark_config_writes_back_every_option_of_a_source() {
+    let case = challenges(
+        r#"
+[[sources]]
+name = "gen"
+table = "challenge"
+where = "is_active = 1"
+group = "challenge_gen"
+id = "id"
+enabled = false
+conditions = [ { variable = "id", op = ">", value = 1 } ]
+cursor = "id"
+cursor_lookback = "5m"
+rescan = "2h"
+"#,
+    );
+    let given: toml::Table =
+        toml::from_str(&std::fs::read_to_string(case.path("spark.toml")).unwrap()).unwrap();
+    let printed = case.run(&["--json", "config"]).success().json();
+    let mut exercised = std::collections::BTreeSet::new();
+    for source in given["sources"].as_array().unwrap() {
+        let source = source.as_table().unwrap();
+        let name = source["name"].as_str().unwrap();
+        let out = printed["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name} printed"));
+        for key in source.keys() {
+            assert!(
+                out.get(key).is_some(),
+                "source {name}: `{key}` was given but `spark config` did not write it back: {out}"
+            );
+            exercised.insert(key.clone());
+        }
+    }
+    for field in spark::config::source_fields() {
+        assert!(
+            exercised.contains(*field),
+            "source option `{field}` is not exercised by this test: add it"
+        );
+    }
+    // And what it writes reads back as the same config.
+    let text = case.run(&["config"]).success().stdout();
+    let case = case.file("spark.toml", &text);
+    let reprinted = case.run(&["--json", "config"]).success().json();
+    assert_eq!(reprinted["sources"], printed["sources"]);
+}

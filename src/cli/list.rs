@@ -286,6 +286,11 @@ fn config_view(config: &Config) -> ConfigView {
                 }
                 RecordSet::Query(q) => v["query"] = json!(q),
             }
+            if let Some(c) = &s.cursor {
+                v["cursor"] = json!(c.column);
+                v["cursor_lookback"] = json!(duration(c.lookback));
+                v["rescan"] = json!(duration(c.rescan));
+            }
             match &s.kind {
                 SourceKind::Function { function } => v["function"] = json!(function),
                 SourceKind::Generator(g) => {

@@ -208,6 +208,12 @@ pub struct Cursor {
     pub rescan: Duration,
 }
 
+/// The options a `[[sources]]` entry takes (for tests that each is
+/// written back by `spark config`).
+pub fn source_fields() -> &'static [&'static str] {
+    crate::handlers::kind::fields_of::<raw::RawSource>()
+}
+
 impl SourceConfig {
     /// What the high-water mark is tied to: the records read and what turns
     /// them into events. A new `where` or condition must not skip rows that
