@@ -312,3 +312,48 @@ pub trait Driver {
     /// What `spark watch` waits on (`None`: nothing but its interval).
     fn notifier(&self) -> Result<Option<Box<dyn Notifier>>>;
 }
+
+/// A thread renewing this process's leases every third of a lease, on the
+/// process's connection (free while a handler call runs). `renew` does one
+/// renewal (logging a failure) and says whether to go on: if the connection
+/// is cut, renewing stops, the leases run out and the other workers take
+/// this process's deliveries over, as they would if it had died. Stopped
+/// (and joined) when dropped.
+pub struct Heartbeat {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    pub fn start(
+        lease: Duration,
+        mut renew: impl FnMut() -> std::ops::ControlFlow<()> + Send + 'static,
+    ) -> Heartbeat {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let every = lease / 3;
+        let thread = std::thread::spawn(move || {
+            loop {
+                match stopped.recv_timeout(every) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                if renew().is_break() {
+                    return;
+                }
+            }
+        });
+        Heartbeat {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

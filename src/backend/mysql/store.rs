@@ -25,7 +25,7 @@
 //! (`MysqlReader`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ use super::{DELIVERY_COLUMNS, NOW_MS, connect, message, placeholders, quote, sch
 use crate::clock;
 use crate::config::MysqlConfig;
 use crate::error::{Error, Result};
-use crate::store::driver::{Commit, Executor, NewDelivery, Rows, SeenRow};
+use crate::store::driver::{Commit, Executor, Heartbeat, NewDelivery, Rows, SeenRow};
 use crate::store::{
     Claim, Delivery, DeliveryRow, DeliveryState, Failure, FileMark, HistoryEntry, NewMark,
     StoredEvent, keys_json,
@@ -76,54 +76,27 @@ struct Who {
     no_backslash_escape: bool,
 }
 
-/// A thread renewing this process's leases every third of a lease.
-struct Heartbeat {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Heartbeat {
-    fn start(conn: Arc<Mutex<Conn>>, me: &str, lease: Duration) -> Heartbeat {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let me = me.to_owned();
-        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        let every = lease / 3;
-        let thread = thread::spawn(move || {
-            loop {
-                match stopped.recv_timeout(every) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => return,
-                }
-                let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
-                let renewed = c.exec_drop(
-                    format!(
-                        "UPDATE `spark_delivery` SET `lease_until` = {NOW_MS} + ? \
-                         WHERE `claimed_by` = ? AND `lease_until` >= {NOW_MS}"
-                    ),
-                    (lease_ms, &me),
-                );
-                if let Err(e) = renewed {
-                    tracing::warn!(
-                        error = message(&e).as_str(),
-                        "renewing this worker's leases failed; other workers take its deliveries over when they run out"
-                    );
-                }
-            }
-        });
-        Heartbeat {
-            stop: Some(stop),
-            thread: Some(thread),
+/// Renews this process's leases every third of a lease (see `Heartbeat`).
+fn heartbeat(conn: Arc<Mutex<Conn>>, me: &str, lease: Duration) -> Heartbeat {
+    let me = me.to_owned();
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    Heartbeat::start(lease, move || {
+        let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+        let renewed = c.exec_drop(
+            format!(
+                "UPDATE `spark_delivery` SET `lease_until` = {NOW_MS} + ? \
+                 WHERE `claimed_by` = ? AND `lease_until` >= {NOW_MS}"
+            ),
+            (lease_ms, &me),
+        );
+        if let Err(e) = renewed {
+            tracing::warn!(
+                error = message(&e).as_str(),
+                "renewing this worker's leases failed; other workers take its deliveries over when they run out"
+            );
         }
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+        std::ops::ControlFlow::Continue(())
+    })
 }
 
 /// A row of `DELIVERY_COLUMNS`, to decode (`DeliveryRow::decode`).
@@ -219,7 +192,7 @@ impl MysqlExecutor {
         let no_backslash_escape = conn.no_backslash_escape();
         let conn = Arc::new(Mutex::new(conn));
         Ok(MysqlExecutor {
-            _heartbeat: Heartbeat::start(conn.clone(), &me, my.lease),
+            _heartbeat: heartbeat(conn.clone(), &me, my.lease),
             conn,
             who: Who {
                 name,

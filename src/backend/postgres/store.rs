@@ -30,7 +30,7 @@
 //! (`PgReader`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ use crate::backend::quote_ident;
 use crate::clock;
 use crate::config::PgConfig;
 use crate::error::{Error, Result};
-use crate::store::driver::{Commit, Executor, NewDelivery, Rows, SeenRow};
+use crate::store::driver::{Commit, Executor, Heartbeat, NewDelivery, Rows, SeenRow};
 use crate::store::{
     Claim, Delivery, DeliveryRow, DeliveryState, Failure, FileMark, HistoryEntry, NewMark,
     StoredEvent, keys_json,
@@ -99,60 +99,30 @@ struct Statements {
     page: String,
 }
 
-/// A thread renewing this process's leases every third of a lease, on the
-/// process's connection (free while a handler call runs). If the connection
-/// is cut, renewing stops: the leases run out and the other workers take
-/// this process's deliveries over, as they would if it had died.
-struct Heartbeat {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Heartbeat {
-    fn start(client: Arc<Mutex<Client>>, me: &str, lease: Duration) -> Heartbeat {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let me = me.to_owned();
-        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        let every = lease / 3;
-        let thread = thread::spawn(move || {
-            loop {
-                match stopped.recv_timeout(every) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => return,
-                }
-                let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
-                let renewed = c.execute(
-                    &format!(
-                        "UPDATE spark_delivery SET lease_until = {NOW_MS} + $2 \
-                         WHERE claimed_by = $1 AND lease_until >= {NOW_MS}"
-                    ),
-                    &[&me, &lease_ms],
-                );
-                if let Err(e) = renewed {
-                    tracing::warn!(
-                        error = message(&e).as_str(),
-                        "renewing this worker's leases failed; other workers take its deliveries over when they run out"
-                    );
-                    if c.is_closed() {
-                        return;
-                    }
-                }
+/// Renews this process's leases every third of a lease (see `Heartbeat`).
+fn heartbeat(client: Arc<Mutex<Client>>, me: &str, lease: Duration) -> Heartbeat {
+    let me = me.to_owned();
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    Heartbeat::start(lease, move || {
+        let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
+        let renewed = c.execute(
+            &format!(
+                "UPDATE spark_delivery SET lease_until = {NOW_MS} + $2 \
+                 WHERE claimed_by = $1 AND lease_until >= {NOW_MS}"
+            ),
+            &[&me, &lease_ms],
+        );
+        if let Err(e) = renewed {
+            tracing::warn!(
+                error = message(&e).as_str(),
+                "renewing this worker's leases failed; other workers take its deliveries over when they run out"
+            );
+            if c.is_closed() {
+                return std::ops::ControlFlow::Break(());
             }
-        });
-        Heartbeat {
-            stop: Some(stop),
-            thread: Some(thread),
         }
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+        std::ops::ControlFlow::Continue(())
+    })
 }
 
 /// A row of `DELIVERY_COLUMNS`, to decode (`DeliveryRow::decode`).
@@ -240,7 +210,7 @@ impl PgExecutor {
         let t = quote_ident(seen_table);
         let client = Arc::new(Mutex::new(client));
         Ok(PgExecutor {
-            _heartbeat: Heartbeat::start(client.clone(), &me, pg.lease),
+            _heartbeat: heartbeat(client.clone(), &me, pg.lease),
             client,
             seen_table: seen_table.to_owned(),
             recorded: 0,
