@@ -32,6 +32,7 @@ pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod crashpoint;
 pub mod cursor;
 pub mod database;

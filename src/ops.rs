@@ -374,3 +374,133 @@ pub fn replay(config: &Config, request: &ReplayRequest<'_>, who: &str) -> Result
         selected,
     })
 }
+
+/// One event as an operator sees it (`show KEY`, the console's event
+/// page): the event if still seen, and per handler what is owed and what
+/// happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    pub key: String,
+    #[serde(skip)]
+    pub event: Option<SeenEvent>,
+    pub group: Option<String>,
+    pub context: Option<serde_json::Value>,
+    pub created_at: Option<String>,
+    /// Its context is not JSON: django-spark recorded it, before spark.
+    pub recorded_before_spark: bool,
+    pub handlers: Vec<Story>,
+}
+
+impl EventView {
+    /// The context as shown: pretty JSON, or the text django-spark stored.
+    pub fn context_text(&self) -> String {
+        match &self.context {
+            Some(serde_json::Value::String(text)) if self.recorded_before_spark => text.clone(),
+            Some(other) => serde_json::to_string_pretty(other).unwrap_or_default(),
+            None => String::new(),
+        }
+    }
+}
+
+/// What one handler did and owes for an event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Story {
+    pub handler: String,
+    pub in_config: bool,
+    pub state: String,
+    pub owed: Vec<admin::DeliveryLine>,
+    /// Oldest first.
+    pub attempts: Vec<HistoryEntry>,
+}
+
+/// The event `key`: an error if neither the seen table, the deliveries nor
+/// the history know it.
+pub fn show(config: &Config, key: &str) -> Result<EventView> {
+    let mut reader = backend::reader(config)?;
+    reader.seen_table()?;
+    let event = reader.seen_event(key)?;
+    let owed: Vec<admin::DeliveryLine> = admin::list_deliveries(
+        &reader.deliveries()?,
+        &DeliveryQuery {
+            keys: vec![key.to_owned()],
+            ..Default::default()
+        },
+    );
+    let mut history = reader.history(&crate::store::HistoryQuery {
+        keys: vec![key.to_owned()],
+        ..Default::default()
+    })?;
+    history.reverse();
+    if event.is_none() && owed.is_empty() && history.is_empty() {
+        return Err(Error::Usage(format!("show {key}: no such seen event")));
+    }
+    // spark writes every context as a JSON object: one that is not (a
+    // Python repr) was recorded by django-spark, before spark.
+    let before_spark = event.as_ref().is_some_and(|e| !e.context_is_json());
+    // The handlers that receive the event's group, then any other that
+    // owes or did something for it.
+    let mut names: Vec<String> = event.as_ref().map_or_else(Vec::new, |e| {
+        config
+            .handlers_for(&e.group)
+            .map(|i| config.handlers[i].name.clone())
+            .collect()
+    });
+    for name in owed
+        .iter()
+        .map(|o| &o.handler)
+        .chain(history.iter().map(|h| &h.handler))
+    {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    let handlers = names
+        .into_iter()
+        .map(|name| {
+            let kind = config
+                .handlers
+                .iter()
+                .find(|h| h.name == name)
+                .map(|h| h.kind.name());
+            let owed: Vec<admin::DeliveryLine> =
+                owed.iter().filter(|o| o.handler == name).cloned().collect();
+            let attempts: Vec<HistoryEntry> = history
+                .iter()
+                .filter(|h| h.handler == name)
+                .cloned()
+                .collect();
+            let state = match (owed.first(), attempts.last()) {
+                (Some(o), _) => o.state.clone(),
+                (None, Some(last)) => match last.outcome.as_str() {
+                    "delivered" => "done".into(),
+                    other => other.into(),
+                },
+                // Nothing owed and no history: recorded by django-spark
+                // (spark never delivered it), a file handler's (the file is
+                // its record), or done before the history was kept.
+                (None, None) if before_spark => {
+                    "recorded before spark (by django-spark: its context is not JSON); no delivery recorded".into()
+                }
+                (None, None) if kind == Some("jsonl") => "done (in the file)".into(),
+                (None, None) if kind.is_none() => "unknown".into(),
+                (None, None) => "done (no history)".into(),
+            };
+            Story {
+                handler: name,
+                in_config: kind.is_some(),
+                state,
+                owed,
+                attempts,
+            }
+        })
+        .collect();
+    Ok(EventView {
+        key: key.to_owned(),
+        group: event.as_ref().map(|e| e.group.clone()),
+        context: event.as_ref().map(|e| e.context.clone()),
+        created_at: event.as_ref().map(|e| e.created_at.clone()),
+        event,
+        recorded_before_spark: before_spark,
+        handlers,
+    })
+}

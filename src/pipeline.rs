@@ -891,6 +891,7 @@ pub fn retry(
     config: &Config,
     registry: &Registry,
     query: &crate::store::admin::DeliveryQuery,
+    who: &str,
     wait: Duration,
 ) -> Result<RunReport> {
     let started = Instant::now();
@@ -903,7 +904,17 @@ pub fn retry(
     let mut store = backend::store(config)?;
     let store = &mut *store;
     let mut engine = Engine::new(config, registry);
-    store.reset_for_retry(query)?;
+    let reset = store.reset_for_retry(query)?;
+    // Who asked, in the history (written with the run's first outcomes).
+    let asked: Vec<crate::store::HistoryEntry> = reset
+        .iter()
+        .flat_map(|d| {
+            d.remaining().iter().map(|key| {
+                crate::store::HistoryEntry::action_by(key, &d.handler, "retried", None, who)
+            })
+        })
+        .collect();
+    store.add_history(&asked)?;
     // The selected deliveries are due now; so may be others, which are owed
     // anyway (and a file mark a dead run left must be settled first).
     let retried = engine.drain(store)?;

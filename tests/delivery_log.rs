@@ -68,12 +68,15 @@ on_every_backend! {
         let cmd = handlers.iter().find(|h| h["handler"] == "cmd").unwrap();
         assert_eq!(cmd["state"], "done");
         let attempts = cmd["attempts"].as_array().unwrap();
-        assert_eq!(attempts.len(), 2, "{attempts:?}");
+        assert_eq!(attempts.len(), 3, "{attempts:?}");
         assert_eq!(attempts[0]["outcome"], "failed");
         assert_eq!(attempts[0]["attempt"], 1);
         assert!(attempts[0]["error"].as_str().unwrap().contains("exited with status 1"));
         assert!(attempts[0]["ms"].is_i64());
-        assert_eq!(attempts[1]["outcome"], "delivered");
+        // `retry` says who asked for it.
+        assert_eq!(attempts[1]["outcome"], "retried");
+        assert!(attempts[1]["by"].is_string(), "{attempts:?}");
+        assert_eq!(attempts[2]["outcome"], "delivered");
         let log = handlers.iter().find(|h| h["handler"] == "log").unwrap();
         assert_eq!(log["state"], "done (in the file)");
 
@@ -139,7 +142,7 @@ on_every_backend! {
         let show = case.run(&["show", "challenge_created_2", "--json"]).success().json();
         let cmd2 = show["handlers"].as_array().unwrap().iter().find(|h| h["handler"] == "cmd2").unwrap().clone();
         let outcomes: Vec<&str> = cmd2["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap()).collect();
-        assert_eq!(outcomes, ["reassigned", "delivered"]);
+        assert_eq!(outcomes, ["reassigned", "retried", "delivered"]);
 
         // A handler removed for good: its deliveries are discarded.
         std::fs::write(case.path("fail"), "").unwrap();

@@ -11,9 +11,8 @@ use super::Cli;
 use super::output::{clip, field, outln, print_table, stdout_json};
 use crate::backend;
 use crate::config::Config;
-use crate::error::Error;
 use crate::ops::{self, ReplayRequest};
-use crate::store::admin::{self, DeliveryQuery};
+use crate::store::admin::DeliveryQuery;
 use crate::store::history::operator;
 use crate::store::{HistoryEntry, HistoryQuery};
 
@@ -65,118 +64,18 @@ pub fn list(cli: &Cli, config: &Config, query: &HistoryQuery) -> anyhow::Result<
 /// `show KEY`: the event, its context, and per handler what is owed and
 /// what happened.
 pub fn show(cli: &Cli, config: &Config, key: &str) -> anyhow::Result<ExitCode> {
-    let mut reader = backend::reader(config)?;
-    reader.seen_table()?;
-    let event = reader.seen_event(key)?;
-    let owed: Vec<admin::DeliveryLine> = admin::list_deliveries(
-        &reader.deliveries()?,
-        &DeliveryQuery {
-            keys: vec![key.to_owned()],
-            ..Default::default()
-        },
-    );
-    let mut history = reader.history(&HistoryQuery {
-        keys: vec![key.to_owned()],
-        ..Default::default()
-    })?;
-    history.reverse();
-    let Some(event) = event else {
-        if owed.is_empty() && history.is_empty() {
-            return Err(Error::Usage(format!("show {key}: no such seen event")).into());
-        }
-        // Forgotten or pruned, but still known to the delivery log.
-        return print_show(cli, config, key, None, &owed, &history);
-    };
-    print_show(cli, config, key, Some(&event), &owed, &history)
-}
-
-fn print_show(
-    cli: &Cli,
-    config: &Config,
-    key: &str,
-    event: Option<&admin::SeenEvent>,
-    owed: &[admin::DeliveryLine],
-    history: &[HistoryEntry],
-) -> anyhow::Result<ExitCode> {
-    // spark writes every context as a JSON object: one that is not (a
-    // Python repr) was recorded by django-spark, before spark.
-    let before_spark = event.is_some_and(|e| !e.context_is_json());
-    // The handlers that receive the event's group, then any other that
-    // owes or did something for it.
-    let mut handlers: Vec<String> = event.map_or_else(Vec::new, |e| {
-        config
-            .handlers_for(&e.group)
-            .map(|i| config.handlers[i].name.clone())
-            .collect()
-    });
-    for name in owed
-        .iter()
-        .map(|o| &o.handler)
-        .chain(history.iter().map(|h| &h.handler))
-    {
-        if !handlers.contains(name) {
-            handlers.push(name.clone());
-        }
-    }
-    let stories: Vec<Story<'_>> = handlers
-        .into_iter()
-        .map(|name| {
-            let kind = config
-                .handlers
-                .iter()
-                .find(|h| h.name == name)
-                .map(|h| h.kind.name());
-            let owed: Vec<&admin::DeliveryLine> =
-                owed.iter().filter(|o| o.handler == name).collect();
-            let attempts: Vec<&HistoryEntry> =
-                history.iter().filter(|h| h.handler == name).collect();
-            let state = match (owed.first(), attempts.last()) {
-                (Some(o), _) => o.state.clone(),
-                (None, Some(last)) => match last.outcome.as_str() {
-                    "delivered" => "done".into(),
-                    other => other.into(),
-                },
-                // Nothing owed and no history: recorded by django-spark
-                // (spark never delivered it), a file handler's (the file is
-                // its record), or done before the history was kept.
-                (None, None) if before_spark => {
-                    "recorded before spark (by django-spark: its context is not JSON); no delivery recorded".into()
-                }
-                (None, None) if kind == Some("jsonl") => "done (in the file)".into(),
-                (None, None) if kind.is_none() => "unknown".into(),
-                (None, None) => "done (no history)".into(),
-            };
-            Story {
-                handler: name,
-                in_config: kind.is_some(),
-                state,
-                owed,
-                attempts,
-            }
-        })
-        .collect();
+    let view = ops::show(config, key)?;
     if cli.json {
-        stdout_json(&json!({
-            "key": key,
-            "group": event.map(|e| e.group.clone()),
-            "context": event.map(|e| e.context.clone()),
-            "created_at": event.map(|e| e.created_at.clone()),
-            "recorded_before_spark": before_spark,
-            "handlers": stories,
-        }))?;
+        stdout_json(&json!(view))?;
         return Ok(ExitCode::SUCCESS);
     }
-    match event {
+    match &view.event {
         Some(e) => {
             outln!("{} (group {})", field(key), field(&e.group))?;
-            let context = match &e.context {
-                serde_json::Value::String(text) if before_spark => {
-                    outln!("  context as django-spark stored it (not JSON):")?;
-                    text.clone()
-                }
-                other => serde_json::to_string_pretty(other).unwrap_or_default(),
-            };
-            for line in context.lines() {
+            if view.recorded_before_spark {
+                outln!("  context as django-spark stored it (not JSON):")?;
+            }
+            for line in view.context_text().lines() {
                 outln!("  {line}")?;
             }
         }
@@ -185,7 +84,7 @@ fn print_show(
             field(key)
         )?,
     }
-    for story in &stories {
+    for story in &view.handlers {
         let note = if story.in_config {
             ""
         } else {
@@ -193,10 +92,7 @@ fn print_show(
         };
         outln!("\nhandler {}{note}: {}", story.handler, story.state)?;
         if !story.attempts.is_empty() {
-            print_table(
-                &HISTORY_HEADER,
-                &history_rows(story.attempts.iter().copied()),
-            )?;
+            print_table(&HISTORY_HEADER, &history_rows(&story.attempts))?;
         }
         for o in &story.owed {
             outln!(
@@ -215,16 +111,6 @@ fn print_show(
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// What one handler did and owes for the event `show` shows.
-#[derive(serde::Serialize)]
-struct Story<'a> {
-    handler: String,
-    in_config: bool,
-    state: String,
-    owed: Vec<&'a admin::DeliveryLine>,
-    attempts: Vec<&'a HistoryEntry>,
 }
 
 /// `reassign OLD NEW`: every delivery owed to OLD goes to NEW.

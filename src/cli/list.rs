@@ -348,7 +348,18 @@ fn config_view(config: &Config) -> ConfigView {
             "backoff": duration(d.retry.backoff),
             "max_backoff": duration(d.retry.max_backoff),
             "batch_size": d.batch_size,
+            "keep_history": duration(d.keep_history),
         }),
+        serve: {
+            let mut v = json!({
+                "listen": config.serve.listen.to_string(),
+                "user": config.serve.user,
+            });
+            if let Some(var) = &config.serve.password_env {
+                v["password_env"] = json!(var);
+            }
+            v
+        },
         sources,
         handlers,
     }
@@ -359,6 +370,7 @@ fn config_view(config: &Config) -> ConfigView {
 struct ConfigView {
     database: serde_json::Value,
     delivery: serde_json::Value,
+    serve: serde_json::Value,
     sources: Vec<serde_json::Value>,
     handlers: Vec<serde_json::Value>,
 }
@@ -408,7 +420,7 @@ pub fn config(cli: &Cli, config: &Config) -> anyhow::Result<ExitCode> {
     let mut env_values = config.env_values.clone();
     env_values.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
     let mut view = config_view(config);
-    for part in [&mut view.database, &mut view.delivery] {
+    for part in [&mut view.database, &mut view.delivery, &mut view.serve] {
         as_written(part, &env_values);
     }
     for part in view.sources.iter_mut().chain(view.handlers.iter_mut()) {

@@ -12,6 +12,7 @@ mod list;
 mod manpage;
 mod output;
 mod run;
+mod serve;
 mod watch;
 
 use std::io::IsTerminal;
@@ -130,6 +131,9 @@ enum Command {
         /// Only keys starting with this
         #[arg(long, value_name = "PREFIX")]
         key_prefix: Option<String>,
+        /// Only events whose key or stored context contains this text
+        #[arg(long, value_name = "TEXT")]
+        contains: Option<String>,
         /// Only events recorded on or after this date (UTC), YYYY-MM-DD
         #[arg(long, value_name = "DATE")]
         since: Option<String>,
@@ -241,6 +245,19 @@ enum Command {
         print_grants: Option<String>,
         #[command(flatten)]
         lock: LockArgs,
+    },
+    /// Serve the operator console: a web page of events and deliveries,
+    /// with Retry, Discard and Replay (HTTP Basic auth; see [serve])
+    Serve {
+        /// Listen on this address and port [default: [serve] listen, else 127.0.0.1:8025]
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<String>,
+        /// Show no action and refuse every POST (403)
+        #[arg(long)]
+        read_only: bool,
+        /// Ask no password (only on a loopback address)
+        #[arg(long)]
+        no_auth: bool,
     },
     /// Deliver failed or dead deliveries now, with a fresh count of attempts
     Retry {
@@ -539,6 +556,18 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
             };
             run::retry(cli, &config, registry, &query, lock.wait()?)
         }
+        Command::Serve {
+            listen,
+            read_only,
+            no_auth,
+        } => serve::serve(
+            cli,
+            &config,
+            registry,
+            listen.as_deref(),
+            *read_only,
+            *no_auth,
+        ),
         Command::ListHandlers => list::handlers(cli, &config, registry),
         Command::ListSources => list::sources(cli, &config, registry),
         Command::MarkSeen { key, group, lock } => {
@@ -547,6 +576,7 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
         Command::Events {
             group,
             key_prefix,
+            contains,
             since,
             until,
             limit,
@@ -563,6 +593,8 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
                     .map(|d| date_arg("--until", d))
                     .transpose()?,
                 limit: (*limit > 0).then_some(*limit),
+                text: contains.clone().filter(|t| !t.is_empty()),
+                offset: 0,
             };
             admin::events(cli, &config, &query)
         }
@@ -604,6 +636,7 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
                         .collect(),
                     handler: handler.clone(),
                     keys: key.clone(),
+                    since: None,
                     limit: Some(*limit),
                 };
                 return history::list(cli, &config, &query);

@@ -106,7 +106,8 @@ pub fn retry(
     wait: std::time::Duration,
 ) -> anyhow::Result<ExitCode> {
     signals::install().context("installing signal handlers")?;
-    let report = pipeline::retry(config, registry, query, wait)?;
+    let who = crate::store::history::operator();
+    let report = pipeline::retry(config, registry, query, &who, wait)?;
     print_run(cli, "retry", &report).map(ExitCode::from)
 }
 

@@ -44,6 +44,7 @@ pub struct Config {
     pub path: PathBuf,
     pub database: DatabaseConfig,
     pub delivery: DeliveryConfig,
+    pub serve: ServeConfig,
     pub sources: Vec<SourceConfig>,
     pub handlers: Vec<HandlerConfig>,
     /// Environment variables that may hold secrets: every `${VAR}` the
@@ -172,6 +173,30 @@ pub struct DeliveryConfig {
     pub batch_size: usize,
     /// How long the delivery history is kept (zero: none is written).
     pub keep_history: Duration,
+}
+
+/// `[serve]`: where the console listens and who may use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// `ADDR:PORT` (default `127.0.0.1:8025`).
+    pub listen: std::net::SocketAddr,
+    /// The HTTP Basic user (default `spark`).
+    pub user: String,
+    /// The environment variable holding the password.
+    pub password_env: Option<String>,
+}
+
+/// The console's address unless the config or `--listen` says another.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8025";
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8025)),
+            user: "spark".to_owned(),
+            password_env: None,
+        }
+    }
 }
 
 /// When a failed delivery is tried again, and when it is given up (dead).
@@ -788,6 +813,7 @@ impl Validator<'_> {
         let database = self.database(raw.database);
         self.database_failed = self.problems.len() > before;
         let delivery = self.delivery(raw.delivery);
+        let serve = self.serve(raw.serve);
         let mut sources: Vec<SourceConfig> = Vec::new();
         for source in raw.sources {
             let span = source.span();
@@ -885,6 +911,7 @@ impl Validator<'_> {
             path: self.path.to_owned(),
             database,
             delivery,
+            serve,
             sources,
             handlers,
             withheld_env: Vec::new(),
@@ -1145,6 +1172,51 @@ impl Validator<'_> {
             backend,
             password_env: raw.password_env.map(Spanned::into_inner),
         }
+    }
+
+    fn serve(&mut self, raw: Option<Spanned<raw::RawServe>>) -> ServeConfig {
+        let raw = raw.map(Spanned::into_inner).unwrap_or_default();
+        let entry = "[serve]";
+        let mut serve = ServeConfig::default();
+        if let Some(listen) = &raw.listen {
+            match listen.get_ref().parse() {
+                Ok(addr) => serve.listen = addr,
+                Err(_) => self.bad_value(
+                    entry,
+                    "listen",
+                    listen.span(),
+                    format!(
+                        "{:?} is not an address and port such as \"{DEFAULT_LISTEN}\"",
+                        listen.get_ref()
+                    ),
+                ),
+            }
+        }
+        if let Some(user) = &raw.user {
+            self.non_empty(entry, "user", user);
+            if user.get_ref().contains(':') {
+                self.bad_value(
+                    entry,
+                    "user",
+                    user.span(),
+                    "HTTP Basic user names cannot contain `:`".into(),
+                );
+            }
+            serve.user = user.get_ref().clone();
+        }
+        if let Some(var) = &raw.password_env {
+            self.non_empty(entry, "password_env", var);
+            // A secret: withheld from command handlers, masked in output.
+            // Only `serve` needs it set (it says so if not).
+            if !self.withheld_env.contains(var.get_ref()) {
+                self.withheld_env.push(var.get_ref().clone());
+            }
+            if let Ok(value) = std::env::var(var.get_ref()) {
+                crate::redact::register(&value);
+            }
+            serve.password_env = Some(var.get_ref().clone());
+        }
+        serve
     }
 
     fn delivery(&mut self, raw: Option<Spanned<raw::RawDelivery>>) -> DeliveryConfig {

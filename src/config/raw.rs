@@ -13,6 +13,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub delivery: Option<Spanned<RawDelivery>>,
     #[serde(default)]
+    pub serve: Option<Spanned<RawServe>>,
+    #[serde(default)]
     pub sources: Vec<Spanned<RawSource>>,
     #[serde(default)]
     pub handlers: Vec<Spanned<RawHandler>>,
@@ -44,6 +46,15 @@ pub struct RawDelivery {
     pub max_backoff: Option<Spanned<String>>,
     pub batch_size: Option<Spanned<i64>>,
     pub keep_history: Option<Spanned<String>>,
+}
+
+/// `[serve]`: the console.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServe {
+    pub listen: Option<Spanned<String>>,
+    pub user: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,12 +18,45 @@ pub struct EventQuery {
     /// Groups matching this regex (search semantics).
     pub group: Option<Regex>,
     pub key_prefix: Option<String>,
+    /// Keys or stored contexts containing this text.
+    pub text: Option<String>,
     /// `created_at` on or after this day (UTC, `YYYY-MM-DD`).
     pub since: Option<String>,
     /// `created_at` before this day.
     pub until: Option<String>,
     /// At most this many, newest first.
     pub limit: Option<usize>,
+    /// After skipping this many of those that match.
+    pub offset: usize,
+}
+
+impl EventQuery {
+    /// How many rows a database may stop after (`None`: all), when it
+    /// filters everything the query asks itself (the group regex is
+    /// matched here).
+    pub fn pushed_limit(&self) -> Option<usize> {
+        match (&self.group, self.limit) {
+            (None, Some(limit)) => Some(limit.saturating_add(self.offset)),
+            _ => None,
+        }
+    }
+
+    /// Whether a row the database returned is listed, counting it in
+    /// `seen` (matches so far, the skipped included); `Break` once enough
+    /// are listed.
+    pub fn take(&self, group: &str, seen: &mut usize) -> std::ops::ControlFlow<(), bool> {
+        if self
+            .limit
+            .is_some_and(|limit| *seen >= limit.saturating_add(self.offset))
+        {
+            return std::ops::ControlFlow::Break(());
+        }
+        if self.group.as_ref().is_some_and(|re| !re.is_match(group)) {
+            return std::ops::ControlFlow::Continue(false);
+        }
+        *seen += 1;
+        std::ops::ControlFlow::Continue(*seen > self.offset)
+    }
 }
 
 /// A seen event as listed.

@@ -1,6 +1,6 @@
 //! The delivery history: one entry per call of a handler (delivered,
 //! failed, dead), per operator action on a delivery (discarded,
-//! reassigned, replayed) and per at-most-once call a crash interrupted,
+//! reassigned, replayed, retried) and per at-most-once call a crash interrupted,
 //! kept for `[delivery] keep_history` (default 30 days) and pruned by
 //! `prune` and `watch`.
 //!
@@ -20,7 +20,8 @@ pub struct HistoryEntry {
     pub handler: String,
     /// UTC, Django's datetime format.
     pub at: String,
-    /// `delivered`, `failed`, `dead`, `discarded`, `reassigned`, `replayed`.
+    /// `delivered`, `failed`, `dead`, `discarded`, `reassigned`, `replayed`,
+    /// `retried`.
     pub outcome: String,
     /// Which attempt (0 for an operator's action).
     pub attempt: u32,
@@ -78,6 +79,8 @@ pub struct HistoryQuery {
     pub outcomes: Vec<String>,
     pub handler: Option<String>,
     pub keys: Vec<String>,
+    /// Entries at or after this time (UTC, the format of `at`).
+    pub since: Option<String>,
     /// At most this many, newest first.
     pub limit: Option<usize>,
 }

@@ -464,6 +464,9 @@ pub trait Reader: Send {
     /// Whether the seen table is missing or has no rows.
     fn seen_is_empty(&mut self) -> Result<bool>;
 
+    /// How many events the seen table holds.
+    fn count_events(&mut self) -> Result<u64>;
+
     /// Which of `keys` are seen.
     fn seen_among(&mut self, keys: &[String]) -> Result<HashSet<String>>;
 

@@ -12,6 +12,7 @@
 //! unless `CI` is set: then they fail.
 #![allow(dead_code)]
 
+pub mod console;
 pub mod servers;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

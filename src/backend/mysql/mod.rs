@@ -468,6 +468,18 @@ impl Reader for MysqlReader {
         Ok(empty.unwrap_or(1) != 0)
     }
 
+    fn count_events(&mut self) -> Result<u64> {
+        if !self.seen_exists()? {
+            return Ok(0);
+        }
+        let sql = format!("SELECT count(*) FROM {}", quote(&self.seen_table));
+        let n: Option<i64> = self
+            .conn
+            .query_first(sql)
+            .map_err(self.err("counting seen events"))?;
+        Ok(u64::try_from(n.unwrap_or(0)).unwrap_or(0))
+    }
+
     fn seen_among(&mut self, keys: &[String]) -> Result<HashSet<String>> {
         if keys.is_empty() || !self.seen_exists()? {
             return Ok(HashSet::new());
@@ -499,12 +511,11 @@ impl Reader for MysqlReader {
              WHERE (? IS NULL OR LEFT(`key`, CHAR_LENGTH(?)) = ?) \
                AND (? IS NULL OR `created_at` >= ?) \
                AND (? IS NULL OR `created_at` < ?) \
+               AND (? IS NULL OR LOCATE(?, `key`) > 0 OR LOCATE(?, `context`) > 0) \
              ORDER BY `created_at` DESC, `key`",
             quote(&self.seen_table)
         );
-        if query.group.is_none()
-            && let Some(limit) = query.limit
-        {
+        if let Some(limit) = query.pushed_limit() {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
         let fail = self.err("listing seen events");
@@ -519,23 +530,29 @@ impl Reader for MysqlReader {
             since,
             until.clone(),
             until,
+            query.text.clone(),
+            query.text.clone(),
+            query.text.clone(),
         );
         let mut rows = self.conn.exec_iter(sql, params).map_err(&fail)?;
         let mut listed = 0;
+        let mut matched = 0;
         if let Some(set) = rows.iter() {
             for row in set {
                 let row = row.map_err(&fail)?;
-                if query.limit.is_some_and(|limit| listed >= limit) {
-                    continue;
-                }
                 let (key, group, created_at, context): (String, String, String, Option<String>) =
                     mysql::from_row_opt(row).map_err(|e| Error::Store {
                         database: self.name.clone(),
                         action: "listing seen events".into(),
                         error: e.to_string(),
                     })?;
-                if query.group.as_ref().is_some_and(|re| !re.is_match(&group)) {
-                    continue;
+                match query.take(&group, &mut matched) {
+                    // The rest of the result is read and dropped: the
+                    // connection must be left without a pending result.
+                    std::ops::ControlFlow::Break(()) | std::ops::ControlFlow::Continue(false) => {
+                        continue;
+                    }
+                    std::ops::ControlFlow::Continue(true) => {}
                 }
                 each(SeenEvent::from_stored(
                     key,
@@ -618,6 +635,10 @@ impl Reader for MysqlReader {
         if let Some(handler) = &query.handler {
             sql.push_str(" AND `handler` = ?");
             params.push(handler.as_str().into());
+        }
+        if let Some(since) = &query.since {
+            sql.push_str(" AND `at` >= ?");
+            params.push(since.as_str().into());
         }
         if !query.keys.is_empty() {
             sql.push_str(&format!(

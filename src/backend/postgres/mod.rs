@@ -572,6 +572,19 @@ impl Reader for PgReader {
             .map_err(self.err("reading the seen table"))
     }
 
+    fn count_events(&mut self) -> Result<u64> {
+        if !self.seen_exists()? {
+            return Ok(0);
+        }
+        let sql = format!("SELECT count(*) FROM {}", quote_ident(&self.seen_table));
+        let n: i64 = self
+            .client
+            .query_one(&sql, &[])
+            .and_then(|r| r.try_get(0))
+            .map_err(self.err("counting seen events"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     fn seen_among(&mut self, keys: &[String]) -> Result<HashSet<String>> {
         if keys.is_empty() || !self.seen_exists()? {
             return Ok(HashSet::new());
@@ -605,12 +618,12 @@ impl Reader for PgReader {
              WHERE ($1::text IS NULL OR left(\"key\", length($1)) = $1) \
                AND ($2::text IS NULL OR \"created_at\" >= ($2 || ' 00:00:00+00')::timestamptz) \
                AND ($3::text IS NULL OR \"created_at\" < ($3 || ' 00:00:00+00')::timestamptz) \
+               AND ($4::text IS NULL OR strpos(\"key\"::text, $4) > 0 \
+                    OR strpos(\"context\"::text, $4) > 0) \
              ORDER BY \"created_at\" DESC, \"key\"",
             quote_ident(&self.seen_table)
         );
-        if query.group.is_none()
-            && let Some(limit) = query.limit
-        {
+        if let Some(limit) = query.pushed_limit() {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
         let fail = self.err("listing seen events");
@@ -622,21 +635,24 @@ impl Reader for PgReader {
             .map_err(&fail)?;
         let stmt = tx.prepare(&sql).map_err(&fail)?;
         let portal = tx
-            .bind(&stmt, &[&query.key_prefix, &query.since, &query.until])
+            .bind(
+                &stmt,
+                &[&query.key_prefix, &query.since, &query.until, &query.text],
+            )
             .map_err(&fail)?;
         let mut listed = 0;
+        let mut matched = 0;
         'fetching: loop {
             let rows = tx.query_portal(&portal, FETCH_ROWS).map_err(&fail)?;
             if rows.is_empty() {
                 break;
             }
             for row in rows {
-                if query.limit.is_some_and(|limit| listed >= limit) {
-                    break 'fetching;
-                }
                 let group: String = row.try_get(1).map_err(&fail)?;
-                if query.group.as_ref().is_some_and(|re| !re.is_match(&group)) {
-                    continue;
+                match query.take(&group, &mut matched) {
+                    std::ops::ControlFlow::Break(()) => break 'fetching,
+                    std::ops::ControlFlow::Continue(false) => continue,
+                    std::ops::ControlFlow::Continue(true) => {}
                 }
                 each(SeenEvent::from_stored(
                     row.try_get(0).map_err(&fail)?,
@@ -729,8 +745,15 @@ pub(crate) fn history(
          WHERE (cardinality($1::text[]) = 0 OR outcome = ANY($1)) \
          AND ($2::text IS NULL OR handler = $2) \
          AND (cardinality($3::text[]) = 0 OR key = ANY($3)) \
+         AND ($5::text IS NULL OR at >= $5) \
          ORDER BY at DESC, id DESC LIMIT $4",
-        &[&query.outcomes, &query.handler, &query.keys, &limit],
+        &[
+            &query.outcomes,
+            &query.handler,
+            &query.keys,
+            &limit,
+            &query.since,
+        ],
     )?;
     rows.iter()
         .map(|r| {

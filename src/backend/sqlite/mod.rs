@@ -403,6 +403,18 @@ impl Reader for SqliteReader {
             .map_err(self.err("reading the seen table"))
     }
 
+    fn count_events(&mut self) -> Result<u64> {
+        if !table_exists(&self.conn, &self.seen_table).map_err(self.err("looking up a table"))? {
+            return Ok(0);
+        }
+        let sql = format!("SELECT count(*) FROM {}", quote_ident(&self.seen_table));
+        let n: i64 = self
+            .conn
+            .query_row(&sql, [], |r| r.get(0))
+            .map_err(self.err("counting seen events"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     fn seen_among(&mut self, keys: &[String]) -> Result<HashSet<String>> {
         if !table_exists(&self.conn, &self.seen_table).map_err(self.err("looking up a table"))? {
             return Ok(HashSet::new());
@@ -505,6 +517,7 @@ pub(crate) fn history(
          WHERE (?1 = '[]' OR outcome IN (SELECT value FROM json_each(?1))) \
          AND (?2 IS NULL OR handler = ?2) \
          AND (?3 = '[]' OR key IN (SELECT value FROM json_each(?3))) \
+         AND (?5 IS NULL OR at >= ?5) \
          ORDER BY at DESC, id DESC LIMIT ?4",
     )?;
     let limit = query
@@ -515,7 +528,8 @@ pub(crate) fn history(
             json(&query.outcomes),
             query.handler,
             json(&query.keys),
-            limit
+            limit,
+            query.since
         ],
         |r| {
             Ok(HistoryEntry {
@@ -555,6 +569,13 @@ fn list_events(
             n = args.len()
         ));
     }
+    if let Some(text) = &query.text {
+        args.push(text.clone());
+        sql.push_str(&format!(
+            " AND (instr(\"key\", ?{n}) > 0 OR instr(\"context\", ?{n}) > 0)",
+            n = args.len()
+        ));
+    }
     if let Some(since) = &query.since {
         args.push(since.clone());
         sql.push_str(&format!(" AND \"created_at\" >= ?{}", args.len()));
@@ -564,16 +585,19 @@ fn list_events(
         sql.push_str(&format!(" AND \"created_at\" < ?{}", args.len()));
     }
     sql.push_str(" ORDER BY \"created_at\" DESC, \"key\"");
+    if let Some(limit) = query.pushed_limit() {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
     let mut listed = 0;
+    let mut matched = 0;
     while let Some(row) = rows.next()? {
-        if query.limit.is_some_and(|limit| listed >= limit) {
-            break;
-        }
         let group: String = row.get(1)?;
-        if query.group.as_ref().is_some_and(|re| !re.is_match(&group)) {
-            continue;
+        match query.take(&group, &mut matched) {
+            std::ops::ControlFlow::Break(()) => break,
+            std::ops::ControlFlow::Continue(false) => continue,
+            std::ops::ControlFlow::Continue(true) => {}
         }
         each(SeenEvent::from_stored(
             row.get(0)?,
