@@ -51,6 +51,13 @@ on_every_backend! {
         let overview = console.json("/");
         assert_eq!(overview["events_seen"], 7);
         assert_eq!(overview["owed"]["dead"], 7);
+        let per_hour = |v: &Value, field: &str| -> u64 {
+            v["per_hour"].as_array().unwrap().iter().map(|h| h[field].as_u64().unwrap()).sum()
+        };
+        assert_eq!(overview["per_hour"].as_array().unwrap().len(), 24);
+        assert_eq!(per_hour(&overview, "failed"), 7);
+        assert_eq!(per_hour(&overview, "delivered"), 0);
+        assert_eq!(overview["last_attempt"]["outcome"], "dead");
         let dead = console.json("/deliveries?state=dead");
         assert_eq!(dead["total"], 7);
         let event = console.json("/events/item_ok");
@@ -67,6 +74,9 @@ on_every_backend! {
         assert_eq!(done["report"]["retried"], 1, "{done}");
         assert!(done["message"].as_str().unwrap().contains("1 delivered"), "{done}");
         assert_eq!(console.json("/events/item_ok")["handlers"][0]["state"], "done");
+        let overview = console.json("/");
+        assert_eq!(per_hour(&overview, "delivered"), 1);
+        assert_eq!(overview["last_attempt"]["key"], "item_ok");
         assert!(owed(&case, "item_ok").is_empty());
         // The others are still dead; the history says who asked.
         assert_eq!(console.json("/deliveries?state=dead")["total"], 6);
@@ -134,7 +144,7 @@ on_every_backend! {
         let d2 = console.json("/deliveries?state=dead&per_page=4&page=2");
         assert_eq!(d2["deliveries"].as_array().unwrap().len(), 3);
         assert_eq!(d2["more"], false);
-        for bad in ["/events?per_page=201", "/events?page=0", "/events?page=x", "/events?group=(", "/deliveries?state=gone"] {
+        for bad in ["/events?per_page=201", "/events?page=0", "/events?page=600&per_page=200", "/deliveries?state=done&page=1000000", "/events?page=x", "/events?group=(", "/deliveries?state=gone"] {
             console.get(bad).status(400);
         }
     }

@@ -636,7 +636,6 @@ fn dispatch(cli: &Cli, registry: &Registry) -> anyhow::Result<ExitCode> {
                         .collect(),
                     handler: handler.clone(),
                     keys: key.clone(),
-                    since: None,
                     limit: Some(*limit),
                 };
                 return history::list(cli, &config, &query);

@@ -64,7 +64,11 @@ impl Gate {
         let Some(expected) = &self.expected else {
             return Some(self.user.clone());
         };
-        let encoded = authorization?.strip_prefix("Basic ")?.trim();
+        let (scheme, encoded) = authorization?.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let encoded = encoded.trim();
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .ok()?;
@@ -233,6 +237,8 @@ mod tests {
             assert_eq!(gate.user(Some(&basic(wrong))), None, "{wrong}");
         }
         assert_eq!(gate.user(None), None);
+        let lower = basic("spark:s3cret").replace("Basic", "basic");
+        assert_eq!(gate.user(Some(&lower)).as_deref(), Some("spark"));
         assert_eq!(gate.user(Some("Bearer x")), None);
         let token = gate.csrf_token("spark");
         assert!(gate.csrf_ok("spark", &token));

@@ -28,6 +28,10 @@ pub const MAX_KEYS: usize = 1000;
 const PER_PAGE: usize = 50;
 const MAX_PER_PAGE: usize = 200;
 
+/// The deepest row a page may reach (a deeper page would read all the
+/// rows before it).
+const MAX_DEPTH: usize = 100_000;
+
 /// The longest search text or group regex taken.
 const MAX_QUERY: usize = 1000;
 
@@ -310,10 +314,17 @@ fn paging(query: &[(String, String)]) -> Result<(usize, usize), Fail> {
             },
         }
     };
-    Ok((
+    let (page, per_page) = (
         number("page", 1, 1_000_000)?,
         number("per_page", PER_PAGE, MAX_PER_PAGE)?,
-    ))
+    );
+    if page.saturating_mul(per_page) > MAX_DEPTH {
+        return Err(fail(
+            400,
+            format!("page {page}: pages go {MAX_DEPTH} rows deep; narrow the search instead"),
+        ));
+    }
+    Ok((page, per_page))
 }
 
 /// `GET /`.
@@ -347,9 +358,6 @@ pub struct HourCount {
     pub failed: u64,
 }
 
-/// Attempts the chart reads at most.
-const CHART_ROWS: usize = 1_000_000;
-
 fn overview(ctx: &Ctx<'_>) -> Result<Reply, Fail> {
     let config = ctx.console.config;
     let mut reader = backend::reader(config)?;
@@ -370,10 +378,9 @@ fn overview(ctx: &Ctx<'_>) -> Result<Reply, Fail> {
         })
         .collect();
     let orphaned = admin::orphaned(&deliveries, &known);
-    let attempts = ["delivered", "failed", "dead"].map(str::to_owned).to_vec();
     let last_attempt = reader
         .history(&HistoryQuery {
-            outcomes: attempts.clone(),
+            outcomes: ["delivered", "failed", "dead"].map(str::to_owned).to_vec(),
             limit: Some(1),
             ..Default::default()
         })?
@@ -390,18 +397,12 @@ fn overview(ctx: &Ctx<'_>) -> Result<Reply, Fail> {
         })
         .collect();
     let since = crate::clock::utc_text(this_hour - 23 * hour_ms);
-    for entry in reader.history(&HistoryQuery {
-        outcomes: attempts,
-        since: Some(since),
-        limit: Some(CHART_ROWS),
-        ..Default::default()
-    })? {
-        let hour = entry.at.get(..13).unwrap_or_default();
+    for (hour, outcome, n) in reader.attempts_per_hour(&since)? {
         if let Some(h) = per_hour.iter_mut().find(|h| h.hour == hour) {
-            if entry.outcome == "delivered" {
-                h.delivered += 1;
+            if outcome == "delivered" {
+                h.delivered += n;
             } else {
-                h.failed += 1;
+                h.failed += n;
             }
         }
     }

@@ -79,8 +79,6 @@ pub struct HistoryQuery {
     pub outcomes: Vec<String>,
     pub handler: Option<String>,
     pub keys: Vec<String>,
-    /// Entries at or after this time (UTC, the format of `at`).
-    pub since: Option<String>,
     /// At most this many, newest first.
     pub limit: Option<usize>,
 }

@@ -488,6 +488,11 @@ pub trait Reader: Send {
     /// made its history table yet).
     fn history(&mut self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>>;
 
+    /// Delivery attempts in the history at or after `since` (UTC text), by
+    /// hour: (`YYYY-MM-DD HH`, outcome, how many), for the outcomes
+    /// `delivered`, `failed` and `dead`.
+    fn attempts_per_hour(&mut self, since: &str) -> Result<Vec<(String, String, u64)>>;
+
     /// Reading is done (SQLite: its snapshot no longer holds the WAL back,
     /// so committed batches can be copied into the database file now).
     fn finish(self: Box<Self>) {}

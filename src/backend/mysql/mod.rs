@@ -614,6 +614,26 @@ impl Reader for MysqlReader {
         Ok(u64::try_from(n.unwrap_or(0)).unwrap_or(0))
     }
 
+    fn attempts_per_hour(&mut self, since: &str) -> Result<Vec<(String, String, u64)>> {
+        if !schema::table_exists(&mut self.conn, "spark_history")
+            .map_err(self.err("looking up a table"))?
+        {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String, i64)> = self
+            .conn
+            .exec(
+                "SELECT LEFT(`at`, 13), `outcome`, COUNT(*) FROM `spark_history` \
+                 WHERE `at` >= ? AND `outcome` IN ('delivered', 'failed', 'dead') GROUP BY 1, 2",
+                (since,),
+            )
+            .map_err(self.err("counting the delivery history"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(h, o, n)| (h, o, u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
+
     fn history(&mut self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>> {
         if !schema::table_exists(&mut self.conn, "spark_history")
             .map_err(self.err("looking up a table"))?
@@ -635,10 +655,6 @@ impl Reader for MysqlReader {
         if let Some(handler) = &query.handler {
             sql.push_str(" AND `handler` = ?");
             params.push(handler.as_str().into());
-        }
-        if let Some(since) = &query.since {
-            sql.push_str(" AND `at` >= ?");
-            params.push(since.as_str().into());
         }
         if !query.keys.is_empty() {
             sql.push_str(&format!(

@@ -704,6 +704,32 @@ impl Reader for PgReader {
         history(&mut self.client, query).map_err(self.err("reading the delivery history"))
     }
 
+    fn attempts_per_hour(&mut self, since: &str) -> Result<Vec<(String, String, u64)>> {
+        if !schema::table_exists(&mut self.client, "spark_history")
+            .map_err(self.err("looking up a table"))?
+        {
+            return Ok(Vec::new());
+        }
+        let fail = self.err("counting the delivery history");
+        let rows = self
+            .client
+            .query(
+                "SELECT left(at, 13), outcome, count(*) FROM spark_history \
+                 WHERE at >= $1 AND outcome IN ('delivered', 'failed', 'dead') GROUP BY 1, 2",
+                &[&since],
+            )
+            .map_err(&fail)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<_, String>(0).map_err(&fail)?,
+                    r.try_get::<_, String>(1).map_err(&fail)?,
+                    u64::try_from(r.try_get::<_, i64>(2).map_err(&fail)?).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
     fn count_due(&mut self, now_ms: i64) -> Result<u64> {
         if !schema::table_exists(&mut self.client, "spark_delivery")
             .map_err(self.err("looking up a table"))?
@@ -745,15 +771,8 @@ pub(crate) fn history(
          WHERE (cardinality($1::text[]) = 0 OR outcome = ANY($1)) \
          AND ($2::text IS NULL OR handler = $2) \
          AND (cardinality($3::text[]) = 0 OR key = ANY($3)) \
-         AND ($5::text IS NULL OR at >= $5) \
          ORDER BY at DESC, id DESC LIMIT $4",
-        &[
-            &query.outcomes,
-            &query.handler,
-            &query.keys,
-            &limit,
-            &query.since,
-        ],
+        &[&query.outcomes, &query.handler, &query.keys, &limit],
     )?;
     rows.iter()
         .map(|r| {

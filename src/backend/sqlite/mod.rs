@@ -497,6 +497,34 @@ impl Reader for SqliteReader {
         history(&self.conn, query).map_err(self.err("reading the delivery history"))
     }
 
+    fn attempts_per_hour(&mut self, since: &str) -> Result<Vec<(String, String, u64)>> {
+        if !table_exists(&self.conn, "spark_history").map_err(self.err("looking up a table"))? {
+            return Ok(Vec::new());
+        }
+        let fail = self.err("counting the delivery history");
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT substr(at, 1, 13), outcome, count(*) FROM spark_history \
+                 WHERE at >= ?1 AND outcome IN ('delivered', 'failed', 'dead') GROUP BY 1, 2",
+            )
+            .map_err(&fail)?;
+        let rows = stmt
+            .query_map([since], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(&fail)?;
+        rows.map(|r| {
+            r.map(|(h, o, n)| (h, o, u64::try_from(n).unwrap_or(0)))
+                .map_err(&fail)
+        })
+        .collect()
+    }
+
     fn finish(self: Box<Self>) {
         let path = self.path.clone();
         drop(self);
@@ -517,7 +545,6 @@ pub(crate) fn history(
          WHERE (?1 = '[]' OR outcome IN (SELECT value FROM json_each(?1))) \
          AND (?2 IS NULL OR handler = ?2) \
          AND (?3 = '[]' OR key IN (SELECT value FROM json_each(?3))) \
-         AND (?5 IS NULL OR at >= ?5) \
          ORDER BY at DESC, id DESC LIMIT ?4",
     )?;
     let limit = query
@@ -528,8 +555,7 @@ pub(crate) fn history(
             json(&query.outcomes),
             query.handler,
             json(&query.keys),
-            limit,
-            query.since
+            limit
         ],
         |r| {
             Ok(HistoryEntry {
