@@ -473,6 +473,12 @@ pub fn show(config: &Config, key: &str) -> Result<EventView> {
                 (Some(o), _) => o.state.clone(),
                 (None, Some(last)) => match last.outcome.as_str() {
                     "delivered" => "done".into(),
+                    // Made owed again, owed no more: delivered since (a
+                    // file handler writes no entry of its own).
+                    "retried" | "replayed" | "reassigned" if kind == Some("jsonl") => {
+                        "done (in the file)".into()
+                    }
+                    "retried" | "replayed" | "reassigned" => "done".into(),
                     other => other.into(),
                 },
                 // Nothing owed and no history: recorded by django-spark

@@ -208,6 +208,10 @@ on_every_backend! {
         );
         // The other handler got nothing again.
         assert_eq!(case.jsonl_keys("events.jsonl").len(), 3);
+        // `show` tells it is done, not that it was replayed.
+        let show = case.run(&["show", "challenge_created_1", "--json"]).success().json();
+        let late = show["handlers"].as_array().unwrap().iter().find(|h| h["handler"] == "late").unwrap().clone();
+        assert_eq!(late["state"], "done (in the file)", "{late}");
         // One key, by name; a group filter.
         case.run(&["replay", "--handler", "late", "--key", "challenge_created_2"]).success().stdout_has(&["replayed 1"]);
         case.run(&["replay", "--handler", "late", "--key", "nope"]).status(2).stderr_has(&["no such seen event"]);
