@@ -112,6 +112,31 @@ async fn log_in(client: &Client, base: &str) {
     assert!(title.starts_with("Overview"), "not logged in: {title}");
 }
 
+/// Waits (up to 10 s) until the page's title starts with `prefix`: a click
+/// that submits a form returns before the next page has loaded.
+async fn wait_title(client: &Client, prefix: &str) {
+    for _ in 0..100 {
+        if client.title().await.is_ok_and(|t| t.starts_with(prefix)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let source = client.source().await.unwrap_or_default();
+    panic!("no page titled {prefix:?} came: {source}");
+}
+
+/// Clicks what `locator` finds and waits for the page titled `title`.
+async fn click(client: &Client, locator: Locator<'_>, title: &str) {
+    client
+        .find(locator)
+        .await
+        .unwrap_or_else(|e| panic!("{locator:?}: {e}"))
+        .click()
+        .await
+        .expect("click");
+    wait_title(client, title).await;
+}
+
 async fn text_of(client: &Client, css: &str) -> String {
     client
         .find(Locator::Css(css))
@@ -152,41 +177,17 @@ async fn an_operator_retries_a_dead_delivery_from_the_page() {
     assert!(text_of(&client, ".card.dead b").await == "7");
     screenshot(&client, "console-overview.png").await;
     // The dead ones, then the one whose key is `item_ok`.
-    client
-        .find(Locator::LinkText("Dead"))
-        .await
-        .expect("Dead link")
-        .click()
-        .await
-        .expect("click");
-    client
-        .find(Locator::LinkText("item_ok"))
-        .await
-        .expect("the key's link")
-        .click()
-        .await
-        .expect("click");
+    click(&client, Locator::LinkText("Dead"), "Deliveries").await;
+    click(&client, Locator::LinkText("item_ok"), "Event").await;
     let why = text_of(&client, ".err").await;
     assert!(why.contains("boom <b onmouseover=alert(3)>x</b>"), "{why}");
     screenshot(&client, "console-event.png").await;
     // The cause is fixed; Retry delivers it.
     std::fs::write(case.path("ok"), "").expect("write");
-    client
-        .find(Locator::XPath("//button[text()='Retry']"))
-        .await
-        .expect("a Retry button")
-        .click()
-        .await
-        .expect("click");
+    click(&client, Locator::XPath("//button[text()='Retry']"), "Retry").await;
     let source = client.source().await.expect("source");
     assert!(source.contains("1 delivered"), "{source}");
-    client
-        .find(Locator::LinkText("item_ok"))
-        .await
-        .expect("link back")
-        .click()
-        .await
-        .expect("click");
+    click(&client, Locator::LinkText("item_ok"), "Event").await;
     let state = text_of(&client, "h2 span").await;
     assert_eq!(state, "done");
     assert_eq!(owed_state(&case, "item_ok"), None);
@@ -220,13 +221,12 @@ async fn an_operator_discards_with_a_reason() {
         .send_keys("the customer unsubscribed")
         .await
         .expect("type");
-    client
-        .find(Locator::XPath("//button[text()='Discard']"))
-        .await
-        .expect("a Discard button")
-        .click()
-        .await
-        .expect("click");
+    click(
+        &client,
+        Locator::XPath("//button[text()='Discard']"),
+        "Discard",
+    )
+    .await;
     assert!(text_of(&client, ".flash").await.contains("discarded 1"));
     assert_eq!(owed_state(&case, "item_a/b c"), None);
     let show = case.run(&["show", "item_a/b c"]).success().stdout();
@@ -335,7 +335,7 @@ async fn a_form_on_another_local_site_cannot_post_to_the_console() {
         .click()
         .await
         .expect("click");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_title(&client, "403").await;
     let source = client.source().await.expect("source");
     assert!(
         source.contains("403") && source.contains("another site"),
