@@ -137,6 +137,17 @@ async fn click(client: &Client, locator: Locator<'_>, title: &str) {
     wait_title(client, title).await;
 }
 
+/// chromedriver, a case whose every delivery is dead, its console, and a
+/// browser logged in to it; `None` where the browser is missing (skipped).
+async fn logged_in(test: &str) -> Option<(Driver, Case, console::Console, Client)> {
+    let driver = driver(test)?;
+    let case = dead_case(common::Backend::Sqlite);
+    let console = console::start(&case, &[], &[]);
+    let client = browser(&driver).await;
+    log_in(&client, &console.base).await;
+    Some((driver, case, console, client))
+}
+
 async fn text_of(client: &Client, css: &str) -> String {
     client
         .find(Locator::Css(css))
@@ -167,13 +178,11 @@ async fn alert_open(client: &Client) -> bool {
 
 #[tokio::test]
 async fn an_operator_retries_a_dead_delivery_from_the_page() {
-    let Some(driver) = driver("an_operator_retries_a_dead_delivery_from_the_page") else {
+    let Some((_driver, case, _console, client)) =
+        logged_in("an_operator_retries_a_dead_delivery_from_the_page").await
+    else {
         return;
     };
-    let case = dead_case(common::Backend::Sqlite);
-    let console = console::start(&case, &[], &[]);
-    let client = browser(&driver).await;
-    log_in(&client, &console.base).await;
     assert!(text_of(&client, ".card.dead b").await == "7");
     screenshot(&client, "console-overview.png").await;
     // The dead ones, then the one whose key is `item_ok`.
@@ -197,13 +206,11 @@ async fn an_operator_retries_a_dead_delivery_from_the_page() {
 
 #[tokio::test]
 async fn an_operator_discards_with_a_reason() {
-    let Some(driver) = driver("an_operator_discards_with_a_reason") else {
+    let Some((_driver, case, console, client)) =
+        logged_in("an_operator_discards_with_a_reason").await
+    else {
         return;
     };
-    let case = dead_case(common::Backend::Sqlite);
-    let console = console::start(&case, &[], &[]);
-    let client = browser(&driver).await;
-    log_in(&client, &console.base).await;
     client
         .goto(&format!(
             "{}{}",
@@ -240,13 +247,11 @@ async fn an_operator_discards_with_a_reason() {
 
 #[tokio::test]
 async fn payloads_from_the_database_render_as_text_and_run_nothing() {
-    let Some(driver) = driver("payloads_from_the_database_render_as_text_and_run_nothing") else {
+    let Some((_driver, _case, console, client)) =
+        logged_in("payloads_from_the_database_render_as_text_and_run_nothing").await
+    else {
         return;
     };
-    let case = dead_case(common::Backend::Sqlite);
-    let console = console::start(&case, &[], &[]);
-    let client = browser(&driver).await;
-    log_in(&client, &console.base).await;
     let key = "item_<script>alert(1)</script>";
     for path in [
         "/".to_owned(),
@@ -318,14 +323,12 @@ fn evil_site(target: &str, token: &str) -> (String, std::thread::JoinHandle<()>)
 
 #[tokio::test]
 async fn a_form_on_another_local_site_cannot_post_to_the_console() {
-    let Some(driver) = driver("a_form_on_another_local_site_cannot_post_to_the_console") else {
+    let Some((_driver, case, console, client)) =
+        logged_in("a_form_on_another_local_site_cannot_post_to_the_console").await
+    else {
         return;
     };
-    let case = dead_case(common::Backend::Sqlite);
     std::fs::write(case.path("ok"), "").expect("write");
-    let console = console::start(&case, &[], &[]);
-    let client = browser(&driver).await;
-    log_in(&client, &console.base).await;
     let (evil, server) = evil_site(&console.base, &console.token());
     client.goto(&evil).await.expect("goto the other site");
     client

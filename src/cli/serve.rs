@@ -36,16 +36,23 @@ pub fn serve(
         no_auth,
     };
     console::serve(config, registry, &options, |url| {
-        if !cli.quiet {
-            let mut out = std::io::stdout();
+        let mut out = std::io::stdout();
+        if cli.json {
+            let line = serde_json::json!({
+                "url": url,
+                "user": config.serve.user,
+                "read_only": read_only,
+            });
+            let _ = writeln!(out, "{line}");
+        } else if !cli.quiet {
             let _ = writeln!(
                 out,
                 "spark console on {url} (user {}{})",
                 config.serve.user,
                 if read_only { ", read-only" } else { "" }
             );
-            let _ = out.flush();
         }
+        let _ = out.flush();
     })?;
     Ok(ExitCode::SUCCESS)
 }

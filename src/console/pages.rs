@@ -90,6 +90,20 @@ pub fn error_page(status: u16, message: &str) -> String {
     .into_string()
 }
 
+/// The Retry button of one delivery, if it is failed or dead.
+fn retry_button(token: &str, state: &str, key: &str, handler: &str) -> Markup {
+    html! {
+        @if state == "failed" || state == "dead" {
+            form.inline method="post" action="/deliveries/retry" {
+                (csrf(token))
+                input type="hidden" name="key" value=(key);
+                input type="hidden" name="handler" value=(handler);
+                button type="submit" { "Retry" }
+            }
+        }
+    }
+}
+
 /// The hidden token field of a form.
 fn csrf(token: &str) -> Markup {
     html! { input type="hidden" name="csrf" value=(token); }
@@ -288,14 +302,7 @@ pub fn event(view: &EventView, replayable: &[String], token: Option<&str>) -> Ma
                     p { "Last error: " span.err { (clip(err, 4000)) } }
                 }
                 @if let Some(token) = token {
-                    @if o.state == "failed" || o.state == "dead" {
-                        form.inline method="post" action="/deliveries/retry" {
-                            (csrf(token))
-                            input type="hidden" name="key" value=(view.key);
-                            input type="hidden" name="handler" value=(story.handler);
-                            button type="submit" { "Retry" }
-                        }
-                    }
+                    (retry_button(token, &o.state, &view.key, &story.handler))
                     @if o.state != "in_flight" {
                         form.inline method="post" action="/deliveries/discard" {
                             (csrf(token))
@@ -428,14 +435,7 @@ pub fn deliveries(data: &DeliveriesPage, token: Option<&str>) -> Markup {
                             td { span.err { (clip(d.last_error.as_deref().unwrap_or("-"), 300)) } }
                             td {
                                 @if let Some(token) = token {
-                                    @if d.state == "failed" || d.state == "dead" {
-                                        form.inline method="post" action="/deliveries/retry" {
-                                            (csrf(token))
-                                            input type="hidden" name="key" value=(d.key);
-                                            input type="hidden" name="handler" value=(d.handler);
-                                            button type="submit" { "Retry" }
-                                        }
-                                    }
+                                    (retry_button(token, &d.state, &d.key, &d.handler))
                                 }
                             }
                         }
