@@ -357,8 +357,10 @@ fn rate_spaces_the_calls() {
     assert_eq!(times.len(), 2 * N);
     times.sort();
     let span = times[times.len() - 1] - times[0];
-    // 10 calls at 20 a second: 9 gaps of 50 ms.
-    assert!(span >= Duration::from_millis(430), "10 calls in {span:?}");
+    // 10 calls at 20 a second: 9 gaps of 50 ms, 450 ms (unpaced, they take
+    // a few). Receipt times jitter on a loaded machine (a first request
+    // seen 25 ms late once made 426 ms): a bound with room for it.
+    assert!(span >= Duration::from_millis(360), "10 calls in {span:?}");
 }
 
 #[test]
