@@ -180,6 +180,21 @@ pub fn check(partial: &crate::config::PartialConfig, registry: &Registry) -> Che
         return report;
     }
 
+    // The console's password: only `serve` needs it, so a warning.
+    if let Some(var) = &config.serve.password_env
+        && std::env::var(var).map_or(true, |v| v.is_empty())
+    {
+        report.warnings.push(format!(
+            "[serve] password_env: {var} is not set here; `spark serve` will refuse to start without it"
+        ));
+    }
+    if !config.serve.listen.ip().is_loopback() {
+        report.warnings.push(format!(
+            "[serve] listen = \"{}\": the console speaks plain HTTP; off a loopback address, put it behind a VPN or a TLS proxy",
+            config.serve.listen
+        ));
+    }
+
     // Groups no handler receives: their events would be recorded as seen
     // and never delivered.
     for source in config.sources.iter().filter(|s| s.enabled) {

@@ -519,6 +519,22 @@ fn serve_refuses_to_start_without_a_password_or_with_a_bad_address() {
     case.run(&["check"])
         .status(2)
         .stderr_has(&["[serve]", "listen", "everywhere"]);
+    // `check` warns of what `serve` would refuse, and of a console open to
+    // the network.
+    let case = Case::new().db(ITEMS).config(&config("").replace(
+        SERVE_SECTION,
+        "\n[serve]\nlisten = \"0.0.0.0:8025\"\npassword_env = \"NOT_SET_ANYWHERE\"\n",
+    ));
+    let out = case.run(&["check"]);
+    let all = format!("{}{}", out.stdout(), out.stderr());
+    assert!(
+        all.contains("NOT_SET_ANYWHERE") && all.contains("refuse to start"),
+        "{all}"
+    );
+    assert!(
+        all.contains("0.0.0.0:8025") && all.contains("plain HTTP"),
+        "{all}"
+    );
 }
 
 #[test]
