@@ -503,7 +503,7 @@ fn serve_refuses_to_start_without_a_password_or_with_a_bad_address() {
     case.run(&["serve", "--no-auth", "--listen", "0.0.0.0:0"])
         .status(2)
         .stderr_has(&["0.0.0.0", "loopback"]);
-    case.run(&["serve", "--listen", "localhost"])
+    case.run(&["serve", "--listen", "localhost:http"])
         .status(2)
         .stderr_has(&["--listen"]);
     let case = Case::new().db(ITEMS).config(&config(""));

@@ -22,7 +22,7 @@ pub fn serve(
 ) -> anyhow::Result<ExitCode> {
     let listen = match listen {
         None => config.serve.listen,
-        Some(text) => text.parse().map_err(|_| {
+        Some(text) => crate::config::parse_listen(text).ok_or_else(|| {
             Error::Usage(format!(
                 "--listen {text:?}: not an address and port such as \"{}\"",
                 crate::config::DEFAULT_LISTEN

@@ -186,6 +186,19 @@ pub struct ServeConfig {
     pub password_env: Option<String>,
 }
 
+/// `ADDR:PORT` as `[serve] listen` and `--listen` take it: an IP address
+/// and port (`127.0.0.1:8025`, `[::1]:8025`, `0.0.0.0:8025`), or
+/// `localhost:PORT` (127.0.0.1).
+pub fn parse_listen(text: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(addr) = text.parse() {
+        return Some(addr);
+    }
+    let (host, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    host.eq_ignore_ascii_case("localhost")
+        .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
 /// The console's address unless the config or `--listen` says another.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8025";
 
@@ -1179,9 +1192,9 @@ impl Validator<'_> {
         let entry = "[serve]";
         let mut serve = ServeConfig::default();
         if let Some(listen) = &raw.listen {
-            match listen.get_ref().parse() {
-                Ok(addr) => serve.listen = addr,
-                Err(_) => self.bad_value(
+            match parse_listen(listen.get_ref()) {
+                Some(addr) => serve.listen = addr,
+                None => self.bad_value(
                     entry,
                     "listen",
                     listen.span(),
@@ -1518,6 +1531,26 @@ impl Validator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen("127.0.0.1:8025").unwrap().port(), 8025);
+        assert!(parse_listen("[::1]:80").unwrap().ip().is_loopback());
+        assert_eq!(
+            parse_listen("LOCALHOST:9").unwrap(),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 9))
+        );
+        for bad in [
+            "localhost",
+            "localhost:http",
+            "example.org:80",
+            "127.0.0.1",
+            ":80",
+            "",
+        ] {
+            assert!(parse_listen(bad).is_none(), "{bad}");
+        }
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(
