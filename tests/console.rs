@@ -623,3 +623,36 @@ fn several_requests_are_served_at_once() {
         "pages were served only after the slow action ended"
     );
 }
+
+on_shared_backends! {
+    fn a_delivery_a_worker_holds_is_shown_in_flight_with_the_worker(backend: Backend) {
+        let case = Case::on(backend).db(ITEMS).config(&config("").replace(
+            "command = [\"sh\", \"-c\", \"test -f ok",
+            "command = [\"sh\", \"-c\", \"sleep 5; test -f ok",
+        ));
+        case.run(&["skip-backfill"]).success();
+        case.run(&["forget", "item_ok"]).success();
+        let mut run = case.spawn(&["process-sources"]);
+        let console = console::start(&case, &[], &[]);
+        let mut held = Value::Null;
+        for _ in 0..100 {
+            held = console.json("/deliveries?state=in_flight");
+            if held["total"] == 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(held["total"], 1, "{held}");
+        let line = &held["deliveries"][0];
+        assert_eq!(line["key"], "item_ok");
+        let worker = line["worker"].as_str().expect("the worker holding it").to_owned();
+        assert!(line["lease_until"].is_string(), "{line}");
+        let page = console.get("/deliveries?state=in_flight").status(200).body;
+        assert!(page.contains(&format!(" by {worker} until ")), "{page}");
+        // Nothing to act on while a worker holds it: no Retry, no Discard.
+        let event = console.get("/events/item_ok").body;
+        assert!(!event.contains(">Retry<") && !event.contains(">Discard<"), "{event}");
+        let _ = run.kill();
+        let _ = run.wait();
+    }
+}

@@ -429,7 +429,12 @@ pub fn deliveries(data: &DeliveriesPage, token: Option<&str>) -> Markup {
                             }
                             td { (t(&d.handler)) }
                             td { a.key href=(event_url(&d.key)) { (clip(&d.key, 100)) } }
-                            td { span class=(format!("state-{}", d.state)) { (d.state) } }
+                            td {
+                                span class=(format!("state-{}", d.state)) { (d.state) }
+                                @if let (Some(w), Some(until)) = (&d.worker, &d.lease_until) {
+                                    span.mute { " by " (t(w)) " until " (t(until)) }
+                                }
+                            }
                             td.num { (d.attempts) }
                             td { (t(d.next_attempt_at.as_deref().unwrap_or("-"))) }
                             td { span.err { (clip(d.last_error.as_deref().unwrap_or("-"), 300)) } }
