@@ -3,7 +3,8 @@
 //! workers share the store by claims), opens the store once, plans its
 //! change from what the store holds, writes the change and its history
 //! together, and returns what it did. Shared by the CLI (which parses and
-//! prints) and, later, the web console; the history names `who` acted.
+//! prints) and the web console (`crate::console`); the history names `who`
+//! acted. `show` is the operator's view of one event, for both.
 //!
 //! Not here: parsing arguments or printing (`crate::cli`), the SQL (the
 //! backends), the plans' pure parts (`crate::store::admin`).

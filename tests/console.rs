@@ -110,7 +110,7 @@ on_every_backend! {
         // Replay it: owed again to flaky.
         let path = format!("{}/replay", spark::console::event_url("item_a/b c"));
         let done = console.post(&path, &[("handler", "flaky")]).status(200).json();
-        assert_eq!(done["deliveries"][0][1], "item_a/b c", "{done}");
+        assert_eq!(done["deliveries"][0]["key"], "item_a/b c", "{done}");
         assert_eq!(owed(&case, "item_a/b c"), vec![("flaky".to_owned(), "pending".to_owned())]);
         // Replaying what is owed adds nothing.
         let again = console.post(&path, &[("handler", "flaky")]).status(200).json();

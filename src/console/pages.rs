@@ -493,8 +493,8 @@ pub fn action_done(done: &ActionDone, _token: Option<&str>) -> Markup {
         @if !done.deliveries.is_empty() {
             table {
                 tr { th { "Handler" } th { "Key" } }
-                @for (h, k) in done.deliveries.iter().take(MAX_KEYS) {
-                    tr { td { (t(h)) } td { a.key href=(event_url(k)) { (clip(k, 120)) } } }
+                @for d in done.deliveries.iter().take(MAX_KEYS) {
+                    tr { td { (t(&d.handler)) } td { a.key href=(event_url(&d.key)) { (clip(&d.key, 120)) } } }
                 }
             }
         }

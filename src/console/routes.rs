@@ -604,12 +604,26 @@ pub struct ActionDone {
     #[serde(skip)]
     pub title: String,
     pub message: String,
-    /// (handler, key) of each delivery acted on.
-    pub deliveries: Vec<(String, String)>,
+    /// Each delivery acted on.
+    pub deliveries: Vec<Acted>,
     /// Selected but left for a next request (over `MAX_KEYS`).
     pub left: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<crate::pipeline::RunReport>,
+}
+
+/// One delivery an action acted on.
+#[derive(Serialize)]
+pub struct Acted {
+    pub handler: String,
+    pub key: String,
+}
+
+fn acted(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<Acted> {
+    pairs
+        .into_iter()
+        .map(|(handler, key)| Acted { handler, key })
+        .collect()
 }
 
 /// The deliveries a retry or discard form selects: keys named, or a
@@ -722,7 +736,7 @@ fn retry(ctx: &Ctx<'_>, form: &[(String, String)]) -> Result<ActionDone, Fail> {
         action: "retry",
         title: "Retry".into(),
         message,
-        deliveries: before,
+        deliveries: acted(before),
         left,
         report: Some(report),
     })
@@ -743,7 +757,7 @@ fn discard(ctx: &Ctx<'_>, form: &[(String, String)]) -> Result<ActionDone, Fail>
         action: "discard",
         title: "Discard".into(),
         message,
-        deliveries: done.discarded,
+        deliveries: acted(done.discarded),
         left,
         report: None,
     })
@@ -781,11 +795,11 @@ fn replay(ctx: &Ctx<'_>, key: &str, form: &[(String, String)]) -> Result<ActionD
         action: "replay",
         title: "Replay".into(),
         message,
-        deliveries: done
-            .replayed
-            .iter()
-            .map(|k| (handler.to_owned(), k.clone()))
-            .collect(),
+        deliveries: acted(
+            done.replayed
+                .iter()
+                .map(|k| (handler.to_owned(), k.clone())),
+        ),
         left: 0,
         report: None,
     })
