@@ -352,3 +352,47 @@ async fn a_form_on_another_local_site_cannot_post_to_the_console() {
     let _ = server.join();
     client.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn an_operator_retries_the_deliveries_they_tick() {
+    let Some((_driver, case, console, client)) =
+        logged_in("an_operator_retries_the_deliveries_they_tick").await
+    else {
+        return;
+    };
+    std::fs::write(case.path("ok"), "").expect("write");
+    client
+        .goto(&format!(
+            "{}/deliveries?state=dead&handler=flaky",
+            console.base
+        ))
+        .await
+        .expect("goto");
+    for key in ["item_ok", "item_a/b c"] {
+        client
+            .find(Locator::Css(&format!(
+                "input[type=checkbox][value='{key}']"
+            )))
+            .await
+            .unwrap_or_else(|e| panic!("{key}'s box: {e}"))
+            .click()
+            .await
+            .expect("tick");
+    }
+    click(
+        &client,
+        Locator::XPath("//button[text()='Retry selected']"),
+        "Retry",
+    )
+    .await;
+    let flash = text_of(&client, ".flash").await;
+    assert!(
+        flash.contains("retried 2 deliveries: 2 delivered"),
+        "{flash}"
+    );
+    assert_eq!(owed_state(&case, "item_ok"), None);
+    assert_eq!(owed_state(&case, "item_a/b c"), None);
+    // The ones not ticked are still dead.
+    assert_eq!(owed_state(&case, "item_%2F").as_deref(), Some("dead"));
+    client.close().await.expect("close");
+}
