@@ -104,6 +104,13 @@ fn huge_durations_are_exit_2_naming_the_setting() {
     ] {
         case.run(args).status(2).stderr_has(&[args[1], "100 years"]);
     }
+    // A number too large to count at all says the same, not the parser's
+    // own words.
+    for huge in ["99999999999999ms", "999999999999999999999999s"] {
+        case.run(&["process-sources", "--wait", huge])
+            .status(2)
+            .stderr_has(&["--wait", "100 years"]);
+    }
 }
 
 #[test]

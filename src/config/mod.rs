@@ -693,9 +693,15 @@ pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
 /// Parses a duration like `"500ms"`, `"30s"`, `"1m"`, `"2h"`, `"7d"`, of at
 /// most `MAX_DURATION`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text.trim()).map_err(|e| e.to_string())?;
+    const TOO_LONG: &str = "longer than the most spark takes, 100 years (\"36500d\")";
+    let d = humantime::parse_duration(text.trim()).map_err(|e| match e {
+        // A number too large to count in nanoseconds: too long, whatever
+        // its unit.
+        humantime::DurationError::NumberOverflow => TOO_LONG.to_owned(),
+        other => other.to_string(),
+    })?;
     if d > MAX_DURATION {
-        return Err("longer than the most spark takes, 100 years (\"36500d\")".to_owned());
+        return Err(TOO_LONG.to_owned());
     }
     Ok(d)
 }
