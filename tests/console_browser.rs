@@ -125,6 +125,14 @@ async fn wait_title(client: &Client, prefix: &str) {
     panic!("no page titled {prefix:?} came: {source}");
 }
 
+/// Opens the console's page at `path`.
+async fn open(client: &Client, console: &console::Console, path: &str) {
+    client
+        .goto(&format!("{}{path}", console.base))
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+}
+
 /// Clicks what `locator` finds and waits for the page titled `title`.
 async fn click(client: &Client, locator: Locator<'_>, title: &str) {
     client
@@ -211,14 +219,7 @@ async fn an_operator_discards_with_a_reason() {
     else {
         return;
     };
-    client
-        .goto(&format!(
-            "{}{}",
-            console.base,
-            spark::console::event_url("item_a/b c")
-        ))
-        .await
-        .expect("goto");
+    open(&client, &console, &spark::console::event_url("item_a/b c")).await;
     client
         .find(Locator::Css(
             "form[action='/deliveries/discard'] input[name=reason]",
@@ -260,10 +261,7 @@ async fn payloads_from_the_database_render_as_text_and_run_nothing() {
         spark::console::event_url(key),
         "/events?q=%3Cscript%3E".to_owned(),
     ] {
-        client
-            .goto(&format!("{}{path}", console.base))
-            .await
-            .expect("goto");
+        open(&client, &console, &path).await;
         // Let an image's onerror or a mouseover run, if they could.
         if let Ok(b) = client.find(Locator::Css("span.err")).await {
             let _ = b.click().await;
@@ -279,14 +277,7 @@ async fn payloads_from_the_database_render_as_text_and_run_nothing() {
             "{path}: markup from the database became elements"
         );
     }
-    client
-        .goto(&format!(
-            "{}{}",
-            console.base,
-            spark::console::event_url(key)
-        ))
-        .await
-        .expect("goto");
+    open(&client, &console, &spark::console::event_url(key)).await;
     assert_eq!(text_of(&client, "h1 code").await, key);
     let context = text_of(&client, "pre").await;
     assert!(
@@ -361,13 +352,7 @@ async fn an_operator_retries_the_deliveries_they_tick() {
         return;
     };
     std::fs::write(case.path("ok"), "").expect("write");
-    client
-        .goto(&format!(
-            "{}/deliveries?state=dead&handler=flaky",
-            console.base
-        ))
-        .await
-        .expect("goto");
+    open(&client, &console, "/deliveries?state=dead&handler=flaky").await;
     for key in ["item_ok", "item_a/b c"] {
         client
             .find(Locator::Css(&format!(

@@ -29,7 +29,9 @@ fn clip(text: &str, max: usize) -> String {
     t(&format!("{cut}…"))
 }
 
-pub fn layout(title: &str, user: &str, read_only: bool, body: Markup) -> String {
+/// A whole page: `title`, the header (with the navigation when `nav`
+/// names who is signed in) and `body`.
+fn document(title: &str, nav: Option<(&str, bool)>, body: Markup) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -40,15 +42,17 @@ pub fn layout(title: &str, user: &str, read_only: bool, body: Markup) -> String 
                 link rel="stylesheet" href="/static/spark.css";
             }
             body {
-                header {
-                    a.brand href="/" { "spark" }
-                    a href="/events" { "Events" }
-                    a href="/deliveries" { "Deliveries" }
-                    a href="/deliveries?state=dead" { "Dead" }
-                    a href="/deliveries?state=failed" { "Failed" }
-                    span.who {
-                        (t(user))
-                        @if read_only { " · read-only" }
+                @if let Some((user, read_only)) = nav {
+                    header {
+                        a.brand href="/" { "spark" }
+                        a href="/events" { "Events" }
+                        a href="/deliveries" { "Deliveries" }
+                        a href="/deliveries?state=dead" { "Dead" }
+                        a href="/deliveries?state=failed" { "Failed" }
+                        span.who {
+                            (t(user))
+                            @if read_only { " · read-only" }
+                        }
                     }
                 }
                 main { (body) }
@@ -58,6 +62,11 @@ pub fn layout(title: &str, user: &str, read_only: bool, body: Markup) -> String 
     .into_string()
 }
 
+pub fn layout(title: &str, user: &str, read_only: bool, body: Markup) -> String {
+    document(title, Some((user, read_only)), body)
+}
+
+/// An error's page (no navigation: it may answer someone not signed in).
 pub fn error_page(status: u16, message: &str) -> String {
     let title = match status {
         400 => "Bad request",
@@ -69,25 +78,15 @@ pub fn error_page(status: u16, message: &str) -> String {
         413 => "Too large",
         _ => "Error",
     };
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (status) " " (title) " · spark" }
-                link rel="stylesheet" href="/static/spark.css";
-            }
-            body {
-                main {
-                    h1 { (status) " " (title) }
-                    p.flash.bad { (message) }
-                    p { a href="/" { "Back to the overview" } }
-                }
-            }
-        }
-    }
-    .into_string()
+    document(
+        &format!("{status} {title}"),
+        None,
+        html! {
+            h1 { (status) " " (title) }
+            p.flash.bad { (message) }
+            p { a href="/" { "Back to the overview" } }
+        },
+    )
 }
 
 /// The Retry button of one delivery, if it is failed or dead.
