@@ -818,6 +818,18 @@ conditions = [
     );
     std::fs::create_dir(case.path("mails")).unwrap();
     std::fs::create_dir(case.path("outbox-dir")).unwrap();
+    // `[delivery] keep_history` and the console's `[serve]` too.
+    let text = std::fs::read_to_string(case.path("spark.toml"))
+        .unwrap()
+        .replace(
+            "backoff = \"0s\"",
+            "backoff = \"0s\"\nkeep_history = \"7d\"",
+        );
+    std::fs::write(
+        case.path("spark.toml"),
+        format!("{text}\n[serve]\nlisten = \"[::1]:9000\"\nuser = \"ops\"\npassword_env = \"CONSOLE_PASSWORD\"\n"),
+    )
+    .unwrap();
     let env = [
         ("API_TOKEN", "t0p-s3cret"),
         ("HOOK_AUTH", "Bearer abc123"),
@@ -856,6 +868,13 @@ conditions = [
     // The same keys as the file: no quotes around header values, *_env
     // keys naming variables, templates as written.
     let parsed: toml::Table = toml::from_str(&first).unwrap();
+    assert_eq!(parsed["delivery"]["keep_history"].as_str(), Some("7days"));
+    assert_eq!(parsed["serve"]["listen"].as_str(), Some("[::1]:9000"));
+    assert_eq!(parsed["serve"]["user"].as_str(), Some("ops"));
+    assert_eq!(
+        parsed["serve"]["password_env"].as_str(),
+        Some("CONSOLE_PASSWORD")
+    );
     let handlers = parsed["handlers"].as_array().unwrap();
     let hook = handlers
         .iter()
