@@ -93,7 +93,8 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
 /// `text` cut to `max` characters, with an ellipsis when cut, on one line
 /// (control characters escaped first, so that none is cut in half).
 pub fn clip(text: &str, max: usize) -> String {
-    let one_line = field(text);
+    // Masked before it is cut: a cut through a secret would show its start.
+    let one_line = field(&redact(text));
     if one_line.chars().count() <= max {
         one_line
     } else {
@@ -136,5 +137,17 @@ impl Write for LogWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         io::stderr().flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cut_never_shows_the_start_of_a_secret() {
+        crate::redact::register("clip-secret-0123456789");
+        let text = format!("{}clip-secret-0123456789 and more", "x".repeat(70));
+        let clipped = super::clip(&text, 80);
+        assert!(!clipped.contains("clip-sec"), "{clipped}");
+        assert!(clipped.contains("***"), "{clipped}");
     }
 }

@@ -20,13 +20,15 @@ fn t(text: &str) -> String {
     crate::redact::redact(text).into_owned()
 }
 
-/// `text` cut to `max` characters, with `…` when cut.
+/// `text` with secrets masked, then cut to `max` characters, with `…`
+/// when cut (masked first: a cut through a secret would show its start).
 fn clip(text: &str, max: usize) -> String {
+    let text = t(text);
     if text.chars().count() <= max {
-        return t(text);
+        return text;
     }
     let cut: String = text.chars().take(max).collect();
-    t(&format!("{cut}…"))
+    format!("{cut}…")
 }
 
 /// A whole page: `title`, the header (with the navigation when `nav`
@@ -509,5 +511,17 @@ pub fn action_done(done: &ActionDone, _token: Option<&str>) -> Markup {
             }
         }
         p { a href="/deliveries" { "Deliveries" } " · " a href="/" { "Overview" } }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cut_never_shows_the_start_of_a_secret() {
+        crate::redact::register("page-secret-0123456789");
+        let text = format!("{}page-secret-0123456789 and more", "x".repeat(70));
+        let clipped = super::clip(&text, 80);
+        assert!(!clipped.contains("page-sec"), "{clipped}");
+        assert!(clipped.contains("***"), "{clipped}");
     }
 }
