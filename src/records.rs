@@ -221,6 +221,40 @@ impl Serialize for Record {
 /// read back as itself under serde_json's limit of 128 levels.
 pub const MAX_NESTING: usize = 64;
 
+/// A JSON column's value (PostgreSQL's `json`/`jsonb`, MySQL's `JSON`),
+/// read faithfully or not at all: one that does not parse into spark's
+/// JSON (a number beyond f64 such as `1e400`, nesting beyond serde_json's
+/// 128 levels) or nests deeper than `MAX_NESTING` is an error naming why
+/// (its record is one bad record).
+pub fn json_column(raw: &[u8]) -> Result<Value, String> {
+    let too_deep = || format!("json nested deeper than {MAX_NESTING} levels");
+    let value: Value = serde_json::from_slice(raw).map_err(|e| {
+        if e.to_string().starts_with("recursion limit") {
+            too_deep()
+        } else {
+            format!("json that spark cannot read: {e}")
+        }
+    })?;
+    if nests_deeper_than(&value, MAX_NESTING) {
+        return Err(too_deep());
+    }
+    Ok(value)
+}
+
+/// A float as JSON (`null` for NaN and the infinities, which JSON lacks).
+pub fn float_value(x: f64) -> Value {
+    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+}
+
+/// Text from the database as a string: `Err` with the text made valid
+/// (U+FFFD for each bad byte) when it is not UTF-8.
+pub fn text_value(raw: &[u8]) -> Result<Value, Value> {
+    match std::str::from_utf8(raw) {
+        Ok(t) => Ok(Value::String(t.to_owned())),
+        Err(_) => Err(Value::String(String::from_utf8_lossy(raw).into_owned())),
+    }
+}
+
 /// Whether `value` nests deeper than `max` levels (walked without
 /// recursion, so that no depth can exhaust the stack).
 pub fn nests_deeper_than(value: &Value, max: usize) -> bool {

@@ -186,6 +186,27 @@ pub struct ServeConfig {
     pub password_env: Option<String>,
 }
 
+/// A database URL's connect timeout (`name` as the URL spells it): whole
+/// seconds, up to `MAX_DURATION`.
+pub(crate) fn connect_timeout(name: &str, text: &str) -> Result<Duration, String> {
+    text.trim()
+        .parse()
+        .ok()
+        .map(Duration::from_secs)
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(|| format!("{name} {text:?} is not a whole number of seconds up to 100 years"))
+}
+
+/// What `[database]` stands for when it has a problem (reported): a
+/// config with problems is not run, but the rest of it is still checked.
+fn unusable() -> BackendConfig {
+    BackendConfig::Sqlite(SqliteConfig {
+        path: PathBuf::new(),
+        create_from: None,
+        busy_timeout: Duration::ZERO,
+    })
+}
+
 /// `ADDR:PORT` as `[serve] listen` and `--listen` take it: an IP address
 /// and port (`127.0.0.1:8025`, `[::1]:8025`, `0.0.0.0:8025`), or
 /// `localhost:PORT` (127.0.0.1).
@@ -965,6 +986,33 @@ impl Validator<'_> {
                 );
             }
         };
+        // A database server's `url` takes no SQLite settings.
+        let sqlite_only = |v: &mut Self, server: &str| {
+            for (field, value) in [
+                ("create_from", raw.create_from.as_ref().map(Spanned::span)),
+                ("busy_timeout", raw.busy_timeout.as_ref().map(Spanned::span)),
+            ] {
+                unused(
+                    v,
+                    field,
+                    value,
+                    &format!("to {server} (`url`); it is for SQLite files"),
+                );
+            }
+        };
+        // How long a claim lasts, on a server workers share.
+        let lease = |v: &mut Self, default: Duration| {
+            let lease = v.duration(entry, "lease", raw.lease.as_ref(), default);
+            if lease < Duration::from_secs(3) {
+                v.bad_value(
+                    entry,
+                    "lease",
+                    raw.lease.as_ref().map_or(0..0, Spanned::span),
+                    "must be at least 3s (it is renewed every third of it)".into(),
+                );
+            }
+            lease
+        };
         // A MySQL or MariaDB URL given as `path` is a slip: said as such,
         // not as a missing file.
         let mut mysql_path = false;
@@ -1009,23 +1057,9 @@ impl Validator<'_> {
             );
         }
         let backend = match (&raw.path, &raw.url) {
-            _ if mysql_path => BackendConfig::Sqlite(SqliteConfig {
-                path: PathBuf::new(),
-                create_from: None,
-                busy_timeout: Duration::ZERO,
-            }),
+            _ if mysql_path => unusable(),
             (None, Some(url)) if mysql::is_mysql_url(url.get_ref()) => {
-                for (field, value) in [
-                    ("create_from", raw.create_from.as_ref().map(Spanned::span)),
-                    ("busy_timeout", raw.busy_timeout.as_ref().map(Spanned::span)),
-                ] {
-                    unused(
-                        self,
-                        field,
-                        value,
-                        "to MySQL (`url`); it is for SQLite files",
-                    );
-                }
+                sqlite_only(self, "MySQL");
                 unused(
                     self,
                     "listen",
@@ -1034,15 +1068,7 @@ impl Validator<'_> {
                 );
                 match mysql::parse(url.get_ref()) {
                     Ok(mut my) => {
-                        my.lease = self.duration(entry, "lease", raw.lease.as_ref(), my.lease);
-                        if my.lease < Duration::from_secs(3) {
-                            self.bad_value(
-                                entry,
-                                "lease",
-                                raw.lease.as_ref().map_or(0..0, Spanned::span),
-                                "must be at least 3s (it is renewed every third of it)".into(),
-                            );
-                        }
+                        my.lease = lease(self, my.lease);
                         if let Some(Some(p)) = password {
                             my.password = Some(p.clone());
                         }
@@ -1050,11 +1076,7 @@ impl Validator<'_> {
                     }
                     Err(message) => {
                         self.bad_value(entry, "url", url.span(), message);
-                        BackendConfig::Sqlite(SqliteConfig {
-                            path: PathBuf::new(),
-                            create_from: None,
-                            busy_timeout: Duration::ZERO,
-                        })
+                        unusable()
                     }
                 }
             }
@@ -1094,23 +1116,13 @@ impl Validator<'_> {
                 })
             }
             (None, Some(url)) => {
-                for (field, value) in [
-                    ("create_from", raw.create_from.as_ref().map(Spanned::span)),
-                    ("busy_timeout", raw.busy_timeout.as_ref().map(Spanned::span)),
-                ] {
-                    unused(
-                        self,
-                        field,
-                        value,
-                        "to PostgreSQL (`url`); it is for SQLite files",
-                    );
-                }
+                sqlite_only(self, "PostgreSQL");
                 // The parser registers the password; the user, host and
                 // parameters are no secrets.
                 let lookup = |var: &str| std::env::var(var).ok();
                 match postgres::parse(url.get_ref(), &lookup) {
                     Ok(mut pg) => {
-                        pg.lease = self.duration(entry, "lease", raw.lease.as_ref(), pg.lease);
+                        pg.lease = lease(self, pg.lease);
                         if let Some(Some(p)) = &password {
                             pg.password = Some(p.clone());
                         }
@@ -1133,23 +1145,11 @@ impl Validator<'_> {
                                 );
                             }
                         }
-                        if pg.lease < Duration::from_secs(3) {
-                            self.bad_value(
-                                entry,
-                                "lease",
-                                raw.lease.as_ref().map_or(0..0, Spanned::span),
-                                "must be at least 3s (it is renewed every third of it)".into(),
-                            );
-                        }
                         BackendConfig::Postgres(pg)
                     }
                     Err(message) => {
                         self.bad_value(entry, "url", url.span(), message);
-                        BackendConfig::Sqlite(SqliteConfig {
-                            path: PathBuf::new(),
-                            create_from: None,
-                            busy_timeout: Duration::ZERO,
-                        })
+                        unusable()
                     }
                 }
             }
@@ -1162,11 +1162,7 @@ impl Validator<'_> {
                         why: "together with `path`: give one of them (`path` for SQLite, `url` for PostgreSQL or MySQL)".into(),
                     },
                 );
-                BackendConfig::Sqlite(SqliteConfig {
-                    path: PathBuf::new(),
-                    create_from: None,
-                    busy_timeout: Duration::ZERO,
-                })
+                unusable()
             }
             (None, None) => {
                 self.report(
@@ -1179,11 +1175,7 @@ impl Validator<'_> {
                                 .into(),
                     },
                 );
-                BackendConfig::Sqlite(SqliteConfig {
-                    path: PathBuf::new(),
-                    create_from: None,
-                    busy_timeout: Duration::ZERO,
-                })
+                unusable()
             }
         };
         DatabaseConfig {

@@ -161,18 +161,7 @@ pub fn parse(text: &str) -> Result<MysqlConfig, String> {
             }
             "ssl-ca" => ssl_ca = Some(PathBuf::from(v)),
             "connect-timeout" => {
-                connect_timeout = Some(
-                    v.trim()
-                        .parse()
-                        .ok()
-                        .map(Duration::from_secs)
-                        .filter(|d| *d <= super::MAX_DURATION)
-                        .ok_or_else(|| {
-                            format!(
-                                "connect-timeout {v:?} is not a whole number of seconds up to 100 years"
-                            )
-                        })?,
-                );
+                connect_timeout = Some(super::connect_timeout("connect-timeout", &v)?);
             }
             other => {
                 return Err(format!(

@@ -164,18 +164,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<PgConfi
     };
     let connect_timeout = match get("connect_timeout").or_else(|| from_env("PGCONNECT_TIMEOUT")) {
         None => None,
-        Some(t) => Some(
-            t.trim()
-                .parse()
-                .ok()
-                .map(Duration::from_secs)
-                .filter(|d| *d <= super::MAX_DURATION)
-                .ok_or_else(|| {
-                    format!(
-                        "connect_timeout {t:?} is not a whole number of seconds up to 100 years"
-                    )
-                })?,
-        ),
+        Some(t) => Some(super::connect_timeout("connect_timeout", &t)?),
     };
     Ok(PgConfig {
         hosts,

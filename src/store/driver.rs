@@ -46,6 +46,25 @@ pub enum Commit {
     Durable,
 }
 
+/// Runs one try of a write until it succeeds, fails for good, or has been
+/// tried `tries` times: `once` returns its result and whether a failure was
+/// transient (a deadlock, a serialization failure, a lock wait: another
+/// worker's transaction in the way). Waits a little longer before each
+/// new try.
+pub fn retry_transient<T>(tries: u32, mut once: impl FnMut() -> (Result<T>, bool)) -> Result<T> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match once() {
+            (Err(e), true) if attempt < tries => {
+                tracing::debug!(error = %e, "in another worker's way; trying again");
+                std::thread::sleep(Duration::from_millis(20 * u64::from(attempt)));
+            }
+            (done, _) => return done,
+        }
+    }
+}
+
 /// A delivery row to insert.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {

@@ -218,6 +218,30 @@ macro_rules! on_shared_backends {
 /// The lease of PostgreSQL and MySQL test cases.
 pub const LEASE: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// A name for a test database no other test (or test run) uses.
+fn unique_database_name() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "spark_test_{}_{}_{:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    )
+}
+
+/// A server's admin URL naming database `name` instead (its query kept).
+fn with_database(admin: &str, name: &str) -> String {
+    let (base, query) = match admin.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (admin, String::new()),
+    };
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    format!("{base}/{name}{query}")
+}
+
 /// A PostgreSQL database of a case's own, dropped with it.
 struct PgDb {
     name: String,
@@ -226,28 +250,14 @@ struct PgDb {
 
 impl PgDb {
     fn create() -> PgDb {
-        static N: AtomicUsize = AtomicUsize::new(0);
         let admin = test_server_url();
-        let name = format!(
-            "spark_test_{}_{}_{:x}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0)
-        );
+        let name = unique_database_name();
         let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("test server");
         client
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .expect("create test database");
-        let (base, query) = match admin.split_once('?') {
-            Some((b, q)) => (b, format!("?{q}")),
-            None => (admin.as_str(), String::new()),
-        };
-        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
         PgDb {
-            url: format!("{base}/{name}{query}"),
+            url: with_database(&admin, &name),
             name,
         }
     }
@@ -276,28 +286,14 @@ struct MyDb {
 
 impl MyDb {
     fn create() -> MyDb {
-        static N: AtomicUsize = AtomicUsize::new(0);
         let admin = test_mysql_url();
-        let name = format!(
-            "spark_test_{}_{}_{:x}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0)
-        );
+        let name = unique_database_name();
         let mut conn = admin_mysql(&admin);
         use mysql::prelude::Queryable;
         conn.query_drop(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
             .expect("create test database");
-        let (base, query) = match admin.split_once('?') {
-            Some((b, q)) => (b, format!("?{q}")),
-            None => (admin.as_str(), String::new()),
-        };
-        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
         MyDb {
-            url: format!("{base}/{name}{query}"),
+            url: with_database(&admin, &name),
             name,
         }
     }

@@ -26,7 +26,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
@@ -37,7 +36,9 @@ use super::{DELIVERY_COLUMNS, NOW_MS, connect, message, placeholders, quote, sch
 use crate::clock;
 use crate::config::MysqlConfig;
 use crate::error::{Error, Result};
-use crate::store::driver::{Commit, Executor, Heartbeat, NewDelivery, Rows, SeenRow};
+use crate::store::driver::{
+    Commit, Executor, Heartbeat, NewDelivery, Rows, SeenRow, retry_transient,
+};
 use crate::store::{
     Claim, Delivery, DeliveryRow, DeliveryState, Failure, FileMark, HistoryEntry, NewMark,
     StoredEvent, keys_json,
@@ -802,11 +803,9 @@ impl Executor for MysqlExecutor {
         single: bool,
         work: &mut dyn FnMut(&mut dyn Rows) -> Result<()>,
     ) -> Result<()> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        retry_transient(RETRIES, || {
             let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-            let (done, transient) = if single {
+            if single {
                 // One statement: no transaction of its own (one round trip).
                 let mut rows = MyRows {
                     c: &mut *conn,
@@ -816,40 +815,34 @@ impl Executor for MysqlExecutor {
                     transient: false,
                 };
                 let done = work(&mut rows);
-                (done, rows.transient)
-            } else {
-                let fail = store_err(&self.who.name, action);
-                let mut tx = conn.start_transaction(TxOpts::default()).map_err(&fail)?;
-                let mut rows = MyRows {
-                    c: &mut tx,
-                    who: &self.who,
-                    action,
-                    now: clock::now_text(),
-                    transient: false,
-                };
-                let done = work(&mut rows);
-                let mut transient = rows.transient;
-                let done = match done {
-                    Ok(()) => tx.commit().map_err(|e| {
-                        transient |= is_transient(&e);
-                        fail(e)
-                    }),
-                    Err(e) => {
-                        let _ = tx.rollback();
-                        Err(e)
-                    }
-                };
-                (done, transient)
-            };
-            drop(conn);
-            match done {
-                Err(e) if transient && attempt < RETRIES => {
-                    tracing::debug!(error = %e, "in another worker's way; trying again");
-                    thread::sleep(Duration::from_millis(20 * u64::from(attempt)));
-                }
-                other => return other,
+                return (done, rows.transient);
             }
-        }
+            let fail = store_err(&self.who.name, action);
+            let mut tx = match conn.start_transaction(TxOpts::default()) {
+                Ok(tx) => tx,
+                Err(e) => return (Err(fail(e)), false),
+            };
+            let mut rows = MyRows {
+                c: &mut tx,
+                who: &self.who,
+                action,
+                now: clock::now_text(),
+                transient: false,
+            };
+            let done = work(&mut rows);
+            let mut transient = rows.transient;
+            let done = match done {
+                Ok(()) => tx.commit().map_err(|e| {
+                    transient |= is_transient(&e);
+                    fail(e)
+                }),
+                Err(e) => {
+                    let _ = tx.rollback();
+                    Err(e)
+                }
+            };
+            (done, transient)
+        })
     }
 
     fn make_durable(&mut self) -> Result<()> {

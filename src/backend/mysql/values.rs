@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 
 use mysql::Value as My;
 use mysql::consts::{ColumnFlags, ColumnType};
-use serde_json::{Number, Value};
+use serde_json::Value;
 
 use crate::records::Affinity;
 
@@ -193,36 +193,16 @@ pub fn decode(kind: Kind, value: &My) -> Result<Value, Result<Value, String>> {
 }
 
 fn float(x: f64) -> Value {
-    Number::from_f64(x).map_or(Value::Null, Value::Number)
+    crate::records::float_value(x)
 }
 
+/// Text: not UTF-8 is a defect of the record (with the text made valid).
 fn text(raw: &[u8]) -> Result<Value, Result<Value, String>> {
-    match std::str::from_utf8(raw) {
-        Ok(t) => Ok(Value::String(t.to_owned())),
-        Err(_) => Err(Ok(Value::String(String::from_utf8_lossy(raw).into_owned()))),
-    }
+    crate::records::text_value(raw).map_err(Ok)
 }
 
-/// A JSON value: one that does not parse into spark's JSON, or nests
-/// deeper than `MAX_NESTING`, cannot be read faithfully (one bad record).
 fn json(raw: &[u8]) -> Result<Value, Result<Value, String>> {
-    let too_deep = || {
-        Err(format!(
-            "json nested deeper than {} levels",
-            crate::records::MAX_NESTING
-        ))
-    };
-    let value: Value = serde_json::from_slice(raw).map_err(|e| {
-        if e.to_string().starts_with("recursion limit") {
-            too_deep()
-        } else {
-            Err(format!("json that spark cannot read: {e}"))
-        }
-    })?;
-    if crate::records::nests_deeper_than(&value, crate::records::MAX_NESTING) {
-        return Err(too_deep());
-    }
-    Ok(value)
+    crate::records::json_column(raw).map_err(Err)
 }
 
 /// `HH:MM:SS[.mmm]`, milliseconds when there are any (as Django writes).

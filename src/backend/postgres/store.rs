@@ -31,7 +31,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
 use std::time::Duration;
 
 use postgres::types::ToSql;
@@ -42,7 +41,9 @@ use crate::backend::quote_ident;
 use crate::clock;
 use crate::config::PgConfig;
 use crate::error::{Error, Result};
-use crate::store::driver::{Commit, Executor, Heartbeat, NewDelivery, Rows, SeenRow};
+use crate::store::driver::{
+    Commit, Executor, Heartbeat, NewDelivery, Rows, SeenRow, retry_transient,
+};
 use crate::store::{
     Claim, Delivery, DeliveryRow, DeliveryState, Failure, FileMark, HistoryEntry, NewMark,
     StoredEvent, keys_json,
@@ -716,48 +717,40 @@ impl Executor for PgExecutor {
         single: bool,
         work: &mut dyn FnMut(&mut dyn Rows) -> Result<()>,
     ) -> Result<()> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        let recorded = retry_transient(RETRIES, || {
             let mut conn = self.client.lock().unwrap_or_else(|e| e.into_inner());
-            let (done, transient, recorded) = if single && commit == Commit::Outcome {
+            if single && commit == Commit::Outcome {
                 // One statement that need not wait for the disk: no
                 // transaction of its own (one round trip).
                 let mut rows = PgRows::new(&mut *conn, &mut self.prepared, &self.who, action);
-                let done = work(&mut rows);
-                (done, rows.transient, rows.recorded)
-            } else {
-                let fail = store_err(&self.who.name, action);
-                let mut tx = conn.transaction().map_err(&fail)?;
-                if commit != Commit::Outcome {
-                    // Handlers are called, files cut, operators told once
-                    // this returns: on disk first.
-                    tx.batch_execute(DURABLE).map_err(&fail)?;
-                }
-                let mut rows = PgRows::new(&mut tx, &mut self.prepared, &self.who, action);
-                let done = work(&mut rows);
-                let (mut transient, recorded) = (rows.transient, rows.recorded);
-                let done = done.and_then(|()| {
-                    tx.commit().map_err(|e| {
-                        transient |= is_transient(&e);
-                        fail(e)
-                    })
-                });
-                (done, transient, recorded)
+                let done = work(&mut rows).map(|()| rows.recorded);
+                return (done, rows.transient);
+            }
+            let fail = store_err(&self.who.name, action);
+            let mut tx = match conn.transaction() {
+                Ok(tx) => tx,
+                Err(e) => return (Err(fail(e)), false),
             };
-            drop(conn);
-            match done {
-                Err(e) if transient && attempt < RETRIES => {
-                    tracing::debug!(error = %e, "in another worker's way; trying again");
-                    thread::sleep(Duration::from_millis(20 * u64::from(attempt)));
-                }
-                Err(e) => return Err(e),
-                Ok(()) => {
-                    self.recorded += recorded;
-                    return Ok(());
+            if commit != Commit::Outcome {
+                // Handlers are called, files cut, operators told once
+                // this returns: on disk first.
+                if let Err(e) = tx.batch_execute(DURABLE) {
+                    return (Err(fail(e)), false);
                 }
             }
-        }
+            let mut rows = PgRows::new(&mut tx, &mut self.prepared, &self.who, action);
+            let done = work(&mut rows);
+            let (mut transient, recorded) = (rows.transient, rows.recorded);
+            let done = done.and_then(|()| {
+                tx.commit().map_err(|e| {
+                    transient |= is_transient(&e);
+                    fail(e)
+                })
+            });
+            (done.map(|()| recorded), transient)
+        })?;
+        self.recorded += recorded;
+        Ok(())
     }
 
     fn make_durable(&mut self) -> Result<()> {

@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 use postgres::types::{FromSql, Kind, Type};
-use serde_json::{Number, Value};
+use serde_json::Value;
 
 use crate::records::Affinity;
 
@@ -216,37 +216,16 @@ pub fn decode(ty: &Type, raw: Option<&[u8]>) -> Result<Value, Result<Value, Deco
 }
 
 fn float(x: f64) -> Value {
-    Number::from_f64(x).map_or(Value::Null, Value::Number)
+    crate::records::float_value(x)
 }
 
+/// Text: not UTF-8 is a defect of the record (with the text made valid).
 fn text(raw: &[u8]) -> Result<Value, Result<Value, DecodeError>> {
-    match std::str::from_utf8(raw) {
-        Ok(t) => Ok(Value::String(t.to_owned())),
-        Err(_) => Err(Ok(Value::String(String::from_utf8_lossy(raw).into_owned()))),
-    }
+    crate::records::text_value(raw).map_err(Ok)
 }
 
-/// A `json`/`jsonb` value: one that does not parse into spark's JSON (a
-/// number beyond f64 such as `1e400`, nesting beyond serde_json's 128
-/// levels) or nests deeper than `MAX_NESTING` cannot be read faithfully.
 fn json(raw: &[u8]) -> Result<Value, Result<Value, DecodeError>> {
-    let too_deep = || {
-        Err(format!(
-            "json nested deeper than {} levels",
-            crate::records::MAX_NESTING
-        ))
-    };
-    let value: Value = serde_json::from_slice(raw).map_err(|e| {
-        if e.to_string().starts_with("recursion limit") {
-            too_deep()
-        } else {
-            Err(format!("json that spark cannot read: {e}"))
-        }
-    })?;
-    if crate::records::nests_deeper_than(&value, crate::records::MAX_NESTING) {
-        return Err(too_deep());
-    }
-    Ok(value)
+    crate::records::json_column(raw).map_err(Err)
 }
 
 /// A binary-format array as a JSON array (nested for several dimensions).
