@@ -382,8 +382,8 @@ pub fn replay(config: &Config, request: &ReplayRequest<'_>, who: &str) -> Result
 #[derive(Debug, Clone, Serialize)]
 pub struct EventView {
     pub key: String,
-    #[serde(skip)]
-    pub event: Option<SeenEvent>,
+    /// The seen event's group, context and created_at (`None`: forgotten
+    /// or pruned, known to the delivery log only).
     pub group: Option<String>,
     pub context: Option<serde_json::Value>,
     pub created_at: Option<String>,
@@ -501,12 +501,15 @@ pub fn show(config: &Config, key: &str) -> Result<EventView> {
             }
         })
         .collect();
+    let (group, context, created_at) = match event {
+        Some(e) => (Some(e.group), Some(e.context), Some(e.created_at)),
+        None => (None, None, None),
+    };
     Ok(EventView {
         key: key.to_owned(),
-        group: event.as_ref().map(|e| e.group.clone()),
-        context: event.as_ref().map(|e| e.context.clone()),
-        created_at: event.as_ref().map(|e| e.created_at.clone()),
-        event,
+        group,
+        context,
+        created_at,
         recorded_before_spark: before_spark,
         handlers,
     })

@@ -69,9 +69,9 @@ pub fn show(cli: &Cli, config: &Config, key: &str) -> anyhow::Result<ExitCode> {
         stdout_json(&json!(view))?;
         return Ok(ExitCode::SUCCESS);
     }
-    match &view.event {
-        Some(e) => {
-            outln!("{} (group {})", field(key), field(&e.group))?;
+    match &view.group {
+        Some(group) => {
+            outln!("{} (group {})", field(key), field(group))?;
             if view.recorded_before_spark {
                 outln!("  context as django-spark stored it (not JSON):")?;
             }

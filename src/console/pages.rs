@@ -272,11 +272,11 @@ fn pager(page: usize, more: bool, link: impl Fn(usize) -> String) -> Markup {
 pub fn event(view: &EventView, replayable: &[String], token: Option<&str>) -> Markup {
     html! {
         h1 { "Event " code { (clip(&view.key, 300)) } }
-        @match &view.event {
-            Some(e) => {
+        @match (&view.group, &view.created_at) {
+            (Some(group), Some(created_at)) => {
                 table {
-                    tr { th { "Group" } td { (t(&e.group)) } }
-                    tr { th { "Created (UTC)" } td { (t(&e.created_at)) } }
+                    tr { th { "Group" } td { (t(group)) } }
+                    tr { th { "Created (UTC)" } td { (t(created_at)) } }
                 }
                 h2 { "Context" }
                 @if view.recorded_before_spark {
@@ -284,7 +284,7 @@ pub fn event(view: &EventView, replayable: &[String], token: Option<&str>) -> Ma
                 }
                 pre { (t(&view.context_text())) }
             },
-            None => p.mute { "Not in the seen table (forgotten or pruned); the delivery log still knows it." },
+            _ => p.mute { "Not in the seen table (forgotten or pruned); the delivery log still knows it." },
         }
         @for story in &view.handlers {
             h2 {
@@ -486,7 +486,7 @@ pub fn deliveries(data: &DeliveriesPage, token: Option<&str>) -> Markup {
 
 pub fn action_done(done: &ActionDone, _token: Option<&str>) -> Markup {
     html! {
-        h1 { (done.title) }
+        h1 { (done.title()) }
         p.flash { (t(&done.message)) }
         @if done.left > 0 {
             p { (done.left) " more were selected; at most " (MAX_KEYS) " per request: do it again for the next ones." }

@@ -228,7 +228,7 @@ fn post(
             replay(ctx, &key, &form)?
         }
     };
-    Ok(page(ctx, 200, &done.title.clone(), &done, |token| {
+    Ok(page(ctx, 200, done.title(), &done, |token| {
         pages::action_done(&done, token)
     }))
 }
@@ -601,8 +601,6 @@ fn deliveries(ctx: &Ctx<'_>, query: &[(String, String)]) -> Result<Reply, Fail> 
 #[derive(Serialize)]
 pub struct ActionDone {
     pub action: &'static str,
-    #[serde(skip)]
-    pub title: String,
     pub message: String,
     /// Each delivery acted on.
     pub deliveries: Vec<Acted>,
@@ -610,6 +608,17 @@ pub struct ActionDone {
     pub left: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<crate::pipeline::RunReport>,
+}
+
+impl ActionDone {
+    /// The page's title: the button's label.
+    pub fn title(&self) -> &'static str {
+        match self.action {
+            "retry" => "Retry",
+            "discard" => "Discard",
+            _ => "Replay",
+        }
+    }
 }
 
 /// One delivery an action acted on.
@@ -626,6 +635,15 @@ fn acted(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<Acted> {
         .collect()
 }
 
+/// What a retry or discard form selects.
+struct Selection {
+    query: DeliveryQuery,
+    /// Selected but left for a next request (over `MAX_KEYS`).
+    left: usize,
+    /// (handler, key) of each owed delivery it selects now.
+    selected: Vec<(String, String)>,
+}
+
 /// The deliveries a retry or discard form selects: keys named, or a
 /// handler's (at most `MAX_KEYS` of them, the rest counted).
 fn selection(
@@ -633,7 +651,7 @@ fn selection(
     form: &[(String, String)],
     states: Vec<DeliveryState>,
     action: &str,
-) -> Result<(DeliveryQuery, usize), Fail> {
+) -> Result<Selection, Fail> {
     let keys: Vec<String> = all(form, "key").into_iter().map(str::to_owned).collect();
     let handler = first(form, "handler").map(str::to_owned);
     if keys.is_empty() && handler.is_none() {
@@ -680,37 +698,43 @@ fn selection(
         handler,
         keys,
     };
-    let mut left = 0;
-    if query.keys.is_empty() {
-        let lines =
-            admin::list_deliveries(&backend::reader(ctx.console.config)?.deliveries()?, &query);
-        let mut keys: Vec<String> = Vec::new();
-        for line in lines {
-            if !keys.contains(&line.key) {
-                keys.push(line.key);
-            }
-        }
-        if keys.len() > MAX_KEYS {
-            left = keys.len() - MAX_KEYS;
-            keys.truncate(MAX_KEYS);
-            query.keys = keys;
-        }
+    // What it selects now, one line per (handler, key); a handler's
+    // selection cut to its first `MAX_KEYS` events.
+    let lines = admin::list_deliveries(&backend::reader(ctx.console.config)?.deliveries()?, &query);
+    let mut distinct = std::collections::HashSet::new();
+    let keys: Vec<&String> = lines
+        .iter()
+        .map(|l| &l.key)
+        .filter(|k| distinct.insert(*k))
+        .collect();
+    let left = keys.len().saturating_sub(MAX_KEYS);
+    if left > 0 {
+        query.keys = keys[..MAX_KEYS].iter().map(|k| (*k).clone()).collect();
     }
-    Ok((query, left))
+    let taken: std::collections::HashSet<&String> = query.keys.iter().collect();
+    let selected = lines
+        .iter()
+        .filter(|l| taken.is_empty() || taken.contains(&l.key))
+        .map(|l| (l.handler.clone(), l.key.clone()))
+        .collect();
+    Ok(Selection {
+        query,
+        left,
+        selected,
+    })
 }
 
 fn retry(ctx: &Ctx<'_>, form: &[(String, String)]) -> Result<ActionDone, Fail> {
-    let (query, left) = selection(
+    let Selection {
+        query,
+        left,
+        selected,
+    } = selection(
         ctx,
         form,
         vec![DeliveryState::Failed, DeliveryState::Dead],
         "retry",
     )?;
-    let before: Vec<(String, String)> =
-        admin::list_deliveries(&backend::reader(ctx.console.config)?.deliveries()?, &query)
-            .into_iter()
-            .map(|d| (d.handler, d.key))
-            .collect();
     let report = crate::pipeline::retry(
         ctx.console.config,
         ctx.console.registry,
@@ -734,16 +758,15 @@ fn retry(ctx: &Ctx<'_>, form: &[(String, String)]) -> Result<ActionDone, Fail> {
     };
     Ok(ActionDone {
         action: "retry",
-        title: "Retry".into(),
         message,
-        deliveries: acted(before),
+        deliveries: acted(selected),
         left,
         report: Some(report),
     })
 }
 
 fn discard(ctx: &Ctx<'_>, form: &[(String, String)]) -> Result<ActionDone, Fail> {
-    let (query, left) = selection(ctx, form, Vec::new(), "discard")?;
+    let Selection { query, left, .. } = selection(ctx, form, Vec::new(), "discard")?;
     let reason = first(form, "reason");
     let done = ops::discard(ctx.console.config, &query, reason, &ctx.who(), ACTION_WAIT)?;
     let mut message = format!("discarded {} deliveries", done.discarded.len());
@@ -755,7 +778,6 @@ fn discard(ctx: &Ctx<'_>, form: &[(String, String)]) -> Result<ActionDone, Fail>
     }
     Ok(ActionDone {
         action: "discard",
-        title: "Discard".into(),
         message,
         deliveries: acted(done.discarded),
         left,
@@ -793,7 +815,6 @@ fn replay(ctx: &Ctx<'_>, key: &str, form: &[(String, String)]) -> Result<ActionD
     };
     Ok(ActionDone {
         action: "replay",
-        title: "Replay".into(),
         message,
         deliveries: acted(
             done.replayed
