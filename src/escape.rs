@@ -66,6 +66,18 @@ pub fn escape_lines(text: &str) -> String {
         .join("\n")
 }
 
+/// `text` cut to at most `max` characters for display, the last one an
+/// ellipsis when cut. Mask secrets before (a cut through a secret would
+/// show its start) and escape before (so that no escape is cut in half).
+pub fn shorten(text: String, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text;
+    }
+    let mut short: String = text.chars().take(max.saturating_sub(1)).collect();
+    short.push('…');
+    short
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

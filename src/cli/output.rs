@@ -94,14 +94,7 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
 /// (control characters escaped first, so that none is cut in half).
 pub fn clip(text: &str, max: usize) -> String {
     // Masked before it is cut: a cut through a secret would show its start.
-    let one_line = field(&redact(text));
-    if one_line.chars().count() <= max {
-        one_line
-    } else {
-        let mut s: String = one_line.chars().take(max.saturating_sub(1)).collect();
-        s.push('…');
-        s
-    }
+    crate::escape::shorten(field(&redact(text)), max)
 }
 
 /// Whether an error is stdout having been closed by its reader.

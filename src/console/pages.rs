@@ -20,15 +20,9 @@ fn t(text: &str) -> String {
     crate::redact::redact(text).into_owned()
 }
 
-/// `text` with secrets masked, then cut to `max` characters, with `…`
-/// when cut (masked first: a cut through a secret would show its start).
+/// `text` with secrets masked, then cut to `max` characters.
 fn clip(text: &str, max: usize) -> String {
-    let text = t(text);
-    if text.chars().count() <= max {
-        return text;
-    }
-    let cut: String = text.chars().take(max).collect();
-    format!("{cut}…")
+    crate::escape::shorten(t(text), max)
 }
 
 /// A whole page: `title`, the header (with the navigation when `nav`

@@ -287,7 +287,6 @@ impl ServerCertVerifier for AnyName {
     }
 }
 
-/// A read-only connection to the database.
 /// A PostgreSQL database as `[database] url` names it.
 pub struct PgDriver {
     pg: PgConfig,
