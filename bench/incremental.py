@@ -25,39 +25,10 @@ import sys
 import tempfile
 import time
 
+from common import challenge_config, lines
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "bench")
-
-QUERY = ("SELECT c.*, (SELECT count(*) FROM donation d WHERE d.challenge_id = c.id) "
-         "AS donation_count FROM challenge c")
-
-
-def config(database, cursor):
-    return f"""
-[database]
-{database}
-
-[[sources]]
-name = "challenges"
-function = "challenge_events"
-query = "{QUERY}"
-{cursor}
-
-[[handlers]]
-name = "log"
-group = "."
-kind = "jsonl"
-path = "events.jsonl"
-"""
-
-
-def lines(path):
-    try:
-        with open(path) as f:
-            return sum(1 for _ in f)
-    except FileNotFoundError:
-        return 0
-
 
 def size(path):
     """The file's size: polled instead of counting its million lines."""
@@ -162,9 +133,9 @@ def run(db, folder, spark, n):
     toml = os.path.join(folder, "spark.toml")
     plain = os.path.join(folder, "plain.toml")
     with open(toml, "w") as f:
-        f.write(config(db.database, 'cursor = "id"'))
+        f.write(challenge_config(db.database, 'cursor = "id"'))
     with open(plain, "w") as f:
-        f.write(config(db.database, ""))
+        f.write(challenge_config(db.database, ""))
     first = timed([spark, "--config", "spark.toml", "-q", "process-sources"], folder)
     print(f"{db.name}, {n:,} challenges: run 1 (all new, full) {first:.2f} s, "
           f"{lines(os.path.join(folder, 'events.jsonl')):,} events")

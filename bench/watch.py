@@ -14,25 +14,12 @@ import sys
 import tempfile
 import time
 
+from common import challenge_config, lines
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPARK = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/spark")
 
-CONFIG = """
-[database]
-path = "app.sqlite3"
-create_from = "demo.sql"
-
-[[sources]]
-name = "challenges"
-function = "challenge_events"
-query = "SELECT c.*, (SELECT count(*) FROM donation d WHERE d.challenge_id = c.id) AS donation_count FROM challenge c"
-
-[[handlers]]
-name = "log"
-group = "."
-kind = "jsonl"
-path = "events.jsonl"
-"""
+CONFIG = challenge_config('path = "app.sqlite3"\ncreate_from = "demo.sql"')
 
 
 def setup(folder):
@@ -42,14 +29,6 @@ def setup(folder):
         f.write(demo)
     with open(os.path.join(folder, "spark.toml"), "w") as f:
         f.write(CONFIG)
-
-
-def lines(path):
-    try:
-        with open(path) as f:
-            return sum(1 for _ in f)
-    except FileNotFoundError:
-        return 0
 
 
 def latency(rounds=20):

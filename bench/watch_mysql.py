@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 
+from common import challenge_config, lines
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPARK = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/spark")
 DB = f"spark_watch_{os.getpid()}"
@@ -24,14 +26,6 @@ DB = f"spark_watch_{os.getpid()}"
 def mysql(sql, db=DB):
     subprocess.run(["mysql", "--protocol=tcp", "-h127.0.0.1", "-P3306", "-uroot", db, "-e", sql],
                    check=True)
-
-
-def lines(path):
-    try:
-        with open(path) as f:
-            return sum(1 for _ in f)
-    except FileNotFoundError:
-        return 0
 
 
 def main(rounds=20):
@@ -45,21 +39,7 @@ def main(rounds=20):
                  INSERT INTO challenge VALUES (1, 'x', 'x@x', 1, CURRENT_DATE, CURRENT_DATE + INTERVAL 30 DAY);""")
         with tempfile.TemporaryDirectory() as folder:
             with open(os.path.join(folder, "spark.toml"), "w") as f:
-                f.write(f"""
-[database]
-url = "mysql://root@127.0.0.1:3306/{DB}"
-
-[[sources]]
-name = "challenges"
-function = "challenge_events"
-query = "SELECT c.*, (SELECT count(*) FROM donation d WHERE d.challenge_id = c.id) AS donation_count FROM challenge c"
-
-[[handlers]]
-name = "log"
-group = "."
-kind = "jsonl"
-path = "events.jsonl"
-""")
+                f.write(challenge_config(f'url = "mysql://root@127.0.0.1:3306/{DB}"'))
             events = os.path.join(folder, "events.jsonl")
             child = subprocess.Popen([SPARK, "--config", "spark.toml", "-q", "watch",
                                       "--interval", "1h"], cwd=folder)
