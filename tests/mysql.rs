@@ -27,22 +27,6 @@ fn url_parts(case: &Case) -> (String, String, String) {
     (host.to_owned(), port.to_owned(), db.to_owned())
 }
 
-const TYPED_CONFIG: &str = r#"
-[database]
-path = "app.sqlite3"
-
-[[sources]]
-name = "typed"
-table = "typed"
-group = "typed"
-
-[[handlers]]
-name = "log"
-group = "typed"
-kind = "jsonl"
-path = "events.jsonl"
-"#;
-
 /// A table with one column of each type Django makes on MySQL, and what
 /// each becomes.
 #[test]
@@ -65,7 +49,7 @@ fn mysql_types_read_as_django_reads_them() {
            '2026-03-10 12:34:56.789123', '2026-03-10 10:34:56.500', '08:09:10.500',
            '{\"b\": [1, 2], \"a\": null}', 'happy', 'a,c', b'1000000001', NULL);",
     );
-    let case = case.config(TYPED_CONFIG);
+    let case = case.config(common::TYPED_CONFIG);
     case.run(&["check"]).success();
     case.run(&["process-sources"]).success();
     let line = std::fs::read_to_string(case.path("events.jsonl")).unwrap();
@@ -95,7 +79,7 @@ fn one_hostile_json_value_is_one_bad_record() {
         "CREATE TABLE typed (id integer PRIMARY KEY, doc json);
          INSERT INTO typed VALUES (1, '{\"amount\": 1e400}'), (2, '{\"ok\": true}');",
     );
-    let case = case.config(TYPED_CONFIG);
+    let case = case.config(common::TYPED_CONFIG);
     case.run(&["process-sources"])
         .status(1)
         .stderr_has(&["doc", "json that spark cannot read"]);
@@ -113,7 +97,7 @@ fn a_binary_column_is_exit_2_naming_it() {
         "CREATE TABLE typed (id integer PRIMARY KEY, photo blob, tag varbinary(8));
          INSERT INTO typed VALUES (1, x'00ff', x'01');",
     );
-    let case = case.config(TYPED_CONFIG);
+    let case = case.config(common::TYPED_CONFIG);
     for args in [&["check"][..], &["process-sources"]] {
         case.run(args)
             .status(2)

@@ -69,23 +69,7 @@ fn postgres_types_read_as_djangos_json_encoder_writes_them() {
            '{\"k\": {\"n\": 1.5}}', '\\x00ff10', '{1,NULL,3}', '{{a,b},{c,d}}',
            '10.0.0.1', '10.0.0.0/8', 'happy', 'x@example.org', NULL);",
     );
-    let case = case.config(
-        r#"
-[database]
-path = "app.sqlite3"
-
-[[sources]]
-name = "typed"
-table = "typed"
-group = "typed"
-
-[[handlers]]
-name = "log"
-group = "typed"
-kind = "jsonl"
-path = "events.jsonl"
-"#,
-    );
+    let case = case.config(common::TYPED_CONFIG);
     case.run(&["process-sources"]).success();
     let line = std::fs::read_to_string(case.path("events.jsonl")).unwrap();
     let ctx = serde_json::from_str::<serde_json::Value>(&line).unwrap()["context"].clone();

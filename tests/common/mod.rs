@@ -80,6 +80,24 @@ pub fn challenges_case_on(backend: Backend, rows: &str, extra: &str) -> Case {
         .config(&challenge_config(extra))
 }
 
+/// A source `typed` reading every row of table `typed` (id, then a column
+/// per type), its events to `events.jsonl`: how each type reads back.
+pub const TYPED_CONFIG: &str = r#"
+[database]
+path = "app.sqlite3"
+
+[[sources]]
+name = "typed"
+table = "typed"
+group = "typed"
+
+[[handlers]]
+name = "log"
+group = "typed"
+kind = "jsonl"
+path = "events.jsonl"
+"#;
+
 /// The database a case runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
