@@ -118,6 +118,22 @@ pub fn test_server_url() -> String {
         .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
 }
 
+/// Whether `what` (a test server, a browser), found at `at`, is there for
+/// `test`: `answers` says. Missing under `CI` fails the test (CI needs it);
+/// elsewhere the test is skipped, saying so.
+pub fn available(test: &str, what: &str, at: &str, answers: &Result<(), String>) -> bool {
+    match answers {
+        Ok(()) => true,
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("{test}: {what} at {at} is not there ({e}); CI needs it")
+        }
+        Err(e) => {
+            eprintln!("skipped {test} on {what}: none at {at} ({e})");
+            false
+        }
+    }
+}
+
 impl Backend {
     /// Whether several processes share the store (by claims and leases).
     pub fn shared(self) -> bool {
@@ -133,19 +149,7 @@ impl Backend {
                 .map(drop)
                 .map_err(|e| e.to_string())
         });
-        match answers {
-            Ok(()) => Some(Backend::Mysql),
-            Err(e) if std::env::var_os("CI").is_some() => {
-                panic!("{test}: the MySQL test server does not answer ({e}); CI needs it")
-            }
-            Err(e) => {
-                eprintln!(
-                    "skipped {test} on MySQL: no server at {} ({e})",
-                    test_mysql_url()
-                );
-                None
-            }
-        }
+        available(test, "MySQL", &test_mysql_url(), answers).then_some(Backend::Mysql)
     }
 
     /// PostgreSQL, when the test server answers. Otherwise: under `CI`, a
@@ -157,19 +161,7 @@ impl Backend {
                 .map(drop)
                 .map_err(|e| e.to_string())
         });
-        match answers {
-            Ok(()) => Some(Backend::Postgres),
-            Err(e) if std::env::var_os("CI").is_some() => {
-                panic!("{test}: the PostgreSQL test server does not answer ({e}); CI needs it")
-            }
-            Err(e) => {
-                eprintln!(
-                    "skipped {test} on PostgreSQL: no server at {} ({e})",
-                    test_server_url()
-                );
-                None
-            }
-        }
+        available(test, "PostgreSQL", &test_server_url(), answers).then_some(Backend::Postgres)
     }
 }
 
