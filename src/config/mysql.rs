@@ -118,17 +118,7 @@ pub fn parse(text: &str) -> Result<MysqlConfig, String> {
             None => (Some(decode(u)?), None),
         },
     };
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("host {hostport:?}: an IPv6 address lacks its `]`"))?;
-        (host.to_owned(), after.strip_prefix(':'))
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (decode(h)?, Some(p)),
-            None => (decode(hostport)?, None),
-        }
-    };
+    let (host, port) = super::postgres::host_port(hostport)?;
     let port = match port.filter(|p| !p.is_empty()) {
         None => 3306,
         Some(p) => p

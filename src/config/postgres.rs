@@ -202,6 +202,21 @@ const KNOWN: &[&str] = &[
 ];
 
 /// `%XX` escapes decoded (a `+` stays a `+`, as in libpq).
+/// A URL's `host[:port]` (or `[v6]:port`): the host decoded, the port as
+/// written.
+pub(super) fn host_port(spec: &str) -> Result<(String, Option<&str>), String> {
+    if let Some(v6) = spec.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("host {spec:?}: an IPv6 address lacks its `]`"))?;
+        return Ok((host.to_owned(), after.strip_prefix(':')));
+    }
+    Ok(match spec.rsplit_once(':') {
+        Some((h, p)) => (percent_decode(h)?, Some(p)),
+        None => (percent_decode(spec)?, None),
+    })
+}
+
 pub(super) fn percent_decode(text: &str) -> Result<String, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -250,17 +265,7 @@ fn url_pairs(url: &str) -> Result<Vec<(String, String)>, String> {
     let mut hosts = Vec::new();
     let mut ports = Vec::new();
     for spec in hostspec.split(',').filter(|s| !s.is_empty()) {
-        let (host, port) = if let Some(v6) = spec.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("host {spec:?}: an IPv6 address lacks its `]`"))?;
-            (host.to_owned(), after.strip_prefix(':'))
-        } else {
-            match spec.rsplit_once(':') {
-                Some((h, p)) => (percent_decode(h)?, Some(p)),
-                None => (percent_decode(spec)?, None),
-            }
-        };
+        let (host, port) = host_port(spec)?;
         if !host.is_empty() {
             hosts.push(host);
         }
